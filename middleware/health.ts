@@ -1,0 +1,54 @@
+import type { Middleware, RouteContext } from '../src/context';
+import type { BreakerBook } from '../src/controller/breakers';
+import type { WorkerRegistry } from '../src/controller/registry';
+import { countsAgainstWorker, RouterError, toRouterError } from '../src/errors';
+
+export interface HealthOptions {
+  /** Whether breakers are in use (cluster.requestRouting.circuitBreaker.enabled, default true). */
+  breakerEnabled: boolean;
+}
+
+export interface HealthDeps {
+  breakers: BreakerBook;
+  registry: WorkerRegistry;
+}
+
+/**
+ * health: records the attempt's outcome, by outcome class, where routing decisions read it.
+ * Takes the breaker's half-open probe permit before dispatch (so exactly `halfOpenPermits` probes
+ * go out); success and counted failures (timeouts, worker failures, broken streams) go to the
+ * breaker; caller errors, overload rejections and cancellations only release the permit; "no
+ * responders" marks the worker offline at once.
+ */
+export function health(options: HealthOptions, deps: HealthDeps): Middleware {
+  return async function health(ctx: RouteContext, next): Promise<void> {
+    const worker = ctx.worker;
+    if (!worker) return next();
+    const id = worker.id;
+    if (options.breakerEnabled && !deps.breakers.acquire(id)) {
+      // Another request took the last half-open permit between filter and dispatch.
+      throw new RouterError('CIRCUIT_BREAKER_OPEN', `worker ${id} is half-open and its probe permits are taken`, {
+        outcome: 'not_delivered',
+        worker: id,
+      });
+    }
+    try {
+      await next();
+      if (options.breakerEnabled) deps.breakers.success(id);
+    } catch (e) {
+      const err = toRouterError(e);
+      if (err.code === 'WORKER_UNAVAILABLE') deps.registry.markOffline(id, 'no responders');
+      if (options.breakerEnabled) {
+        if (countsAgainstWorker(err.outcome)) {
+          if (deps.breakers.failure(id)) {
+            ctx.metrics.circuitBreakerTrips++;
+            ctx.log.warn({ worker: id, code: err.code }, 'circuit breaker opened');
+          }
+        } else {
+          deps.breakers.release(id);
+        }
+      }
+      throw err;
+    }
+  };
+}

@@ -1,0 +1,106 @@
+import type { Clock } from '../src/clock';
+import type { Middleware, RouteContext } from '../src/context';
+import type { RetryBudget } from '../src/controller/retry-budget';
+import type { RouterMetrics } from '../src/controller/metrics';
+import { isRetryableOutcome, RouterError, toRouterError } from '../src/errors';
+
+export interface RetryOptions {
+  /** When false, one attempt only (default true). */
+  enabled: boolean;
+  /** Retries after the first attempt (default 2). */
+  maxRetries: number;
+  /** Backoff base (ms, default 100): delay n is uniform in [0, min(cap, base·2ⁿ)]. */
+  retryDelayMs: number;
+  /** Backoff cap (ms, default 1000). */
+  maxRetryDelayMs: number;
+  /** No retry when less than this is left of the request's deadline after the delay (ms, default 50). */
+  minAttemptMs: number;
+  /** Codes that may be retried; only retryable outcome classes ever are. */
+  retryOnErrors: string[];
+}
+
+export interface RetryDeps {
+  clock: Clock;
+  budget: RetryBudget;
+  metrics?: RouterMetrics;
+  /** Random source in [0, 1) for jitter (default Math.random). */
+  random?: () => number;
+}
+
+/** Full-jitter exponential backoff (AWS architecture blog): uniform in [0, min(cap, base·2ⁿ)]. */
+export function backoffDelay(retry: number, options: Pick<RetryOptions, 'retryDelayMs' | 'maxRetryDelayMs'>, random: () => number): number {
+  const ceiling = Math.min(options.maxRetryDelayMs, options.retryDelayMs * 2 ** Math.min(retry, 30));
+  return random() * ceiling;
+}
+
+/**
+ * The error the client gets when no more attempts will be made. One attempt: its own error.
+ * Several: a capacity error stays what it is (503 with Retry-After); the same non-failure code on
+ * every attempt stays that code (504 WORKER_TIMEOUT for a hung worker); anything else is
+ * ALL_RETRIES_EXHAUSTED (502). The attempts are always listed.
+ */
+export function finalError(ctx: RouteContext, last: RouterError): RouterError {
+  const attempts = [...ctx.attempts];
+  if (attempts.length <= 1 || last.outcome === 'no_capacity' || last.outcome === 'caller' || last.outcome === 'committed' || last.outcome === 'cancelled') {
+    last.attempts = attempts;
+    return last;
+  }
+  const sameCode = attempts.every((a) => a.code === last.code);
+  if (sameCode && last.outcome !== 'worker_failure') {
+    last.attempts = attempts;
+    return last;
+  }
+  const summary = attempts.map((a) => `#${a.attempt} ${a.worker ?? '-'}: ${a.code ?? a.outcome}`).join('; ');
+  return new RouterError('ALL_RETRIES_EXHAUSTED', `all ${attempts.length} attempts failed (${summary})`, { attempts, cause: last });
+}
+
+/**
+ * retry: the boundary of the chain (DESIGN §2). Runs the attempt part (`ctx.runAttempt()`) up to
+ * 1 + maxRetries times. Retries only retryable outcome classes whose code is in `retryOnErrors`,
+ * never after a stream committed, never past the deadline, and only while the controller-wide
+ * retry budget allows. "No responders" is retried at once; other failures after full-jitter
+ * backoff, never shorter than a worker's Retry-After. `select` keeps retries off tried workers.
+ */
+export function retry(options: RetryOptions, deps: RetryDeps): Middleware {
+  const random = deps.random ?? Math.random;
+  const retryable = new Set(options.retryOnErrors);
+  return async function retry(ctx: RouteContext): Promise<void> {
+    for (;;) {
+      let err: RouterError;
+      try {
+        await ctx.runAttempt();
+        deps.budget.onSuccess();
+        return;
+      } catch (e) {
+        err = toRouterError(e);
+      }
+      const classRetryable = isRetryableOutcome(err.outcome);
+      if (classRetryable) deps.budget.onFailure();
+      const retriesDone = ctx.attempts.length - 1;
+      if (
+        !options.enabled ||
+        !classRetryable ||
+        !retryable.has(err.code) ||
+        ctx.sink?.committed ||
+        ctx.signal.aborted ||
+        retriesDone >= options.maxRetries
+      ) {
+        throw finalError(ctx, err);
+      }
+      if (!deps.budget.canRetry()) {
+        const attempts = [...ctx.attempts];
+        throw new RouterError('RETRY_BUDGET_EXHAUSTED', `attempt failed (${err.code}) and the controller's retry budget is spent; not retrying`, {
+          attempts,
+          retryAfterMs: 1000,
+          cause: err,
+        });
+      }
+      let delay = err.outcome === 'not_delivered' ? 0 : backoffDelay(retriesDone, options, random);
+      if (err.outcome === 'rejected' && err.retryAfterMs !== undefined) delay = Math.max(delay, err.retryAfterMs);
+      if (ctx.deadline - ctx.clock.now() - delay < options.minAttemptMs) throw finalError(ctx, err);
+      ctx.log.debug({ attempt: ctx.attempts.length, code: err.code, worker: err.worker, delayMs: Math.round(delay) }, 'retrying');
+      deps.metrics?.retries.inc();
+      if (delay > 0) await deps.clock.sleep(delay, ctx.signal);
+    }
+  };
+}

@@ -1,0 +1,78 @@
+import type { Middleware, RouteContext } from '../src/context';
+import type { WorkerInfo } from '../src/controller/registry';
+import { RouterError } from '../src/errors';
+import type { Strategy } from '../src/config';
+
+export interface SelectOptions {
+  /** `round-robin`, `least-outstanding` (default) or `p2c`. */
+  strategy: Strategy;
+}
+
+export interface SelectDeps {
+  /** Random source in [0, 1) for p2c (default Math.random). */
+  random?: () => number;
+}
+
+/** Busy at the controller's own count or at the worker's last report. */
+export function saturated(w: WorkerInfo): boolean {
+  return w.outstanding >= w.maxConcurrent || w.reportedInFlight >= w.maxConcurrent;
+}
+
+/** p2c load score: controller in-flight (plus one, so idle workers still differ) × peak-EWMA latency. */
+export function p2cScore(w: WorkerInfo): number {
+  return (w.outstanding + 1) * Math.max(1, w.latencyMs);
+}
+
+function leastOutstanding(pool: WorkerInfo[]): WorkerInfo {
+  let best = pool[0];
+  for (const w of pool) {
+    if (w.outstanding < best.outstanding || (w.outstanding === best.outstanding && w.reportedInFlight < best.reportedInFlight)) best = w;
+  }
+  return best;
+}
+
+/**
+ * select: picks the attempt's worker from `ctx.candidates`. Prefers workers this request has not
+ * tried yet, honours the session's sticky worker when it is still a candidate and not saturated,
+ * and otherwise applies the strategy. Fails with NO_WORKERS_AVAILABLE (503) on an empty pool.
+ *
+ * @example pipeline: [metrics, session, retry, breaker, select, timeout, health]
+ */
+export function select(options: SelectOptions, deps: SelectDeps = {}): Middleware {
+  const random = deps.random ?? Math.random;
+  let turn = 0;
+  const pick = (pool: WorkerInfo[]): WorkerInfo => {
+    if (pool.length === 1) return pool[0];
+    switch (options.strategy) {
+      case 'round-robin': {
+        // Order by id so the rotation is stable while workers come and go.
+        const sorted = [...pool].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+        return sorted[turn++ % sorted.length];
+      }
+      case 'p2c': {
+        const i = Math.floor(random() * pool.length);
+        let j = Math.floor(random() * (pool.length - 1));
+        if (j >= i) j++;
+        return p2cScore(pool[j]) < p2cScore(pool[i]) ? pool[j] : pool[i];
+      }
+      default:
+        return leastOutstanding(pool);
+    }
+  };
+
+  return async function select(ctx: RouteContext, next): Promise<void> {
+    if (ctx.candidates.length === 0) {
+      throw new RouterError('NO_WORKERS_AVAILABLE', `no online worker serves model ${ctx.request.model}`, { retryAfterMs: 1000 });
+    }
+    const tried = new Set<string>();
+    for (const a of ctx.attempts) if (a.worker) tried.add(a.worker);
+    const untried = ctx.candidates.filter((w) => !tried.has(w.id));
+    let pool = untried.length > 0 ? untried : ctx.candidates;
+    const free = pool.filter((w) => !saturated(w));
+    if (free.length > 0) pool = free;
+    const sticky = ctx.stickyWorker ? pool.find((w) => w.id === ctx.stickyWorker) : undefined;
+    ctx.worker = sticky ?? pick(pool);
+    ctx.metrics.selectedWorker = ctx.worker.id;
+    await next();
+  };
+}

@@ -1,0 +1,52 @@
+import type { Middleware, RouteContext } from '../src/context';
+import { RouterError } from '../src/errors';
+
+export interface TimeoutOptions {
+  /** Limit of one buffered attempt (ms, default 10000). */
+  attemptTimeoutMs: number;
+  /** Streams: time to first chunk of one attempt (ms, default 10000). */
+  firstChunkTimeoutMs: number;
+  /** Streams: longest gap between chunks after the first (ms, default 30000). */
+  idleTimeoutMs: number;
+}
+
+/**
+ * timeout: arms the attempt's limits and aborts `ctx.attempt.signal` with WORKER_TIMEOUT when one
+ * passes; dispatch then stops listening and sends the worker a cancel. Buffered attempts get
+ * `attemptTimeoutMs`; streams get `firstChunkTimeoutMs` until their first chunk, then
+ * `idleTimeoutMs` between chunks. Every limit is cut to what the request has left. The timer is
+ * cleared in `finally`, whatever happens.
+ */
+export function timeout(options: TimeoutOptions): Middleware {
+  return async function timeout(ctx: RouteContext, next): Promise<void> {
+    const attempt = ctx.attempt;
+    const worker = ctx.worker?.id ?? 'unknown';
+    const left = (): number => Math.max(0, ctx.deadline - ctx.clock.now());
+    const first = Math.min(ctx.stream ? options.firstChunkTimeoutMs : options.attemptTimeoutMs, left());
+    let phase: 'first' | 'idle' = 'first';
+    let limit = first;
+    const fire = (): void => {
+      const what = !ctx.stream ? 'answer' : phase === 'first' ? 'send its first chunk' : 'send the next chunk';
+      attempt.abort(new RouterError('WORKER_TIMEOUT', `worker ${worker} did not ${what} within ${Math.round(limit)} ms`, { worker }));
+    };
+    let timer = setTimeout(fire, first);
+    if (ctx.stream) {
+      attempt.progress = () => {
+        if (phase === 'first') {
+          phase = 'idle';
+          clearTimeout(timer);
+          limit = Math.min(options.idleTimeoutMs, left());
+          timer = setTimeout(fire, limit);
+        } else {
+          // refresh() re-arms the same timer: no allocation per chunk.
+          timer.refresh();
+        }
+      };
+    }
+    try {
+      await next();
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}

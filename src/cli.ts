@@ -1,0 +1,117 @@
+#!/usr/bin/env node
+/**
+ * `mlx-router up | controller | worker | config`. Bad flags and bad configuration print one clear
+ * message naming the flag or key and exit 2; a failure at run time exits 1.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { ConfigError } from './config';
+import { runController } from './commands/controller';
+import { runUp } from './commands/up';
+import { runWorker } from './commands/worker';
+import { printConfig } from './commands/config';
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+const USAGE = `mlx-router: route OpenAI-style requests over NATS to inference workers
+
+Usage:
+  mlx-router up [--workers N] [--port P] [--nats URL] [--config FILE]
+      a local cluster: NATS (started when none answers), N synthetic workers, the controller
+  mlx-router controller [--nats URL] [--port P] [--host H] [--config FILE]
+  mlx-router worker [--nats URL] [--id ID] [--model NAME]... [--max-concurrent N]
+                    [--ttft-ms N] [--token-ms N] [--fail-rate F] [--heartbeat-ms N] [--config FILE]
+  mlx-router config [--config FILE]     print every key, its value and its environment variable
+
+Configuration: ./cluster.yaml when present (or --config FILE), then MLX_ROUTER_* variables, then flags.
+`;
+
+export type Flags = Record<string, string | boolean | string[] | undefined>;
+
+const COMMON: ParseArgsConfig['options'] = {
+  config: { type: 'string' },
+  nats: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+};
+
+const COMMANDS: Record<string, { options: ParseArgsConfig['options']; run: (flags: Flags) => Promise<number> }> = {
+  up: { options: { ...COMMON, workers: { type: 'string' }, port: { type: 'string' } }, run: runUp },
+  controller: { options: { ...COMMON, port: { type: 'string' }, host: { type: 'string' } }, run: runController },
+  worker: {
+    options: {
+      ...COMMON,
+      id: { type: 'string' },
+      model: { type: 'string', multiple: true },
+      'max-concurrent': { type: 'string' },
+      'ttft-ms': { type: 'string' },
+      'token-ms': { type: 'string' },
+      'fail-rate': { type: 'string' },
+      'heartbeat-ms': { type: 'string' },
+    },
+    run: runWorker,
+  },
+  config: { options: COMMON, run: printConfig },
+};
+
+/** A flag's value as a number in [min, max]; a UsageError naming the flag otherwise. */
+export function numberFlag(flags: Flags, name: string, opts: { min?: number; max?: number; integer?: boolean } = {}): number | undefined {
+  const raw = flags[name];
+  if (raw === undefined) return undefined;
+  const n = Number(raw);
+  const { min = 0, max = Number.MAX_SAFE_INTEGER, integer = true } = opts;
+  if (typeof raw !== 'string' || raw.trim() === '' || !Number.isFinite(n) || (integer && !Number.isInteger(n)) || n < min || n > max) {
+    throw new UsageError(`--${name} must be ${integer ? 'an integer' : 'a number'} from ${min} to ${max}, got '${String(raw)}'`);
+  }
+  return n;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (!command || command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(USAGE);
+    return command ? 0 : 2;
+  }
+  if (command === '--version') {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    process.stdout.write(`${(require('../../package.json') as { version: string }).version}\n`);
+    return 0;
+  }
+  const spec = COMMANDS[command];
+  if (!spec) {
+    process.stderr.write(`mlx-router: unknown command '${command}'\n\n${USAGE}`);
+    return 2;
+  }
+  try {
+    const { values, positionals } = parseArgs({ args: rest, options: spec.options, strict: true, allowPositionals: true });
+    if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
+    if ((values as Flags).help) {
+      process.stdout.write(USAGE);
+      return 0;
+    }
+    return await spec.run(values as Flags);
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    if (err instanceof UsageError || err instanceof ConfigError || e.code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`mlx-router ${command}: ${e.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`mlx-router ${command}: ${e.stack ?? e.message}\n`);
+    return 1;
+  }
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err) => {
+      process.stderr.write(`mlx-router: ${(err as Error).stack ?? String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

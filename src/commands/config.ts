@@ -1,0 +1,18 @@
+import type { Flags } from '../cli';
+import { describeKeys } from '../config';
+import { configFromFlags } from './shared';
+
+function valueAt(obj: unknown, path: string): unknown {
+  return path.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], obj);
+}
+
+/** `mlx-router config`: every key with its effective value, default and environment variable. */
+export async function printConfig(flags: Flags): Promise<number> {
+  const { config, file } = configFromFlags(flags);
+  process.stdout.write(`# config file: ${file ?? '(none; defaults)'}\n`);
+  for (const key of describeKeys()) {
+    const value = /pass|token/i.test(key.key) && valueAt(config, key.key) ? '***' : valueAt(config, key.key);
+    process.stdout.write(`${key.key} = ${JSON.stringify(value)}    # ${key.doc} (default ${JSON.stringify(key.default)}; env ${key.env})\n`);
+  }
+  return 0;
+}

@@ -1,0 +1,109 @@
+/**
+ * `mlx-router up`: a whole local cluster in one command. Connects to the configured NATS or, when
+ * none answers, starts `nats-server` as a child on a free port; then N synthetic worker processes
+ * and the controller (in this process). SIGINT or SIGTERM stops the controller, then the workers
+ * (they deregister), then NATS, and leaves no process behind.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { dirname, resolve } from 'node:path';
+import { numberFlag, type Flags } from '../cli';
+import { Controller } from '../controller/controller';
+import { createLogger } from '../logger';
+import { connectNats } from '../nats';
+import { natsServerAvailable, startNatsServer, type NatsServerHandle } from '../nats-server';
+import { configFromFlags, waitForSignal } from './shared';
+
+const INSTALL_HINT = `no NATS server answers and no 'nats-server' binary is on PATH.
+Install one:  apt-get install nats-server   (Debian/Ubuntu)
+              brew install nats-server     (macOS)
+or point mlx-router at a running server:  --nats nats://HOST:4222`;
+
+function stopChild(child: ChildProcess, graceMs: number): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((done) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      done();
+    });
+    child.kill('SIGTERM');
+  });
+}
+
+export async function runUp(flags: Flags): Promise<number> {
+  const workers = numberFlag(flags, 'workers', { min: 1, max: 64 }) ?? 3;
+  const { config, file } = configFromFlags(flags, { 'controller.port': numberFlag(flags, 'port', { max: 65535 }) });
+  const log = createLogger('mlx-router', config.log.level);
+  const signal = waitForSignal();
+  const children: ChildProcess[] = [];
+  let nats: NatsServerHandle | undefined;
+  let controller: Controller | undefined;
+  let stopping = false;
+
+  const shutdown = async (): Promise<void> => {
+    stopping = true;
+    await controller?.stop().catch((err) => log.error({ err }, 'controller stop failed'));
+    await Promise.all(children.map((c) => stopChild(c, 15_000)));
+    await nats?.stop();
+  };
+  // A last resort if this process dies another way: never leave a nats-server behind.
+  const onExit = (): void => {
+    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+    if (nats && nats.process.exitCode === null) nats.process.kill('SIGKILL');
+  };
+  process.once('exit', onExit);
+
+  try {
+    let servers = config.nats.servers;
+    const probe = await connectNats({ ...config.nats, reconnect: { ...config.nats.reconnect, enabled: false } }, 'mlx-router-up-probe', 1500).catch(
+      () => undefined,
+    );
+    if (probe) {
+      await probe.close();
+      log.info({ servers }, 'using the configured NATS');
+    } else {
+      if (!natsServerAvailable()) {
+        process.stderr.write(`mlx-router up: ${INSTALL_HINT}\n`);
+        signal.cancel();
+        return 1;
+      }
+      nats = await startNatsServer({ detached: true });
+      servers = [nats.url];
+      log.info({ url: nats.url }, 'started nats-server');
+    }
+
+    const cli = resolve(__dirname, '..', 'cli.js');
+    for (let i = 1; i <= workers; i++) {
+      const args = [cli, 'worker', '--nats', servers.join(','), '--id', `worker-${i}`];
+      if (file) args.push('--config', file);
+      const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'] });
+      child.on('exit', (code, sig) => {
+        if (!stopping) log.error({ worker: `worker-${i}`, code, signal: sig }, 'worker exited');
+      });
+      children.push(child);
+    }
+
+    controller = await Controller.start({
+      config: { ...config, nats: { ...config.nats, servers } },
+      log,
+      baseDir: file ? dirname(file) : process.cwd(),
+    });
+    const url = controller.url.replace('0.0.0.0', '127.0.0.1');
+    process.stdout.write(
+      `\nmlx-router is up: ${url}  (NATS ${servers.join(',')}, ${workers} workers)\n\n` +
+        `  curl ${url}/v1/chat/completions -H 'content-type: application/json' \\\n` +
+        `    -d '{"model":"${config.worker.models[0]}","messages":[{"role":"user","content":"Hello"}]}'\n\n` +
+        `Ctrl-C stops everything.\n\n`,
+    );
+    const sig = await signal.promise;
+    log.info({ signal: sig }, 'stopping the cluster');
+    await shutdown();
+    return 0;
+  } catch (err) {
+    signal.cancel();
+    await shutdown();
+    throw err;
+  } finally {
+    process.off('exit', onExit);
+  }
+}

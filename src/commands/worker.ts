@@ -1,0 +1,52 @@
+import { hostname } from 'node:os';
+import { UsageError, numberFlag, type Flags } from '../cli';
+import { systemClock } from '../clock';
+import { createLogger } from '../logger';
+import { connectNats } from '../nats';
+import { WORKER_ID_PATTERN } from '../protocol';
+import { syntheticEngine } from '../worker/synthetic';
+import { Worker } from '../worker/worker';
+import { configFromFlags, waitForSignal } from './shared';
+
+/** `mlx-router worker`: one worker with the synthetic engine until SIGINT/SIGTERM. */
+export async function runWorker(flags: Flags): Promise<number> {
+  const overrides: Record<string, unknown> = {
+    'worker.id': flags.id,
+    'worker.models': flags.model,
+    'worker.maxConcurrent': numberFlag(flags, 'max-concurrent', { min: 1 }),
+    'worker.heartbeatIntervalMs': numberFlag(flags, 'heartbeat-ms', { min: 10 }),
+    'worker.synthetic.ttftMs': numberFlag(flags, 'ttft-ms'),
+    'worker.synthetic.tokenMs': numberFlag(flags, 'token-ms'),
+    'worker.synthetic.failRate': numberFlag(flags, 'fail-rate', { max: 1, integer: false }),
+  };
+  const { config } = configFromFlags(flags, overrides);
+  const id = config.worker.id || `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${process.pid}`.slice(-64);
+  if (!WORKER_ID_PATTERN.test(id)) throw new UsageError(`--id must be 1 to 64 of [A-Za-z0-9_-], got '${id}'`);
+  const log = createLogger('mlx-router-worker', config.log.level);
+  const signal = waitForSignal();
+  const nc = await connectNats(config.nats, `mlx-router-worker-${id}`).catch((err) => {
+    signal.cancel();
+    throw err;
+  });
+  const syn = config.worker.synthetic;
+  const worker = new Worker({
+    nc,
+    id,
+    log,
+    engine: syntheticEngine({ models: config.worker.models, ttftMs: syn.ttftMs, tokenMs: syn.tokenMs, failRate: syn.failRate, clock: systemClock }),
+    maxConcurrent: config.worker.maxConcurrent,
+    heartbeatIntervalMs: config.worker.heartbeatIntervalMs,
+    subjectPrefix: config.nats.subjectPrefix,
+  });
+  await worker.start();
+  const ended = await Promise.race([signal.promise, nc.closed().then(() => 'nats-closed' as const)]);
+  signal.cancel();
+  if (ended === 'nats-closed') {
+    log.error('NATS connection closed for good');
+    return 1;
+  }
+  log.info({ signal: ended }, 'shutting down');
+  await worker.stop();
+  await nc.drain().catch(() => undefined);
+  return 0;
+}

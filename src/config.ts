@@ -1,0 +1,297 @@
+/**
+ * Configuration: one convict schema, loaded from YAML, overridable per key by `MLX_ROUTER_*`
+ * environment variables and then by CLI flags. Every key has a doc and a default; an unknown key
+ * or a wrong type stops start-up with a message naming the key (ConfigError).
+ */
+import convict from 'convict';
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+
+convict.addParser({ extension: ['yml', 'yaml'], parse: parseYaml });
+convict.addParser({ extension: 'json', parse: JSON.parse });
+
+export const DEFAULT_MODEL = 'mlx-community/Llama-3.2-3B-Instruct-4bit';
+export const DEFAULT_PIPELINE = ['metrics', 'session', 'retry', 'breaker', 'select', 'timeout', 'health'];
+export const STRATEGIES = ['round-robin', 'least-outstanding', 'p2c'] as const;
+export type Strategy = (typeof STRATEGIES)[number];
+
+export interface RouterConfig {
+  cluster: {
+    pipeline: string[];
+    requestRouting: {
+      timeoutMs: number;
+      streamingTimeoutMs: number;
+      attemptTimeoutMs: number;
+      firstChunkTimeoutMs: number;
+      idleTimeoutMs: number;
+      strategy: Strategy;
+      retry: {
+        enabled: boolean;
+        maxRetries: number;
+        retryDelayMs: number;
+        maxRetryDelayMs: number;
+        minAttemptMs: number;
+        retryOnErrors: string[];
+        budget: { maxTokens: number; tokenRatio: number };
+      };
+      circuitBreaker: {
+        enabled: boolean;
+        failureThreshold: number;
+        successThreshold: number;
+        timeoutMs: number;
+        maxTimeoutMs: number;
+        halfOpenPermits: number;
+      };
+      session: { ttlMs: number; maxSessions: number };
+    };
+    streaming: { maxBufferedBytes: number };
+  };
+  nats: {
+    servers: string[];
+    subjectPrefix: string;
+    user: string;
+    pass: string;
+    token: string;
+    credsFile: string;
+    tls: { enabled: boolean; caFile: string; certFile: string; keyFile: string };
+    reconnect: { enabled: boolean; maxAttempts: number; waitMs: number };
+  };
+  controller: { host: string; port: number; bodyLimitBytes: number };
+  worker: {
+    id: string;
+    models: string[];
+    maxConcurrent: number;
+    heartbeatIntervalMs: number;
+    engine: string;
+    synthetic: { ttftMs: number; tokenMs: number; failRate: number };
+  };
+  discovery: { offlineAfterMs: number };
+  log: { level: string };
+}
+
+/** Raised for any bad configuration; the message names the key. The CLI exits 2 on it. */
+export class ConfigError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ConfigError';
+  }
+}
+
+/** `cluster.requestRouting.timeoutMs` → `MLX_ROUTER_CLUSTER_REQUEST_ROUTING_TIMEOUT_MS`. */
+export function envName(path: string): string {
+  return 'MLX_ROUTER_' + path.replace(/([a-z0-9])([A-Z])/g, '$1_$2').replace(/\./g, '_').toUpperCase();
+}
+
+const nonNegative = (name: string) => (v: unknown) => {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new Error(`${name}: must be a number >= 0`);
+};
+
+convict.addFormat({
+  name: 'string-list',
+  validate(value: unknown) {
+    if (!Array.isArray(value) || value.some((v) => typeof v !== 'string' || v.length === 0)) {
+      throw new Error('must be a list of non-empty strings');
+    }
+  },
+  coerce: (v: string) => v.split(',').map((s) => s.trim()).filter(Boolean),
+});
+
+convict.addFormat({
+  name: 'ratio',
+  validate(value: unknown) {
+    if (typeof value !== 'number' || !(value >= 0 && value <= 1)) throw new Error('must be a number from 0 to 1');
+  },
+  coerce: Number,
+});
+
+// Each leaf: doc, format, default. `env` is added for every leaf by withEnv().
+const schema = {
+  cluster: {
+    pipeline: {
+      doc: 'Ordered middleware chain (names, or module paths starting with ./ ../ or /). The NATS dispatch always ends it.',
+      format: 'string-list',
+      default: DEFAULT_PIPELINE,
+    },
+    requestRouting: {
+      timeoutMs: { doc: 'Deadline of a whole buffered request, all attempts and backoff included (ms).', format: 'nat', default: 30000 },
+      streamingTimeoutMs: { doc: 'Deadline of a whole streamed request, all attempts included (ms).', format: 'nat', default: 60000 },
+      attemptTimeoutMs: { doc: 'Limit of one buffered attempt (ms); bounded by what the request has left.', format: 'nat', default: 10000 },
+      firstChunkTimeoutMs: { doc: 'Streams: time to first chunk of one attempt (ms); the only stream limit that fails over.', format: 'nat', default: 10000 },
+      idleTimeoutMs: { doc: 'Streams: longest silence between two chunks after the first (ms).', format: 'nat', default: 30000 },
+      strategy: { doc: 'Worker selection: round-robin, least-outstanding or p2c.', format: [...STRATEGIES], default: 'least-outstanding' },
+      retry: {
+        enabled: { doc: 'Retry failed attempts on another worker.', format: Boolean, default: true },
+        maxRetries: { doc: 'Retries after the first attempt.', format: 'nat', default: 2 },
+        retryDelayMs: { doc: 'Base of the exponential backoff with full jitter (ms).', format: 'nat', default: 100 },
+        maxRetryDelayMs: { doc: 'Cap of one backoff delay (ms).', format: 'nat', default: 1000 },
+        minAttemptMs: { doc: 'No retry when the request has less than this left (ms).', format: 'nat', default: 50 },
+        retryOnErrors: {
+          doc: 'Error codes that may be retried (only retryable outcome classes ever are).',
+          format: 'string-list',
+          default: ['WORKER_UNAVAILABLE', 'WORKER_OVERLOADED', 'WORKER_TIMEOUT', 'WORKER_ERROR'],
+        },
+        budget: {
+          maxTokens: { doc: 'Retry budget size: a failed attempt takes a token; retries stop below half.', format: 'nat', default: 10 },
+          tokenRatio: { doc: 'Tokens a successful request gives back to the retry budget.', format: 'ratio', default: 0.1 },
+        },
+      },
+      circuitBreaker: {
+        enabled: { doc: 'Per-worker circuit breakers.', format: Boolean, default: true },
+        failureThreshold: { doc: 'Consecutive counted failures that open a breaker.', format: 'nat', default: 5 },
+        successThreshold: { doc: 'Half-open successes that close a breaker.', format: 'nat', default: 2 },
+        timeoutMs: { doc: 'How long a breaker stays open after its first trip (ms); grows with repeated trips.', format: 'nat', default: 30000 },
+        maxTimeoutMs: { doc: 'Cap of the open duration after repeated trips (ms).', format: 'nat', default: 300000 },
+        halfOpenPermits: { doc: 'Probe requests admitted while half-open (at least 1; never unlimited).', format: 'nat', default: 1 },
+      },
+      session: {
+        ttlMs: { doc: 'How long an idle session keeps its worker (ms); refreshed on use.', format: 'nat', default: 600000 },
+        maxSessions: { doc: 'Most sessions remembered; the least recently used is forgotten first.', format: 'nat', default: 10000 },
+      },
+    },
+    streaming: {
+      maxBufferedBytes: { doc: 'Bytes a slow streaming client may leave unread before the stream is cancelled.', format: 'nat', default: 1048576 },
+    },
+  },
+  nats: {
+    servers: { doc: 'NATS seed servers.', format: 'string-list', default: ['nats://127.0.0.1:4222'] },
+    subjectPrefix: { doc: 'Subject prefix of protocol v1.', format: String, default: 'mlx.v1' },
+    user: { doc: 'NATS user name (with pass).', format: String, default: '' },
+    pass: { doc: 'NATS password.', format: String, default: '', sensitive: true },
+    token: { doc: 'NATS auth token.', format: String, default: '', sensitive: true },
+    credsFile: { doc: 'NATS credentials file (JWT + nkey).', format: String, default: '' },
+    tls: {
+      enabled: { doc: 'Require TLS to NATS.', format: Boolean, default: false },
+      caFile: { doc: 'CA certificate file.', format: String, default: '' },
+      certFile: { doc: 'Client certificate file.', format: String, default: '' },
+      keyFile: { doc: 'Client key file.', format: String, default: '' },
+    },
+    reconnect: {
+      enabled: { doc: 'Reconnect when the connection drops.', format: Boolean, default: true },
+      maxAttempts: { doc: 'Reconnect attempts per server (-1: forever).', format: 'int', default: -1 },
+      waitMs: { doc: 'Wait between reconnect attempts (ms).', format: 'nat', default: 1000 },
+    },
+  },
+  controller: {
+    host: { doc: 'HTTP listen address.', format: String, default: '127.0.0.1' },
+    port: { doc: 'HTTP port (0: any free port).', format: 'port', default: 8080 },
+    bodyLimitBytes: { doc: 'Largest request body accepted (bytes); larger gets 413.', format: 'nat', default: 1048576 },
+  },
+  worker: {
+    id: { doc: 'Worker id, one subject token ([A-Za-z0-9_-]); empty: hostname and pid.', format: String, default: '' },
+    models: { doc: 'Models this worker serves.', format: 'string-list', default: [DEFAULT_MODEL] },
+    maxConcurrent: { doc: 'Requests served at once; beyond it the worker answers WORKER_OVERLOADED.', format: 'nat', default: 8 },
+    heartbeatIntervalMs: { doc: 'Heartbeat period (ms).', format: 'nat', default: 2000 },
+    engine: { doc: 'Engine behind the worker.', format: ['synthetic'], default: 'synthetic' },
+    synthetic: {
+      ttftMs: { doc: 'Synthetic engine: time to first token (ms).', format: 'nat', default: 20 },
+      tokenMs: { doc: 'Synthetic engine: delay between tokens (ms).', format: 'nat', default: 5 },
+      failRate: { doc: 'Synthetic engine: share of requests that fail before the first token.', format: 'ratio', default: 0 },
+    },
+  },
+  discovery: {
+    offlineAfterMs: { doc: 'A worker silent this long (controller clock) is offline (ms).', format: 'nat', default: 6000 },
+  },
+  log: {
+    level: { doc: 'pino log level.', format: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
+  },
+};
+
+type SchemaNode = Record<string, unknown>;
+
+function isLeaf(node: SchemaNode): boolean {
+  return Object.prototype.hasOwnProperty.call(node, 'default') && Object.prototype.hasOwnProperty.call(node, 'doc');
+}
+
+function withEnv(node: SchemaNode, path: string[] = []): SchemaNode {
+  if (isLeaf(node)) return { ...node, env: envName(path.join('.')) };
+  const out: SchemaNode = {};
+  for (const [key, child] of Object.entries(node)) out[key] = withEnv(child as SchemaNode, [...path, key]);
+  return out;
+}
+
+const fullSchema = withEnv(schema as unknown as SchemaNode);
+
+/** Every leaf key with its doc and default, for docs and `mlx-router config`. */
+export function describeKeys(): Array<{ key: string; env: string; doc: string; default: unknown }> {
+  const out: Array<{ key: string; env: string; doc: string; default: unknown }> = [];
+  const walk = (node: SchemaNode, path: string[]): void => {
+    if (isLeaf(node)) {
+      out.push({ key: path.join('.'), env: node.env as string, doc: node.doc as string, default: node.default });
+      return;
+    }
+    for (const [k, v] of Object.entries(node)) walk(v as SchemaNode, [...path, k]);
+  };
+  walk(fullSchema, []);
+  return out;
+}
+
+export interface LoadOptions {
+  /** Config file; only some keys need be present. */
+  file?: string;
+  /** Environment to read `MLX_ROUTER_*` from (default: process.env). */
+  env?: NodeJS.ProcessEnv;
+  /** Overrides from CLI flags, by dotted key; applied last. */
+  overrides?: Record<string, unknown>;
+}
+
+/**
+ * Loads and validates the configuration: defaults, then the file, then the environment, then CLI
+ * overrides. Throws ConfigError naming the bad key.
+ */
+export function loadConfig(options: LoadOptions = {}): RouterConfig {
+  const config = convict(fullSchema as convict.Schema<RouterConfig>, {
+    env: options.env ?? process.env,
+    args: [],
+  });
+  try {
+    if (options.file) {
+      const file = resolve(options.file);
+      if (!existsSync(file)) throw new ConfigError(`config file not found: ${file}`);
+      config.loadFile(file);
+    }
+    for (const [key, value] of Object.entries(options.overrides ?? {})) {
+      if (value !== undefined) config.set(key as never, value as never);
+    }
+    config.validate({ allowed: 'strict' });
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    throw new ConfigError(`invalid configuration: ${(err as Error).message}`, { cause: err });
+  }
+  const cfg = config.getProperties() as RouterConfig;
+  checkSemantics(cfg);
+  return cfg;
+}
+
+/** Rules a type cannot say; each message names its key. */
+function checkSemantics(cfg: RouterConfig): void {
+  const rr = cfg.cluster.requestRouting;
+  const fail = (key: string, why: string): never => {
+    throw new ConfigError(`invalid configuration: ${key}: ${why}`);
+  };
+  if (rr.circuitBreaker.halfOpenPermits < 1) fail('cluster.requestRouting.circuitBreaker.halfOpenPermits', 'must be at least 1');
+  if (rr.circuitBreaker.failureThreshold < 1) fail('cluster.requestRouting.circuitBreaker.failureThreshold', 'must be at least 1');
+  if (rr.circuitBreaker.successThreshold < 1) fail('cluster.requestRouting.circuitBreaker.successThreshold', 'must be at least 1');
+  if (rr.circuitBreaker.maxTimeoutMs < rr.circuitBreaker.timeoutMs) {
+    fail('cluster.requestRouting.circuitBreaker.maxTimeoutMs', 'must be >= cluster.requestRouting.circuitBreaker.timeoutMs');
+  }
+  if (rr.retry.maxRetryDelayMs < rr.retry.retryDelayMs) {
+    fail('cluster.requestRouting.retry.maxRetryDelayMs', 'must be >= cluster.requestRouting.retry.retryDelayMs');
+  }
+  if (rr.timeoutMs < 1) fail('cluster.requestRouting.timeoutMs', 'must be at least 1');
+  if (rr.streamingTimeoutMs < 1) fail('cluster.requestRouting.streamingTimeoutMs', 'must be at least 1');
+  if (cfg.cluster.pipeline.length === 0) fail('cluster.pipeline', 'must name at least one middleware');
+  if (cfg.nats.servers.length === 0) fail('nats.servers', 'must list at least one server');
+  if (cfg.worker.maxConcurrent < 1) fail('worker.maxConcurrent', 'must be at least 1');
+  if (cfg.worker.heartbeatIntervalMs < 10) fail('worker.heartbeatIntervalMs', 'must be at least 10');
+  if (cfg.discovery.offlineAfterMs <= cfg.worker.heartbeatIntervalMs) {
+    fail('discovery.offlineAfterMs', 'must be longer than worker.heartbeatIntervalMs');
+  }
+  nonNegative('worker.synthetic.failRate')(cfg.worker.synthetic.failRate);
+}
+
+/** The config file used when none is named: ./cluster.yaml in the working directory, if any. */
+export function defaultConfigFile(cwd: string = process.cwd()): string | undefined {
+  const candidate = resolve(cwd, 'cluster.yaml');
+  return existsSync(candidate) ? candidate : undefined;
+}

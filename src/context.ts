@@ -1,0 +1,128 @@
+/**
+ * RouteContext: everything one request carries through the chain (STYLE §2). Fixed fields are set
+ * once by createContext; routing fields are reset for every attempt by the assembler; outputs are
+ * filled by dispatch. Extensions go in `state`.
+ */
+import type { Clock } from './clock';
+import type { AttemptRecord } from './errors';
+import type { Logger } from './logger';
+import type { WorkerInfo } from './controller/registry';
+import type { Usage, WireEnd, WireRequest, WireResult } from './protocol';
+
+/** A middleware: `(ctx, next)`, as in koa-compose. */
+export type Next = () => Promise<void>;
+export type Middleware = (ctx: RouteContext, next: Next) => Promise<void>;
+
+/** Where a streamed answer goes. The first `write` is the commit point (DESIGN §5). */
+export interface StreamSink {
+  readonly committed: boolean;
+  /** Forwards one piece of text to the client; false when the client is too slow (over the cap). */
+  write(text: string): boolean;
+}
+
+/** Per-attempt state: fresh for each attempt. */
+export interface AttemptState {
+  /** 1-based attempt number. */
+  readonly number: number;
+  readonly startedAt: number;
+  /** Aborts when this attempt must end: its timeout, or the request's end. */
+  readonly signal: AbortSignal;
+  abort(reason: unknown): void;
+  /** Called by dispatch on every streamed chunk; the timeout middleware uses it for idle limits. */
+  progress: () => void;
+  /** Chunks this attempt has delivered. */
+  chunks: number;
+}
+
+/** What the answer's `metadata` and headers report (DESIGN §8). */
+export interface RequestMetrics {
+  retryCount: number;
+  circuitBreakerTrips: number;
+  timeouts: number;
+  failedWorkers: string[];
+  selectedWorker: string | null;
+  totalDurationMs: number;
+}
+
+export interface RouteContext {
+  readonly requestId: string;
+  readonly request: WireRequest;
+  readonly stream: boolean;
+  /** Child logger with the request id on every line. */
+  readonly log: Logger;
+  readonly clock: Clock;
+  /** Aborts when the request ends early: the client left or the request deadline passed. */
+  readonly signal: AbortSignal;
+  /** Absolute deadline of the whole request, on `clock`. */
+  readonly deadline: number;
+  readonly startedAt: number;
+  /** Lower-cased request headers (session ids and extensions read them). */
+  readonly headers: Readonly<Record<string, string | undefined>>;
+  /** Session id from `x-session-id` or the body's `session_id`. */
+  readonly sessionId?: string;
+
+  /** The session's sticky worker, when the session middleware found one. */
+  stickyWorker?: string;
+  /** Workers that may serve this attempt; reset per attempt, narrowed by middleware. */
+  candidates: WorkerInfo[];
+  /** The worker chosen for this attempt. */
+  worker?: WorkerInfo;
+  attempt: AttemptState;
+  /** Every finished attempt, in order. */
+  readonly attempts: AttemptRecord[];
+  /** Runs one attempt through the part of the chain after the retry boundary. */
+  runAttempt: () => Promise<void>;
+
+  /** Buffered answer. */
+  result?: WireResult;
+  /** Streamed answer's final message (finish reason and usage). */
+  end?: WireEnd;
+  /** Streaming only: where chunks go. */
+  sink?: StreamSink;
+  readonly metrics: RequestMetrics;
+  /** Free space for custom middleware. */
+  readonly state: Record<string, unknown>;
+}
+
+export interface ContextInit {
+  requestId: string;
+  request: WireRequest;
+  log: Logger;
+  clock: Clock;
+  signal: AbortSignal;
+  deadline: number;
+  headers?: Record<string, string | undefined>;
+  sessionId?: string;
+  sink?: StreamSink;
+}
+
+const neverAborted = new AbortController().signal;
+
+/** The one constructor of RouteContext. */
+export function createContext(init: ContextInit): RouteContext {
+  const now = init.clock.now();
+  return {
+    requestId: init.requestId,
+    request: init.request,
+    stream: init.request.stream,
+    log: init.log,
+    clock: init.clock,
+    signal: init.signal,
+    deadline: init.deadline,
+    startedAt: now,
+    headers: init.headers ?? {},
+    sessionId: init.sessionId,
+    candidates: [],
+    attempt: { number: 0, startedAt: now, signal: neverAborted, abort: () => undefined, progress: () => undefined, chunks: 0 },
+    attempts: [],
+    runAttempt: () => Promise.reject(new Error('runAttempt is set by the pipeline')),
+    sink: init.sink,
+    metrics: { retryCount: 0, circuitBreakerTrips: 0, timeouts: 0, failedWorkers: [], selectedWorker: null, totalDurationMs: 0 },
+    state: {},
+  };
+}
+
+/** Usage of the answer, buffered or streamed. */
+export function answerUsage(ctx: RouteContext): Usage | undefined {
+  return ctx.result?.usage ?? ctx.end?.usage;
+}

@@ -1,0 +1,142 @@
+/**
+ * BreakerBook: one circuit breaker per worker (DESIGN §6). State is a discriminated union; the
+ * open → half-open step is taken by the clock on every read, so a breaker is half-open the moment
+ * its open time ends, whether or not a call arrives. Half-open admits exactly `halfOpenPermits`
+ * probes at a time; `successThreshold` successes close it, one failure reopens it for longer.
+ */
+import type { Clock } from '../clock';
+
+export type BreakerState =
+  | { kind: 'closed'; failures: number }
+  | { kind: 'open'; until: number; trips: number }
+  | { kind: 'half-open'; inUse: number; successes: number; trips: number };
+
+export type BreakerKind = BreakerState['kind'];
+
+export interface BreakerOptions {
+  /** Consecutive counted failures that open a breaker (default 5). */
+  failureThreshold: number;
+  /** Half-open successes that close it (default 2). */
+  successThreshold: number;
+  /** Open time after the first trip (ms); doubles per repeated trip. */
+  timeoutMs: number;
+  /** Cap of the open time (ms). */
+  maxTimeoutMs: number;
+  /** Probes admitted at once while half-open (default 1; never unlimited). */
+  halfOpenPermits: number;
+  clock: Clock;
+  /** Jitter source in [0, 1) (default Math.random). */
+  random?: () => number;
+  /** Called on every state change, for logs and metrics. */
+  onTransition?: (worker: string, from: BreakerKind, to: BreakerKind) => void;
+}
+
+export class BreakerBook {
+  private readonly breakers = new Map<string, BreakerState>();
+  private readonly random: () => number;
+
+  constructor(private readonly options: BreakerOptions) {
+    this.random = options.random ?? Math.random;
+  }
+
+  /** The state now, after applying the clock. */
+  state(worker: string): BreakerState {
+    const s = this.breakers.get(worker);
+    if (!s) return { kind: 'closed', failures: 0 };
+    if (s.kind === 'open' && this.options.clock.now() >= s.until) {
+      return this.move(worker, s, { kind: 'half-open', inUse: 0, successes: 0, trips: s.trips });
+    }
+    return s;
+  }
+
+  /** True when the worker may be offered traffic now (closed, or half-open with a free permit). */
+  allows(worker: string): boolean {
+    const s = this.state(worker);
+    return s.kind === 'closed' || (s.kind === 'half-open' && s.inUse < this.options.halfOpenPermits);
+  }
+
+  /**
+   * Takes the right to send one request: always granted when closed, one permit when half-open.
+   * Every granted acquire must be followed by exactly one of success, failure or release.
+   */
+  acquire(worker: string): boolean {
+    const s = this.state(worker);
+    if (s.kind === 'closed') return true;
+    if (s.kind === 'half-open' && s.inUse < this.options.halfOpenPermits) {
+      s.inUse++;
+      return true;
+    }
+    return false;
+  }
+
+  /** The attempt succeeded. */
+  success(worker: string): void {
+    const s = this.state(worker);
+    if (s.kind === 'closed') {
+      if (s.failures !== 0) s.failures = 0;
+    } else if (s.kind === 'half-open') {
+      s.inUse = Math.max(0, s.inUse - 1);
+      s.successes++;
+      if (s.successes >= this.options.successThreshold) this.move(worker, s, { kind: 'closed', failures: 0 });
+    }
+  }
+
+  /** The attempt failed in a way that counts against the worker. Returns true when this tripped it. */
+  failure(worker: string): boolean {
+    const s = this.state(worker);
+    if (s.kind === 'closed') {
+      s.failures++;
+      if (s.failures >= this.options.failureThreshold) {
+        this.move(worker, s, this.opened(1));
+        return true;
+      }
+      return false;
+    }
+    if (s.kind === 'half-open') {
+      this.move(worker, s, this.opened(s.trips + 1));
+      return true;
+    }
+    return false;
+  }
+
+  /** The attempt ended in a way that says nothing about the worker: frees a half-open permit. */
+  release(worker: string): void {
+    const s = this.state(worker);
+    if (s.kind === 'half-open') s.inUse = Math.max(0, s.inUse - 1);
+  }
+
+  /** Time until the first of these workers turns half-open (ms), or undefined if none is open. */
+  retryAfterMs(workers: Iterable<string>): number | undefined {
+    const now = this.options.clock.now();
+    let best: number | undefined;
+    for (const w of workers) {
+      const s = this.state(w);
+      const wait = s.kind === 'open' ? s.until - now : s.kind === 'half-open' ? 0 : undefined;
+      if (wait !== undefined && (best === undefined || wait < best)) best = wait;
+    }
+    return best;
+  }
+
+  /** Every worker with a breaker and its state kind, for metrics. */
+  snapshot(): Array<[string, BreakerKind]> {
+    return [...this.breakers.keys()].map((w) => [w, this.state(w).kind]);
+  }
+
+  forget(worker: string): void {
+    this.breakers.delete(worker);
+  }
+
+  private opened(trips: number): BreakerState {
+    const { timeoutMs, maxTimeoutMs, clock } = this.options;
+    const base = Math.min(maxTimeoutMs, timeoutMs * 2 ** Math.min(trips - 1, 30));
+    // ±10% jitter so breakers tripped together do not probe together.
+    const duration = Math.min(maxTimeoutMs, base * (0.9 + 0.2 * this.random()));
+    return { kind: 'open', until: clock.now() + duration, trips };
+  }
+
+  private move(worker: string, from: BreakerState, to: BreakerState): BreakerState {
+    this.breakers.set(worker, to);
+    if (from.kind !== to.kind) this.options.onTransition?.(worker, from.kind, to.kind);
+    return to;
+  }
+}

@@ -1,0 +1,190 @@
+/**
+ * The terminal step of every chain: one NATS request to the selected worker. Replies arrive on
+ * one shared wildcard inbox subscription (ReplyMux), never a subscription per request. This is the
+ * one place NATS outcomes are translated into RouterErrors (STYLE §3).
+ */
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import { createInbox } from '@nats-io/transport-node';
+import type { Middleware, RouteContext } from '../context';
+import { isErrorCode, isRouterError, RouterError, type OutcomeClass } from '../errors';
+import {
+  decode,
+  encode,
+  HDR_SEQ,
+  isNoResponders,
+  requestHeaders,
+  type Subjects,
+  type WireEnd,
+  type WireError,
+  type WireReply,
+  type WireResult,
+} from '../protocol';
+import type { WorkerInfo, WorkerRegistry } from './registry';
+
+type Handler = (msg: Msg) => void;
+
+/** One wildcard subscription that routes replies to per-request handlers by the last token. */
+export class ReplyMux {
+  private readonly prefix: string;
+  private readonly handlers = new Map<string, Handler>();
+  private readonly sub: Subscription;
+  private seq = 0;
+
+  constructor(nc: NatsConnection) {
+    this.prefix = createInbox();
+    this.sub = nc.subscribe(`${this.prefix}.*`, {
+      callback: (err, msg) => {
+        if (err) return;
+        const token = msg.subject.slice(this.prefix.length + 1);
+        this.handlers.get(token)?.(msg);
+      },
+    });
+  }
+
+  /** Registered handlers now: a leak shows here first. */
+  get size(): number {
+    return this.handlers.size;
+  }
+
+  register(handler: Handler): { subject: string; close: () => void } {
+    const token = (this.seq++).toString(36);
+    this.handlers.set(token, handler);
+    return { subject: `${this.prefix}.${token}`, close: () => this.handlers.delete(token) };
+  }
+
+  close(): void {
+    this.handlers.clear();
+    this.sub.unsubscribe();
+  }
+}
+
+export interface DispatchDeps {
+  nc: NatsConnection;
+  mux: ReplyMux;
+  subjects: Subjects;
+  registry: WorkerRegistry;
+}
+
+/** A worker's wire error as a RouterError; unknown codes become WORKER_ERROR. */
+export function fromWireError(reply: WireError, worker: string): RouterError {
+  const code = isErrorCode(reply.code) ? reply.code : 'WORKER_ERROR';
+  return new RouterError(code, `worker ${worker}: ${String(reply.message ?? 'error')}`, {
+    outcome: reply.outcome as OutcomeClass | undefined,
+    worker,
+    retryAfterMs: typeof reply.retry_after_ms === 'number' ? reply.retry_after_ms : undefined,
+  });
+}
+
+/** Why an attempt's signal aborted, as a RouterError (a timeout unless someone said otherwise). */
+function abortReason(signal: AbortSignal, worker: string): RouterError {
+  const r = signal.reason;
+  if (isRouterError(r)) return r;
+  return new RouterError('WORKER_TIMEOUT', `worker ${worker} did not answer in time`, { worker, cause: r });
+}
+
+/** After the first chunk reached the client, every failure is a committed one (DESIGN §5). */
+function committed(err: RouterError, worker: string): RouterError {
+  if (err.outcome === 'committed' || err.outcome === 'cancelled') return err;
+  return new RouterError('STREAM_INTERRUPTED', `stream from worker ${worker} broke after it started: ${err.message}`, {
+    worker,
+    cause: err,
+  });
+}
+
+/** The terminal middleware: sends the request to `ctx.worker` and fills `ctx.result` or streams. */
+export function dispatch(deps: DispatchDeps): Middleware {
+  return async function dispatch(ctx: RouteContext): Promise<void> {
+    const worker = ctx.worker;
+    if (!worker) throw new RouterError('INTERNAL_ERROR', 'no worker was selected before dispatch (is `select` in cluster.pipeline?)');
+    const started = ctx.clock.now();
+    let answered = false;
+    deps.registry.begin(worker);
+    try {
+      await exchange(ctx, worker, deps);
+      answered = true;
+    } finally {
+      deps.registry.end(worker, answered ? ctx.clock.now() - started : undefined);
+    }
+  };
+}
+
+function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Promise<void> {
+  const { signal } = ctx.attempt;
+  return new Promise<void>((resolve, reject) => {
+    let expected = 0;
+    let settled = false;
+    // Cancels the worker's work when we stop listening before it finished (DESIGN §4).
+    const finish = (err?: RouterError, cancelWorker = false): void => {
+      if (settled) return;
+      settled = true;
+      reg.close();
+      signal.removeEventListener('abort', onAbort);
+      if (cancelWorker && !deps.nc.isClosed()) {
+        deps.nc.publish(deps.subjects.cancel(worker.id), encode({ request_id: ctx.requestId, attempt: ctx.attempt.number }));
+      }
+      if (err) reject(ctx.sink?.committed && ctx.attempt.chunks > 0 ? committed(err, worker.id) : err);
+      else resolve();
+    };
+    const onAbort = (): void => finish(abortReason(signal, worker.id), true);
+
+    const reg = deps.mux.register((msg) => {
+      if (settled) return;
+      if (isNoResponders(msg)) {
+        finish(new RouterError('WORKER_UNAVAILABLE', `worker ${worker.id} is not listening (no responders)`, { worker: worker.id }));
+        return;
+      }
+      const reply = decode<WireReply>(msg.data);
+      if (!reply || typeof reply !== 'object') {
+        finish(new RouterError('WORKER_ERROR', `worker ${worker.id} sent an unreadable reply`, { worker: worker.id }), true);
+        return;
+      }
+      if (reply.type === 'error') {
+        finish(fromWireError(reply, worker.id));
+        return;
+      }
+      if (!ctx.stream) {
+        if (reply.type === 'result') {
+          ctx.result = reply as WireResult;
+          finish();
+        } else {
+          finish(new RouterError('WORKER_ERROR', `worker ${worker.id} sent '${String(reply.type)}' to a buffered request`, { worker: worker.id }), true);
+        }
+        return;
+      }
+      const seq = Number(msg.headers?.get(HDR_SEQ) ?? (reply as { seq?: number }).seq);
+      if (seq !== expected) {
+        const what = seq < expected ? 'duplicate' : 'gap';
+        finish(new RouterError('STREAM_INTERRUPTED', `stream from worker ${worker.id}: sequence ${what} (expected ${expected}, got ${seq})`, { worker: worker.id }), true);
+        return;
+      }
+      expected++;
+      if (reply.type === 'chunk') {
+        ctx.attempt.chunks++;
+        ctx.attempt.progress();
+        if (!ctx.sink?.write(String(reply.text ?? ''))) {
+          finish(new RouterError('STREAM_INTERRUPTED', 'client reads too slowly: stream buffer cap reached', { worker: worker.id, outcome: 'cancelled' }), true);
+        }
+      } else if (reply.type === 'end') {
+        ctx.end = reply as WireEnd;
+        finish();
+      } else {
+        finish(new RouterError('WORKER_ERROR', `worker ${worker.id} sent '${String(reply.type)}' to a stream`, { worker: worker.id }), true);
+      }
+    });
+
+    if (signal.aborted) {
+      onAbort();
+      return;
+    }
+    signal.addEventListener('abort', onAbort, { once: true });
+    const remaining = ctx.deadline - ctx.clock.now();
+    try {
+      deps.nc.publish(deps.subjects.infer(worker.id), encode(ctx.request), {
+        reply: reg.subject,
+        headers: requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream }),
+      });
+    } catch (err) {
+      finish(new RouterError('WORKER_UNAVAILABLE', `cannot publish to worker ${worker.id}: ${(err as Error).message}`, { worker: worker.id, cause: err }));
+    }
+  });
+}

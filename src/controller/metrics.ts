@@ -1,0 +1,79 @@
+/**
+ * Prometheus metrics of one controller, on its own prom-client Registry (no global state, so
+ * several controllers in one process, as in tests, do not collide).
+ */
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { BreakerBook, BreakerKind } from './breakers';
+import type { WorkerRegistry } from './registry';
+
+const BREAKER_VALUE: Record<BreakerKind, number> = { closed: 0, 'half-open': 1, open: 2 };
+
+export interface MetricsSources {
+  registry: WorkerRegistry;
+  breakers: BreakerBook;
+  /** Pending NATS reply handlers (leak detector). */
+  pendingReplies: () => number;
+}
+
+export class RouterMetrics {
+  readonly register = new Registry();
+  readonly requests: Counter<'status' | 'code' | 'stream'>;
+  readonly attempts: Counter<'outcome'>;
+  readonly retries: Counter;
+  readonly timeouts: Counter<'kind'>;
+  readonly breakerTransitions: Counter<'worker' | 'from' | 'to'>;
+  readonly duration: Histogram<'stream'>;
+  readonly ttft: Histogram;
+  readonly inFlight: Gauge;
+
+  constructor(sources?: MetricsSources) {
+    const registers = [this.register];
+    this.requests = new Counter({ name: 'mlx_router_requests_total', help: 'Requests by final HTTP status and error code.', labelNames: ['status', 'code', 'stream'], registers });
+    this.attempts = new Counter({ name: 'mlx_router_attempts_total', help: 'Attempts by outcome class.', labelNames: ['outcome'], registers });
+    this.retries = new Counter({ name: 'mlx_router_retries_total', help: 'Attempts after the first.', registers });
+    this.timeouts = new Counter({ name: 'mlx_router_timeouts_total', help: 'Attempt timeouts by kind.', labelNames: ['kind'], registers });
+    this.breakerTransitions = new Counter({ name: 'mlx_router_breaker_transitions_total', help: 'Breaker state changes.', labelNames: ['worker', 'from', 'to'], registers });
+    this.duration = new Histogram({
+      name: 'mlx_router_request_duration_seconds',
+      help: 'Request duration, all attempts included.',
+      labelNames: ['stream'],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      registers,
+    });
+    this.ttft = new Histogram({
+      name: 'mlx_router_ttft_seconds',
+      help: 'Time to first streamed chunk, as the client sees it.',
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.inFlight = new Gauge({ name: 'mlx_router_in_flight_requests', help: 'Requests being handled now.', registers });
+    if (sources) {
+      new Gauge({
+        name: 'mlx_router_breaker_state',
+        help: 'Breaker state per worker: 0 closed, 1 half-open, 2 open.',
+        labelNames: ['worker'],
+        registers,
+        collect() {
+          this.reset();
+          for (const [worker, kind] of sources.breakers.snapshot()) this.set({ worker }, BREAKER_VALUE[kind]);
+        },
+      });
+      new Gauge({
+        name: 'mlx_router_workers_online',
+        help: 'Workers online now.',
+        registers,
+        collect() {
+          this.set(sources.registry.online().length);
+        },
+      });
+      new Gauge({
+        name: 'mlx_router_pending_replies',
+        help: 'NATS reply handlers waiting now.',
+        registers,
+        collect() {
+          this.set(sources.pendingReplies());
+        },
+      });
+    }
+  }
+}

@@ -1,0 +1,183 @@
+/**
+ * WorkerRegistry: what the controller knows of each worker, fed by heartbeats. Online-ness is
+ * judged on the controller's own clock (a worker silent for `offlineAfterMs` is offline), and a
+ * "no responders" answer marks a worker offline at once, until its next heartbeat.
+ */
+import type { Clock } from '../clock';
+import type { Logger } from '../logger';
+import { WORKER_ID_PATTERN, type Heartbeat } from '../protocol';
+
+export interface WorkerInfo {
+  readonly id: string;
+  models: string[];
+  engine: string;
+  maxConcurrent: number;
+  /** In-flight count the worker reported in its last heartbeat (all controllers together). */
+  reportedInFlight: number;
+  /** Requests this controller has outstanding at the worker now. */
+  outstanding: number;
+  /** Peak-EWMA latency of this controller's requests (ms); starts at 0 (unknown). */
+  latencyMs: number;
+  latencyAt: number;
+  state: 'ready' | 'draining';
+  lastSeen: number;
+  /** Set by "no responders" or bye: offline until the next heartbeat. */
+  gone: boolean;
+}
+
+export interface RegistryOptions {
+  clock: Clock;
+  /** A worker silent this long is offline (ms). */
+  offlineAfterMs: number;
+  log: Logger;
+  /** Peak-EWMA decay time constant (ms, default 10000). */
+  latencyDecayMs?: number;
+}
+
+export class WorkerRegistry {
+  private readonly workers = new Map<string, WorkerInfo>();
+  private readonly clock: Clock;
+  private readonly offlineAfterMs: number;
+  private readonly log: Logger;
+  private readonly decayMs: number;
+  private readonly wasOnline = new Map<string, boolean>();
+
+  constructor(options: RegistryOptions) {
+    this.clock = options.clock;
+    this.offlineAfterMs = options.offlineAfterMs;
+    this.log = options.log;
+    this.decayMs = options.latencyDecayMs ?? 10_000;
+  }
+
+  onHeartbeat(hb: Heartbeat): void {
+    if (typeof hb?.id !== 'string' || !WORKER_ID_PATTERN.test(hb.id) || !Array.isArray(hb.models)) return;
+    const now = this.clock.now();
+    const known = this.workers.get(hb.id);
+    const models = hb.models.filter((m): m is string => typeof m === 'string');
+    const maxConcurrent = Number.isInteger(hb.max_concurrent) && hb.max_concurrent > 0 ? hb.max_concurrent : 1;
+    const reported = Number.isFinite(hb.in_flight) ? hb.in_flight : 0;
+    const state = hb.state === 'draining' ? 'draining' : 'ready';
+    if (known) {
+      known.models = models;
+      known.engine = String(hb.engine ?? 'unknown');
+      known.maxConcurrent = maxConcurrent;
+      known.reportedInFlight = reported;
+      known.state = state;
+      known.lastSeen = now;
+      known.gone = false;
+    } else {
+      this.workers.set(hb.id, {
+        id: hb.id,
+        models,
+        engine: String(hb.engine ?? 'unknown'),
+        maxConcurrent,
+        reportedInFlight: reported,
+        outstanding: 0,
+        latencyMs: 0,
+        latencyAt: now,
+        state,
+        lastSeen: now,
+        gone: false,
+      });
+    }
+    this.noteTransition(hb.id);
+  }
+
+  /** The worker said goodbye (clean shutdown): offline now. */
+  onBye(id: string): void {
+    this.markOffline(id, 'bye');
+  }
+
+  /** No responders, or bye: offline at once, until a heartbeat says otherwise. */
+  markOffline(id: string, reason: string): void {
+    const w = this.workers.get(id);
+    if (!w || w.gone) return;
+    w.gone = true;
+    this.log.warn({ worker: id, reason }, 'worker marked offline');
+    this.noteTransition(id);
+  }
+
+  isOnline(w: WorkerInfo, now: number = this.clock.now()): boolean {
+    return !w.gone && now - w.lastSeen < this.offlineAfterMs;
+  }
+
+  /** Online workers taking work (not draining) that serve `model`. */
+  forModel(model: string): WorkerInfo[] {
+    const now = this.clock.now();
+    const out: WorkerInfo[] = [];
+    for (const w of this.workers.values()) {
+      if (w.state === 'ready' && this.isOnline(w, now) && w.models.includes(model)) out.push(w);
+    }
+    return out;
+  }
+
+  online(): WorkerInfo[] {
+    const now = this.clock.now();
+    return [...this.workers.values()].filter((w) => this.isOnline(w, now));
+  }
+
+  /** Union of models that online workers advertise, sorted. */
+  models(): string[] {
+    const set = new Set<string>();
+    for (const w of this.online()) for (const m of w.models) set.add(m);
+    return [...set].sort();
+  }
+
+  /** A model any known worker (online or recently seen) advertises: absent means 404, not 503. */
+  knowsModel(model: string): boolean {
+    for (const w of this.workers.values()) if (w.models.includes(model)) return true;
+    return false;
+  }
+
+  get(id: string): WorkerInfo | undefined {
+    return this.workers.get(id);
+  }
+
+  /** The controller sends a request to `id`. */
+  begin(w: WorkerInfo): void {
+    w.outstanding++;
+  }
+
+  /** The request to `id` ended; `latencyMs` feeds the peak-EWMA when the worker answered. */
+  end(w: WorkerInfo, latencyMs?: number): void {
+    w.outstanding = Math.max(0, w.outstanding - 1);
+    if (latencyMs !== undefined) this.observeLatency(w, latencyMs);
+  }
+
+  /** Peak EWMA (Finagle): a slower sample takes over at once; faster ones decay in over time. */
+  observeLatency(w: WorkerInfo, sampleMs: number): void {
+    const now = this.clock.now();
+    if (w.latencyMs === 0 || sampleMs > w.latencyMs) {
+      w.latencyMs = sampleMs;
+    } else {
+      const weight = Math.exp(-(now - w.latencyAt) / this.decayMs);
+      w.latencyMs = w.latencyMs * weight + sampleMs * (1 - weight);
+    }
+    w.latencyAt = now;
+  }
+
+  /**
+   * Logs workers that went offline by silence and forgets those silent for ten times the offline
+   * limit. Called periodically by the controller; reads never depend on it.
+   */
+  sweep(): void {
+    const now = this.clock.now();
+    for (const [id, w] of this.workers) {
+      this.noteTransition(id, now);
+      if (now - w.lastSeen > this.offlineAfterMs * 10 && w.outstanding === 0) {
+        this.workers.delete(id);
+        this.wasOnline.delete(id);
+      }
+    }
+  }
+
+  private noteTransition(id: string, now: number = this.clock.now()): void {
+    const w = this.workers.get(id);
+    if (!w) return;
+    const online = this.isOnline(w, now);
+    if (this.wasOnline.get(id) !== online) {
+      this.wasOnline.set(id, online);
+      this.log.info({ worker: id, online, models: w.models }, online ? 'worker online' : 'worker offline');
+    }
+  }
+}

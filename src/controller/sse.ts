@@ -1,0 +1,99 @@
+/**
+ * Server-sent events in OpenAI's chat.completion.chunk format. The first chunk written is the
+ * commit point (DESIGN §5): headers go out with it. A failure after commit ends the stream with an
+ * `event: error` and no `data: [DONE]`, so a broken stream never looks finished.
+ */
+import type { ServerResponse } from 'node:http';
+import type { StreamSink } from '../context';
+import type { RouterError } from '../errors';
+import type { FinishReason, Usage } from '../protocol';
+
+export interface SseSinkOptions {
+  res: ServerResponse;
+  completionId: string;
+  model: string;
+  created: number;
+  /** Bytes the client may leave unread before the stream is cancelled. */
+  maxBufferedBytes: number;
+  /** Headers to send at commit (worker, retries: known only then). */
+  headers: () => Record<string, string>;
+  /** Called once, at the commit point. */
+  onCommit?: () => void;
+}
+
+export class SseSink implements StreamSink {
+  private isCommitted = false;
+  private closed = false;
+  private readonly prefix: string;
+  private readonly suffix = '},"finish_reason":null}]}\n\n';
+
+  constructor(private readonly options: SseSinkOptions) {
+    // Every content chunk shares this prefix: build it once, not a JSON object per token.
+    this.prefix =
+      `data: {"id":${JSON.stringify(options.completionId)},"object":"chat.completion.chunk","created":${options.created},` +
+      `"model":${JSON.stringify(options.model)},"choices":[{"index":0,"delta":{"content":`;
+  }
+
+  get committed(): boolean {
+    return this.isCommitted;
+  }
+
+  /** The client is gone or the stream ended: nothing more can be written. */
+  get done(): boolean {
+    return this.closed || this.options.res.destroyed;
+  }
+
+  write(text: string): boolean {
+    if (this.done) return false;
+    if (!this.isCommitted) this.commit();
+    this.options.res.write(this.prefix + JSON.stringify(text) + this.suffix);
+    return this.options.res.writableLength <= this.options.maxBufferedBytes;
+  }
+
+  /** Clean end: final chunk with finish_reason, optional usage chunk, metadata, `[DONE]`. */
+  finish(finishReason: FinishReason, usage: Usage | undefined, includeUsage: boolean, metadata: Record<string, unknown>): void {
+    if (this.done) return;
+    if (!this.isCommitted) this.commit();
+    const base = { id: this.options.completionId, object: 'chat.completion.chunk', created: this.options.created, model: this.options.model };
+    this.send({ ...base, choices: [{ index: 0, delta: {}, finish_reason: finishReason }], metadata });
+    if (includeUsage && usage) this.send({ ...base, choices: [], usage });
+    this.options.res.end('data: [DONE]\n\n');
+    this.closed = true;
+  }
+
+  /** Failure: a plain JSON error before commit, an SSE error event after it. Never `[DONE]`. */
+  fail(err: RouterError, headers: Record<string, string>): void {
+    if (this.done) return;
+    const res = this.options.res;
+    if (!this.isCommitted) {
+      res.writeHead(err.status, { ...headers, 'content-type': 'application/json; charset=utf-8' });
+      res.end(JSON.stringify(err.toJSON()));
+    } else {
+      res.end(`event: error\ndata: ${JSON.stringify(err.toJSON())}\n\n`);
+    }
+    this.closed = true;
+  }
+
+  private commit(): void {
+    this.isCommitted = true;
+    this.options.res.writeHead(200, {
+      ...this.options.headers(),
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no',
+    });
+    this.send({
+      id: this.options.completionId,
+      object: 'chat.completion.chunk',
+      created: this.options.created,
+      model: this.options.model,
+      choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }],
+    });
+    this.options.onCommit?.();
+  }
+
+  private send(value: unknown): void {
+    this.options.res.write(`data: ${JSON.stringify(value)}\n\n`);
+  }
+}

@@ -1,0 +1,100 @@
+/**
+ * Validates an OpenAI chat-completions body into the wire request. Every failure is a 400
+ * REQUEST_VALIDATION_FAILED whose message and `param` name the field. Unknown fields are ignored,
+ * as OpenAI's SDKs send options this router does not use.
+ */
+import { RouterError } from '../errors';
+import type { ChatMessage, WireRequest } from '../protocol';
+
+export interface ValidatedChat {
+  request: WireRequest;
+  includeUsage: boolean;
+  sessionId?: string;
+}
+
+const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
+
+function invalid(param: string, message: string): RouterError {
+  return new RouterError('REQUEST_VALIDATION_FAILED', message, { param });
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** OpenAI content may be a string or a list of parts; only text parts are supported here. */
+function messageContent(content: unknown, i: number): string {
+  if (typeof content === 'string') return content;
+  if (content === null) return '';
+  if (Array.isArray(content)) {
+    return content
+      .map((part, j) => {
+        if (!isObject(part) || part.type !== 'text' || typeof part.text !== 'string') {
+          throw invalid(`messages[${i}].content[${j}]`, `messages[${i}].content[${j}] must be a text part ({"type":"text","text":...})`);
+        }
+        return part.text;
+      })
+      .join('');
+  }
+  throw invalid(`messages[${i}].content`, `messages[${i}].content must be a string or a list of text parts`);
+}
+
+function positiveInt(body: Record<string, unknown>, key: string): number | undefined {
+  const v = body[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw invalid(key, `${key} must be a positive integer`);
+  return v;
+}
+
+export function validateChatRequest(body: unknown): ValidatedChat {
+  if (!isObject(body)) throw invalid('body', 'request body must be a JSON object');
+  if (typeof body.model !== 'string' || body.model.trim() === '') throw invalid('model', 'model is required and must be a non-empty string');
+  if (!Array.isArray(body.messages)) throw invalid('messages', 'messages is required and must be an array');
+  if (body.messages.length === 0) throw invalid('messages', 'messages must not be empty');
+  const messages: ChatMessage[] = body.messages.map((m, i) => {
+    if (!isObject(m)) throw invalid(`messages[${i}]`, `messages[${i}] must be an object`);
+    if (typeof m.role !== 'string' || !ROLES.has(m.role)) {
+      throw invalid(`messages[${i}].role`, `messages[${i}].role must be one of ${[...ROLES].join(', ')}`);
+    }
+    return { role: m.role, content: messageContent(m.content, i) };
+  });
+  if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw invalid('stream', 'stream must be a boolean');
+  const maxTokens = positiveInt(body, 'max_completion_tokens') ?? positiveInt(body, 'max_tokens');
+  let temperature: number | undefined;
+  if (body.temperature !== undefined && body.temperature !== null) {
+    if (typeof body.temperature !== 'number' || !(body.temperature >= 0 && body.temperature <= 2)) {
+      throw invalid('temperature', 'temperature must be a number from 0 to 2');
+    }
+    temperature = body.temperature;
+  }
+  let stop: string[] | undefined;
+  if (body.stop !== undefined && body.stop !== null) {
+    if (typeof body.stop === 'string') stop = [body.stop];
+    else if (Array.isArray(body.stop) && body.stop.length <= 4 && body.stop.every((s) => typeof s === 'string')) stop = body.stop as string[];
+    else throw invalid('stop', 'stop must be a string or a list of at most 4 strings');
+  }
+  if (body.n !== undefined && body.n !== null && body.n !== 1) throw invalid('n', 'n must be 1 (one choice per request is supported)');
+  let includeUsage = false;
+  if (body.stream_options !== undefined && body.stream_options !== null) {
+    if (!isObject(body.stream_options)) throw invalid('stream_options', 'stream_options must be an object');
+    const iu = body.stream_options.include_usage;
+    if (iu !== undefined && typeof iu !== 'boolean') throw invalid('stream_options.include_usage', 'stream_options.include_usage must be a boolean');
+    includeUsage = iu === true;
+  }
+  let sessionId: string | undefined;
+  if (body.session_id !== undefined && body.session_id !== null) {
+    if (typeof body.session_id !== 'string' || body.session_id.length === 0 || body.session_id.length > 256) {
+      throw invalid('session_id', 'session_id must be a string of 1 to 256 characters');
+    }
+    sessionId = body.session_id;
+  }
+  const request: WireRequest = {
+    model: body.model,
+    messages,
+    stream: body.stream === true,
+    ...(maxTokens !== undefined ? { max_tokens: maxTokens } : {}),
+    ...(temperature !== undefined ? { temperature } : {}),
+    ...(stop !== undefined ? { stop } : {}),
+  };
+  return { request, includeUsage, sessionId };
+}

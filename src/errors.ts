@@ -1,0 +1,145 @@
+/**
+ * The one error catalogue (DESIGN §3). Every failure a request can meet is a RouterError with a
+ * stable code, an outcome class, an HTTP status and an OpenAI-shaped body. The class, never the
+ * message text, decides retries, breaker accounting and the final answer.
+ */
+
+/** Outcome classes of DESIGN §3; each attempt ends in exactly one. */
+export type OutcomeClass =
+  | 'success'
+  | 'not_delivered' // no responders, worker gone: retry at once elsewhere, mark offline
+  | 'rejected' // overloaded before any work: retry with backoff, does not count against the worker
+  | 'ambiguous' // timeout or disconnect before the first chunk: retry after cancel, counts
+  | 'worker_failure' // engine error before the first chunk: retry, counts
+  | 'committed' // failure after the first chunk reached the client: never retried blindly
+  | 'caller' // the request itself is wrong: never retried, never counted
+  | 'no_capacity' // nothing to route to: fail fast with Retry-After
+  | 'cancelled'; // the client went away: nobody is waiting for an answer
+
+export const OUTCOME_CLASSES: readonly OutcomeClass[] = [
+  'success', 'not_delivered', 'rejected', 'ambiguous', 'worker_failure', 'committed', 'caller', 'no_capacity', 'cancelled',
+];
+
+interface CatalogueEntry {
+  status: number;
+  type: string;
+  outcome: OutcomeClass;
+}
+
+/** Stable codes; docs/errors.md lists each with its meaning. */
+export const ERROR_CATALOGUE = {
+  REQUEST_VALIDATION_FAILED: { status: 400, type: 'invalid_request_error', outcome: 'caller' },
+  CONTEXT_LENGTH_EXCEEDED: { status: 400, type: 'invalid_request_error', outcome: 'caller' },
+  MODEL_NOT_FOUND: { status: 404, type: 'invalid_request_error', outcome: 'caller' },
+  NOT_FOUND: { status: 404, type: 'invalid_request_error', outcome: 'caller' },
+  REQUEST_TOO_LARGE: { status: 413, type: 'invalid_request_error', outcome: 'caller' },
+  CLIENT_CLOSED_REQUEST: { status: 499, type: 'invalid_request_error', outcome: 'cancelled' },
+  INTERNAL_ERROR: { status: 500, type: 'server_error', outcome: 'worker_failure' },
+  WORKER_ERROR: { status: 502, type: 'server_error', outcome: 'worker_failure' },
+  ALL_RETRIES_EXHAUSTED: { status: 502, type: 'server_error', outcome: 'worker_failure' },
+  STREAM_INTERRUPTED: { status: 502, type: 'server_error', outcome: 'committed' },
+  WORKER_UNAVAILABLE: { status: 503, type: 'server_error', outcome: 'not_delivered' },
+  WORKER_OVERLOADED: { status: 503, type: 'server_error', outcome: 'rejected' },
+  NO_WORKERS_AVAILABLE: { status: 503, type: 'server_error', outcome: 'no_capacity' },
+  CIRCUIT_BREAKER_OPEN: { status: 503, type: 'server_error', outcome: 'no_capacity' },
+  RETRY_BUDGET_EXHAUSTED: { status: 503, type: 'server_error', outcome: 'no_capacity' },
+  WORKER_TIMEOUT: { status: 504, type: 'server_error', outcome: 'ambiguous' },
+  REQUEST_TIMEOUT: { status: 504, type: 'server_error', outcome: 'ambiguous' },
+} as const satisfies Record<string, CatalogueEntry>;
+
+export type ErrorCode = keyof typeof ERROR_CATALOGUE;
+
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && Object.prototype.hasOwnProperty.call(ERROR_CATALOGUE, code);
+}
+
+/** One attempt as the client sees it in ALL_RETRIES_EXHAUSTED and in `metadata.attempts`. */
+export interface AttemptRecord {
+  attempt: number;
+  worker: string | null;
+  outcome: OutcomeClass;
+  code: ErrorCode | null;
+  durationMs: number;
+}
+
+export interface RouterErrorOptions {
+  /** Defaults to the catalogue's class; a worker may report another (its own wire error). */
+  outcome?: OutcomeClass;
+  param?: string | null;
+  /** When the client should come back; becomes a `Retry-After` header (whole seconds, rounded up). */
+  retryAfterMs?: number;
+  worker?: string;
+  attempts?: AttemptRecord[];
+  cause?: unknown;
+}
+
+const BRAND = Symbol.for('mlx-router.RouterError');
+
+export class RouterError extends Error {
+  readonly [BRAND] = true;
+  readonly code: ErrorCode;
+  readonly outcome: OutcomeClass;
+  readonly status: number;
+  readonly type: string;
+  readonly param: string | null;
+  readonly retryAfterMs?: number;
+  readonly worker?: string;
+  attempts?: AttemptRecord[];
+
+  constructor(code: ErrorCode, message: string, options: RouterErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    const entry = ERROR_CATALOGUE[code];
+    this.name = 'RouterError';
+    this.code = code;
+    this.outcome = options.outcome ?? entry.outcome;
+    this.status = entry.status;
+    this.type = entry.type;
+    this.param = options.param ?? null;
+    this.retryAfterMs = options.retryAfterMs;
+    this.worker = options.worker;
+    this.attempts = options.attempts;
+  }
+
+  /** The OpenAI-shaped body: `{"error": {"message", "type", "param", "code"}}` (+ attempts). */
+  toJSON(): { error: Record<string, unknown> } {
+    const error: Record<string, unknown> = {
+      message: this.message,
+      type: this.type,
+      param: this.param,
+      code: this.code,
+    };
+    if (this.attempts && this.attempts.length > 0) error.attempts = this.attempts;
+    return { error };
+  }
+
+  /** Header value in whole seconds, or undefined when the client need not wait. */
+  retryAfterSeconds(): number | undefined {
+    if (this.retryAfterMs === undefined) return undefined;
+    return Math.max(1, Math.ceil(this.retryAfterMs / 1000));
+  }
+}
+
+/** Brand check: safer than `instanceof` across module copies (cockatiel style). */
+export function isRouterError(err: unknown): err is RouterError {
+  return typeof err === 'object' && err !== null && (err as Record<symbol, unknown>)[BRAND] === true;
+}
+
+/** Anything thrown becomes a RouterError; unknown throwables are internal errors, cause kept. */
+export function toRouterError(err: unknown): RouterError {
+  if (isRouterError(err)) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new RouterError('INTERNAL_ERROR', `internal error: ${message}`, { cause: err });
+}
+
+/** Classes after which another attempt may help (DESIGN §3). */
+export function isRetryableOutcome(outcome: OutcomeClass): boolean {
+  return outcome === 'not_delivered' || outcome === 'rejected' || outcome === 'ambiguous' || outcome === 'worker_failure';
+}
+
+/**
+ * Classes that count against the worker's breaker (DESIGN §3). `not_delivered` does not: the
+ * worker is marked offline instead, and its breaker should not punish it when it comes back.
+ */
+export function countsAgainstWorker(outcome: OutcomeClass): boolean {
+  return outcome === 'ambiguous' || outcome === 'worker_failure' || outcome === 'committed';
+}

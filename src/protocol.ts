@@ -1,0 +1,169 @@
+/**
+ * Wire protocol v1 between controllers and workers over core NATS. docs/protocol.md is the
+ * normative description; this module is its one TypeScript encoding. Bodies are JSON; request id,
+ * attempt, remaining deadline and chunk sequence travel in headers.
+ */
+import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
+import type { ErrorCode, OutcomeClass } from './errors';
+
+export const PROTOCOL_VERSION = 1;
+export const DEFAULT_SUBJECT_PREFIX = 'mlx.v1';
+
+export const HDR_REQUEST_ID = 'Mlx-Request-Id';
+export const HDR_ATTEMPT = 'Mlx-Attempt';
+/** Milliseconds the request has left when it is published; relative, so clocks need not agree. */
+export const HDR_DEADLINE_MS = 'Mlx-Deadline-Ms';
+export const HDR_STREAM = 'Mlx-Stream';
+export const HDR_SEQ = 'Mlx-Seq';
+
+/** A worker id becomes one subject token, so it is restricted to safe characters. */
+export const WORKER_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+
+export interface Subjects {
+  /** Per-worker inference subject: request/reply, or streamed to the request's reply inbox. */
+  infer(workerId: string): string;
+  /** Per-worker cancel subject: `{request_id, attempt}`. */
+  cancel(workerId: string): string;
+  /** Workers publish heartbeats here; controllers subscribe. */
+  heartbeat: string;
+  /** A worker says goodbye here when it shuts down. */
+  bye: string;
+  /** A controller publishes here on start; every worker answers with a heartbeat at once. */
+  discover: string;
+}
+
+export function makeSubjects(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects {
+  return {
+    infer: (id) => `${prefix}.worker.${id}.infer`,
+    cancel: (id) => `${prefix}.worker.${id}.cancel`,
+    heartbeat: `${prefix}.heartbeat`,
+    bye: `${prefix}.bye`,
+    discover: `${prefix}.discover`,
+  };
+}
+
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
+
+export type FinishReason = 'stop' | 'length' | 'cancelled';
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+/** The request body a worker receives: the validated subset of OpenAI's chat request. */
+export interface WireRequest {
+  model: string;
+  messages: ChatMessage[];
+  max_tokens?: number;
+  temperature?: number;
+  stop?: string[];
+  stream: boolean;
+}
+
+export interface WireResult {
+  type: 'result';
+  text: string;
+  finish_reason: FinishReason;
+  usage: Usage;
+}
+export interface WireChunk {
+  type: 'chunk';
+  seq: number;
+  text: string;
+}
+export interface WireEnd {
+  type: 'end';
+  seq: number;
+  finish_reason: FinishReason;
+  usage: Usage;
+}
+export interface WireError {
+  type: 'error';
+  code: ErrorCode | string;
+  outcome: OutcomeClass;
+  message: string;
+  retry_after_ms?: number;
+  seq?: number;
+}
+export type WireReply = WireResult | WireChunk | WireEnd | WireError;
+
+export interface Heartbeat {
+  type: 'heartbeat';
+  version: number;
+  id: string;
+  models: string[];
+  engine: string;
+  max_concurrent: number;
+  in_flight: number;
+  state: 'ready' | 'draining';
+  interval_ms: number;
+}
+
+export interface Bye {
+  type: 'bye';
+  id: string;
+}
+
+export interface CancelMessage {
+  request_id: string;
+  attempt: number;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export function encode(value: unknown): Uint8Array {
+  return encoder.encode(JSON.stringify(value));
+}
+
+/** Decodes JSON, or returns undefined: a peer's garbage must never throw into a hot path. */
+export function decode<T>(data: Uint8Array): T | undefined {
+  try {
+    return JSON.parse(decoder.decode(data)) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface RequestHeaders {
+  requestId: string;
+  attempt: number;
+  deadlineMs: number;
+  stream: boolean;
+}
+
+export function requestHeaders(h: RequestHeaders): MsgHdrs {
+  const hdrs = natsHeaders();
+  hdrs.set(HDR_REQUEST_ID, h.requestId);
+  hdrs.set(HDR_ATTEMPT, String(h.attempt));
+  hdrs.set(HDR_DEADLINE_MS, String(Math.max(0, Math.floor(h.deadlineMs))));
+  if (h.stream) hdrs.set(HDR_STREAM, '1');
+  return hdrs;
+}
+
+/** Reads request headers leniently: a missing deadline means "no deadline known". */
+export function readRequestHeaders(hdrs: MsgHdrs | undefined): RequestHeaders {
+  const attempt = Number(hdrs?.get(HDR_ATTEMPT) ?? '1');
+  const deadline = Number(hdrs?.get(HDR_DEADLINE_MS) ?? 'NaN');
+  return {
+    requestId: hdrs?.get(HDR_REQUEST_ID) || 'unknown',
+    attempt: Number.isFinite(attempt) ? attempt : 1,
+    deadlineMs: Number.isFinite(deadline) ? deadline : Number.POSITIVE_INFINITY,
+    stream: hdrs?.get(HDR_STREAM) === '1',
+  };
+}
+
+/** A NATS "no responders" status: empty body with status 503 (the server's own answer). */
+export function isNoResponders(msg: { data: Uint8Array; headers?: MsgHdrs }): boolean {
+  return msg.data.length === 0 && msg.headers?.code === 503;
+}
+
+/** Rough token count used by the synthetic engine and for estimates: ~4 characters a token. */
+export function estimateTokens(text: string): number {
+  return text.length === 0 ? 0 : Math.max(1, Math.ceil(text.length / 4));
+}

@@ -1,0 +1,31 @@
+import type { FinishReason, Usage, WireRequest } from '../protocol';
+
+/** What an engine returns once generation ends. */
+export interface EngineResult {
+  finishReason: FinishReason;
+  usage: Usage;
+}
+
+/**
+ * An inference engine behind a worker. `generate` calls `onText` for each piece of text in order
+ * and resolves when generation ends; it rejects with an EngineError on failure and stops promptly
+ * (rejecting with the signal's reason) when `signal` aborts.
+ */
+export interface Engine {
+  readonly name: string;
+  models(): readonly string[];
+  generate(request: WireRequest, onText: (text: string) => void, signal: AbortSignal): Promise<EngineResult>;
+  close?(): Promise<void>;
+}
+
+/** An engine failure with a protocol error code (DESIGN §3 decides what the controller does). */
+export class EngineError extends Error {
+  constructor(
+    readonly code: 'WORKER_ERROR' | 'CONTEXT_LENGTH_EXCEEDED' | 'REQUEST_VALIDATION_FAILED' | 'WORKER_OVERLOADED',
+    message: string,
+    readonly retryAfterMs?: number,
+  ) {
+    super(message);
+    this.name = 'EngineError';
+  }
+}

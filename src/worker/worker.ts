@@ -1,0 +1,233 @@
+/**
+ * A worker: serves protocol v1 on its own inference subject, up to `maxConcurrent` requests at
+ * once (never an unbounded queue), honours cancels and deadlines, heartbeats its load, and on
+ * shutdown stops taking work, lets in-flight requests finish (bounded), deregisters and closes.
+ */
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import type { Clock } from '../clock';
+import { systemClock } from '../clock';
+import type { ErrorCode, OutcomeClass } from '../errors';
+import { ERROR_CATALOGUE } from '../errors';
+import type { Logger } from '../logger';
+import {
+  decode,
+  encode,
+  HDR_SEQ,
+  makeSubjects,
+  PROTOCOL_VERSION,
+  readRequestHeaders,
+  type CancelMessage,
+  type Heartbeat,
+  type Subjects,
+  type WireError,
+  type WireReply,
+  type WireRequest,
+} from '../protocol';
+import { headers as natsHeaders } from '@nats-io/transport-node';
+import { EngineError, type Engine } from './engine';
+import { validateWireRequest } from './validate';
+
+export interface WorkerOptions {
+  nc: NatsConnection;
+  id: string;
+  engine: Engine;
+  log: Logger;
+  /** Requests served at once (default 8). */
+  maxConcurrent?: number;
+  /** Heartbeat period in ms (default 2000). */
+  heartbeatIntervalMs?: number;
+  /** Subject prefix (default mlx.v1). */
+  subjectPrefix?: string;
+  /** How long shutdown waits for in-flight requests before cancelling them (default 10000 ms). */
+  drainTimeoutMs?: number;
+  clock?: Clock;
+}
+
+interface InFlight {
+  controller: AbortController;
+  done: Promise<void>;
+}
+
+export class Worker {
+  readonly id: string;
+  private readonly nc: NatsConnection;
+  private readonly engine: Engine;
+  private readonly log: Logger;
+  private readonly maxConcurrent: number;
+  private readonly heartbeatIntervalMs: number;
+  private readonly drainTimeoutMs: number;
+  private readonly subjects: Subjects;
+  private readonly clock: Clock;
+  private readonly inFlight = new Map<string, InFlight>();
+  private readonly subs: Subscription[] = [];
+  private heartbeatTimer?: NodeJS.Timeout;
+  private state: 'new' | 'ready' | 'draining' | 'stopped' = 'new';
+
+  constructor(options: WorkerOptions) {
+    this.nc = options.nc;
+    this.id = options.id;
+    this.engine = options.engine;
+    this.log = options.log;
+    this.maxConcurrent = options.maxConcurrent ?? 8;
+    this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2000;
+    this.drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
+    this.subjects = makeSubjects(options.subjectPrefix);
+    this.clock = options.clock ?? systemClock;
+  }
+
+  /** Requests being served now. */
+  get load(): number {
+    return this.inFlight.size;
+  }
+
+  async start(): Promise<void> {
+    if (this.state !== 'new') throw new Error('worker already started');
+    const on = (subject: string, handle: (msg: Msg) => void): void => {
+      this.subs.push(this.nc.subscribe(subject, { callback: (err, msg) => { if (!err) handle(msg); } }));
+    };
+    on(this.subjects.infer(this.id), (msg) => this.onRequest(msg));
+    on(this.subjects.cancel(this.id), (msg) => this.onCancel(msg));
+    on(this.subjects.discover, () => this.heartbeat());
+    // The server must know our subscriptions before anyone is told we exist.
+    await this.nc.flush();
+    this.state = 'ready';
+    this.heartbeat();
+    this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatIntervalMs);
+    this.log.info({ worker: this.id, models: this.engine.models(), maxConcurrent: this.maxConcurrent }, 'worker ready');
+  }
+
+  /** Stops taking work, waits for in-flight requests (bounded), cancels the rest, says bye. */
+  async stop(): Promise<void> {
+    if (this.state === 'stopped' || this.state === 'draining') return;
+    this.state = 'draining';
+    this.heartbeat();
+    const pending = [...this.inFlight.values()].map((f) => f.done);
+    if (pending.length > 0) {
+      this.log.info({ worker: this.id, inFlight: pending.length }, 'draining in-flight requests');
+      const timeout = new AbortController();
+      await Promise.race([Promise.all(pending), this.clock.sleep(this.drainTimeoutMs, timeout.signal).catch(() => undefined)]);
+      timeout.abort();
+      for (const f of this.inFlight.values()) f.controller.abort(new EngineError('WORKER_ERROR', 'worker shutting down'));
+      await Promise.all([...this.inFlight.values()].map((f) => f.done));
+    }
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = undefined;
+    for (const sub of this.subs) sub.unsubscribe();
+    this.subs.length = 0;
+    if (!this.nc.isClosed()) {
+      this.nc.publish(this.subjects.bye, encode({ type: 'bye', id: this.id }));
+      await this.nc.flush().catch(() => undefined);
+    }
+    this.state = 'stopped';
+    this.log.info({ worker: this.id }, 'worker stopped');
+  }
+
+  private heartbeat(): void {
+    if (this.nc.isClosed() || this.state === 'new' || this.state === 'stopped') return;
+    const hb: Heartbeat = {
+      type: 'heartbeat',
+      version: PROTOCOL_VERSION,
+      id: this.id,
+      models: [...this.engine.models()],
+      engine: this.engine.name,
+      max_concurrent: this.maxConcurrent,
+      in_flight: this.inFlight.size,
+      state: this.state === 'ready' ? 'ready' : 'draining',
+      interval_ms: this.heartbeatIntervalMs,
+    };
+    this.nc.publish(this.subjects.heartbeat, encode(hb));
+  }
+
+  private onCancel(msg: Msg): void {
+    const cancel = decode<CancelMessage>(msg.data);
+    if (!cancel || typeof cancel.request_id !== 'string') return;
+    const key = `${cancel.request_id}:${cancel.attempt}`;
+    const flight = this.inFlight.get(key);
+    if (flight) {
+      this.log.debug({ requestId: cancel.request_id, attempt: cancel.attempt }, 'cancelled by controller');
+      flight.controller.abort(new Error('cancelled'));
+    }
+  }
+
+  private onRequest(msg: Msg): void {
+    const reply = msg.reply;
+    if (!reply) return;
+    const meta = readRequestHeaders(msg.headers);
+    if (meta.deadlineMs <= 0) return; // the controller has already given up on it
+    const send = (body: WireReply, seq?: number): void => {
+      if (this.nc.isClosed()) return;
+      if (seq === undefined) {
+        this.nc.publish(reply, encode(body));
+      } else {
+        const h = natsHeaders();
+        h.set(HDR_SEQ, String(seq));
+        this.nc.publish(reply, encode(body), { headers: h });
+      }
+    };
+    const fail = (code: ErrorCode, message: string, extra: Partial<WireError> = {}): void =>
+      send({ type: 'error', code, outcome: ERROR_CATALOGUE[code].outcome as OutcomeClass, message, ...extra }, extra.seq);
+
+    if (this.state !== 'ready') {
+      fail('WORKER_UNAVAILABLE', `worker ${this.id} is shutting down`);
+      return;
+    }
+    const parsed = validateWireRequest(decode<unknown>(msg.data));
+    if (typeof parsed === 'string') {
+      fail('REQUEST_VALIDATION_FAILED', parsed);
+      return;
+    }
+    if (!this.engine.models().includes(parsed.model)) {
+      fail('MODEL_NOT_FOUND', `worker ${this.id} does not serve model ${parsed.model}`);
+      return;
+    }
+    if (this.inFlight.size >= this.maxConcurrent) {
+      fail('WORKER_OVERLOADED', `worker ${this.id} is at its limit of ${this.maxConcurrent} requests`, { retry_after_ms: 100 });
+      return;
+    }
+    const key = `${meta.requestId}:${meta.attempt}`;
+    const controller = new AbortController();
+    const deadline = Number.isFinite(meta.deadlineMs)
+      ? setTimeout(() => controller.abort(new Error('deadline passed')), meta.deadlineMs)
+      : undefined;
+    const done = this.serve(parsed, send, fail, controller.signal).finally(() => {
+      if (deadline) clearTimeout(deadline);
+      this.inFlight.delete(key);
+    });
+    this.inFlight.set(key, { controller, done });
+  }
+
+  private async serve(
+    request: WireRequest,
+    send: (body: WireReply, seq?: number) => void,
+    fail: (code: ErrorCode, message: string, extra?: Partial<WireError>) => void,
+    signal: AbortSignal,
+  ): Promise<void> {
+    let seq = 0;
+    let text = '';
+    try {
+      const onText = request.stream
+        ? (piece: string) => {
+            send({ type: 'chunk', seq, text: piece }, seq);
+            seq++;
+          }
+        : (piece: string) => {
+            text += piece;
+          };
+      const result = await this.engine.generate(request, onText, signal);
+      if (request.stream) send({ type: 'end', seq, finish_reason: result.finishReason, usage: result.usage }, seq);
+      else send({ type: 'result', text, finish_reason: result.finishReason, usage: result.usage });
+    } catch (err) {
+      // A cancelled or expired request has nobody waiting: answer nothing.
+      if (signal.aborted && !(signal.reason instanceof EngineError)) return;
+      const e = err instanceof EngineError ? err : signal.reason instanceof EngineError ? signal.reason : undefined;
+      const code: ErrorCode = e?.code ?? 'WORKER_ERROR';
+      const message = e?.message ?? `engine error: ${(err as Error)?.message ?? String(err)}`;
+      // After the first chunk the failure is committed: the seq tells the controller where it broke.
+      fail(code, message, {
+        ...(e?.retryAfterMs !== undefined ? { retry_after_ms: e.retryAfterMs } : {}),
+        ...(request.stream && seq > 0 ? { seq, outcome: 'committed' as OutcomeClass } : request.stream ? { seq } : {}),
+      });
+      if (!(err instanceof EngineError)) this.log.error({ err, worker: this.id }, 'engine failed');
+    }
+  }
+}
