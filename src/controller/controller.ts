@@ -48,18 +48,18 @@ export class Controller {
     const subjects = makeSubjects(config.nats.subjectPrefix);
     const registry = new WorkerRegistry({ clock, offlineAfterMs: config.discovery.offlineAfterMs, log });
     const cb = config.cluster.requestRouting.circuitBreaker;
-    let metrics: RouterMetrics | undefined;
     const breakers = new BreakerBook({
       ...cb,
       clock,
       random,
       onTransition: (worker, from, to) => {
         log.warn({ worker, from, to }, 'circuit breaker transition');
-        metrics?.breakerTransitions.inc({ worker, from, to });
+        // `metrics` is declared below; transitions only happen once requests flow.
+        metrics.breakerTransitions.inc({ worker, from, to });
       },
     });
     const mux = new ReplyMux(nc);
-    metrics = new RouterMetrics({ registry, breakers, pendingReplies: () => mux.size });
+    const metrics = new RouterMetrics({ registry, breakers, pendingReplies: () => mux.size });
     const deps: RouterDeps = {
       nc,
       mux,

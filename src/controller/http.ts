@@ -3,7 +3,7 @@
  * the request's deadline and abort signal, runs the chain, and writes exactly one outcome: a
  * completion, a stream, or an OpenAI-shaped error. Nothing a client sends can crash the process.
  */
-import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { RouterConfig } from '../config';
 import { answerUsage, createContext, type RouteContext } from '../context';
 import { isRouterError, RouterError, toRouterError } from '../errors';
@@ -73,7 +73,8 @@ export function buildHttpServer(options: HttpOptions) {
   const routing = config.cluster.requestRouting;
   const app = Fastify({
     loggerInstance: log,
-    disableRequestLogging: true,
+    // The metrics middleware writes one line per request; fastify's own two would be noise.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.controller.bodyLimitBytes,
     // Ctrl-C must not wait for idle keep-alive sockets.
     forceCloseConnections: 'idle',

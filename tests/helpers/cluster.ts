@@ -1,0 +1,229 @@
+/**
+ * Integration harness: a real nats-server on a free port, real worker processes (the built CLI in
+ * dist/), and an in-process controller. Everything started here is stopped by `stop()`.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { resolve } from 'node:path';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { loadConfig, type RouterConfig } from '../../src/config';
+import { Controller } from '../../src/controller/controller';
+import { silentLogger } from '../../src/logger';
+import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
+
+export const MODEL = 'mlx-community/Llama-3.2-3B-Instruct-4bit';
+export const CLI = resolve(__dirname, '../../dist/src/cli.js');
+
+export interface WorkerOptions {
+  id: string;
+  models?: string[];
+  maxConcurrent?: number;
+  ttftMs?: number;
+  tokenMs?: number;
+  failRate?: number;
+  heartbeatMs?: number;
+}
+
+export interface WorkerProcess {
+  id: string;
+  process: ChildProcess;
+  /** Output so far (stdout + stderr). */
+  output(): string;
+  /** Resolves with the exit code (or signal) once the process has ended. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+/** Polls `check` until it returns truthy or `timeoutMs` passes (then throws with `what`). */
+export async function waitFor<T>(check: () => T | Promise<T>, what: string, timeoutMs = 10_000, everyMs = 25): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+export function spawnWorker(natsUrl: string, options: WorkerOptions): WorkerProcess {
+  const args = [CLI, 'worker', '--nats', natsUrl, '--id', options.id, '--heartbeat-ms', String(options.heartbeatMs ?? 100)];
+  for (const m of options.models ?? [MODEL]) args.push('--model', m);
+  if (options.maxConcurrent !== undefined) args.push('--max-concurrent', String(options.maxConcurrent));
+  args.push('--ttft-ms', String(options.ttftMs ?? 0), '--token-ms', String(options.tokenMs ?? 0));
+  if (options.failRate !== undefined) args.push('--fail-rate', String(options.failRate));
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn' } });
+  let out = '';
+  const collect = (d: Buffer): void => {
+    if (out.length < 200_000) out += d.toString();
+  };
+  child.stdout?.on('data', collect);
+  child.stderr?.on('data', collect);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => {
+    child.once('exit', (code, signal) => res({ code, signal }));
+  });
+  return { id: options.id, process: child, output: () => out, exited, kill: (sig = 'SIGTERM') => void child.kill(sig) };
+}
+
+export interface ClusterOptions {
+  workers?: WorkerOptions[];
+  /** Config overrides by dotted key, applied over the defaults. */
+  config?: Record<string, unknown>;
+}
+
+export interface Cluster {
+  nats: NatsServerHandle;
+  natsUrl: string;
+  controller: Controller;
+  url: string;
+  config: RouterConfig;
+  workers: Map<string, WorkerProcess>;
+  /** A connection for the test itself (e.g. to spy on subjects). */
+  nc: NatsConnection;
+  addWorker(options: WorkerOptions): Promise<WorkerProcess>;
+  /** SIGTERM (or `signal`), then wait for the exit; the registry learns by bye or silence. */
+  stopWorker(id: string, signal?: NodeJS.Signals): Promise<void>;
+  waitForWorkers(ids: string[]): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Test defaults: fast heartbeats and offline detection, short attempt limits. */
+export function testConfig(overrides: Record<string, unknown> = {}): RouterConfig {
+  return loadConfig({
+    env: {},
+    overrides: {
+      'controller.port': 0,
+      'log.level': 'silent',
+      'worker.heartbeatIntervalMs': 100,
+      'discovery.offlineAfterMs': 600,
+      'cluster.requestRouting.attemptTimeoutMs': 2000,
+      'cluster.requestRouting.firstChunkTimeoutMs': 2000,
+      'cluster.requestRouting.retry.retryDelayMs': 10,
+      'cluster.requestRouting.retry.maxRetryDelayMs': 50,
+      ...overrides,
+    },
+  });
+}
+
+export async function startCluster(options: ClusterOptions = {}): Promise<Cluster> {
+  const nats = await startNatsServer();
+  const workers = new Map<string, WorkerProcess>();
+  const config = testConfig({ 'nats.servers': [nats.url], ...options.config });
+  let controller: Controller | undefined;
+  let nc: NatsConnection | undefined;
+  try {
+    controller = await Controller.start({ config, log: silentLogger() });
+    nc = await connect({ servers: nats.url });
+    const ctl = controller;
+    const cluster: Cluster = {
+      nats,
+      natsUrl: nats.url,
+      controller: ctl,
+      url: ctl.url,
+      config,
+      workers,
+      nc,
+      async addWorker(w) {
+        const proc = spawnWorker(nats.url, w);
+        workers.set(w.id, proc);
+        await cluster.waitForWorkers([w.id]);
+        return proc;
+      },
+      async stopWorker(id, signal = 'SIGTERM') {
+        const w = workers.get(id);
+        if (!w) return;
+        w.kill(signal);
+        await w.exited;
+        workers.delete(id);
+      },
+      async waitForWorkers(ids) {
+        await waitFor(
+          () => ids.every((id) => ctl.deps.registry.forModel(MODEL).some((w) => w.id === id) || ctl.deps.registry.online().some((w) => w.id === id)),
+          `workers ${ids.join(', ')} online`,
+        );
+      },
+      async stop() {
+        await ctl.stop();
+        await Promise.all(
+          [...workers.values()].map(async (w) => {
+            if (w.process.exitCode === null && w.process.signalCode === null) {
+              w.kill('SIGCONT');
+              w.kill('SIGKILL');
+            }
+            await w.exited;
+          }),
+        );
+        await nc?.close();
+        await nats.stop();
+      },
+    };
+    for (const w of options.workers ?? []) workers.set(w.id, spawnWorker(nats.url, w));
+    await cluster.waitForWorkers((options.workers ?? []).map((w) => w.id));
+    return cluster;
+  } catch (err) {
+    await controller?.stop();
+    await nc?.close();
+    for (const w of workers.values()) w.kill('SIGKILL');
+    await Promise.all([...workers.values()].map((w) => w.exited));
+    await nats.stop();
+    throw err;
+  }
+}
+
+export interface ChatOptions {
+  stream?: boolean;
+  maxTokens?: number;
+  content?: string;
+  headers?: Record<string, string>;
+  body?: Record<string, unknown>;
+  signal?: AbortSignal;
+}
+
+export function chatBody(options: ChatOptions = {}): Record<string, unknown> {
+  return {
+    model: MODEL,
+    messages: [{ role: 'user', content: options.content ?? 'Hello there' }],
+    max_tokens: options.maxTokens ?? 16,
+    ...(options.stream ? { stream: true } : {}),
+    ...options.body,
+  };
+}
+
+export async function chat(url: string, options: ChatOptions = {}): Promise<{ status: number; headers: Headers; json: any; text: string }> {
+  const res = await fetch(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...options.headers },
+    body: JSON.stringify(chatBody(options)),
+    signal: options.signal,
+  });
+  const text = await res.text();
+  let json: any;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, headers: res.headers, json, text };
+}
+
+/** Parses an SSE body into its events: `{event, data}` with data as text. */
+export function parseSse(text: string): Array<{ event: string; data: string }> {
+  return text
+    .split('\n\n')
+    .filter((block) => block.trim().length > 0)
+    .map((block) => {
+      let event = 'message';
+      const data: string[] = [];
+      for (const line of block.split('\n')) {
+        if (line.startsWith('event: ')) event = line.slice(7);
+        else if (line.startsWith('data: ')) data.push(line.slice(6));
+      }
+      return { event, data: data.join('\n') };
+    });
+}
+
+/** The text content of a streamed answer. */
+export function streamedText(text: string): string {
+  return parseSse(text)
+    .filter((e) => e.event === 'message' && e.data !== '[DONE]')
+    .map((e) => JSON.parse(e.data).choices?.[0]?.delta?.content ?? '')
+    .join('');
+}

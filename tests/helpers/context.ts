@@ -1,0 +1,55 @@
+import { createContext, type RouteContext, type StreamSink } from '../../src/context';
+import type { WorkerInfo } from '../../src/controller/registry';
+import { silentLogger } from '../../src/logger';
+import type { WireRequest } from '../../src/protocol';
+import { FakeClock } from './fake-clock';
+
+export const MODEL = 'mlx-community/Llama-3.2-3B-Instruct-4bit';
+
+/** A worker record as the registry would hold it. */
+export function makeWorker(id: string, patch: Partial<WorkerInfo> = {}): WorkerInfo {
+  return {
+    id,
+    models: [MODEL],
+    engine: 'synthetic',
+    maxConcurrent: 8,
+    reportedInFlight: 0,
+    outstanding: 0,
+    latencyMs: 0,
+    latencyAt: 0,
+    state: 'ready',
+    lastSeen: 0,
+    gone: false,
+    ...patch,
+  };
+}
+
+export interface MakeCtxOptions {
+  request?: Partial<WireRequest>;
+  clock?: FakeClock;
+  deadlineMs?: number;
+  signal?: AbortSignal;
+  sessionId?: string;
+  candidates?: WorkerInfo[];
+  sink?: StreamSink;
+}
+
+/** A RouteContext for one middleware under test, with a fresh attempt already begun. */
+export function makeCtx(options: MakeCtxOptions = {}): RouteContext {
+  const clock = options.clock ?? new FakeClock();
+  const request: WireRequest = { model: MODEL, messages: [{ role: 'user', content: 'hi' }], stream: false, ...options.request };
+  const ctx = createContext({
+    requestId: 'req-test',
+    request,
+    log: silentLogger(),
+    clock,
+    signal: options.signal ?? new AbortController().signal,
+    deadline: clock.now() + (options.deadlineMs ?? 30_000),
+    sessionId: options.sessionId,
+    sink: options.sink,
+  });
+  const attempt = new AbortController();
+  ctx.attempt = { number: 1, startedAt: clock.now(), signal: attempt.signal, abort: (r) => attempt.abort(r), progress: () => undefined, chunks: 0 };
+  ctx.candidates = options.candidates ?? [];
+  return ctx;
+}
