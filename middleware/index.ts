@@ -17,7 +17,10 @@ const routing = (c: RouterConfig) => c.cluster.requestRouting;
 export const BUILTIN_MIDDLEWARE = {
   metrics: { options: () => ({}), factory: metrics },
   session: { options: () => ({}), factory: session },
-  retry: { options: (c: RouterConfig) => ({ ...routing(c).retry }), factory: retry },
+  retry: {
+    options: (c: RouterConfig) => ({ ...routing(c).retry, resume: c.cluster.streaming.resume, maxResumes: c.cluster.streaming.maxResumes }),
+    factory: retry,
+  },
   breaker: { options: (c: RouterConfig) => ({ enabled: routing(c).circuitBreaker.enabled }), factory: breaker },
   select: { options: (c: RouterConfig) => ({ strategy: routing(c).strategy }), factory: select },
   timeout: {

@@ -17,6 +17,10 @@ export interface RetryOptions {
   minAttemptMs: number;
   /** Codes that may be retried; only retryable outcome classes ever are. */
   retryOnErrors: string[];
+  /** Continue a stream that broke after commit on another worker (cluster.streaming.resume, default true). */
+  resume?: boolean;
+  /** Resumes of one stream at most (cluster.streaming.maxResumes, default 2). */
+  maxResumes?: number;
 }
 
 export interface RetryDeps {
@@ -36,22 +40,36 @@ export function backoffDelay(retry: number, options: Pick<RetryOptions, 'retryDe
 /**
  * The error the client gets when no more attempts will be made. One attempt: its own error.
  * Several: a capacity error stays what it is (503 with Retry-After); the same non-failure code on
- * every attempt stays that code (504 WORKER_TIMEOUT for a hung worker); anything else is
+ * every attempt stays that code (504 WORKER_TIMEOUT for a hung worker), and so does the last of
+ * attempts that all timed out (ambiguous: attempt limits, then the request deadline); anything else is
  * ALL_RETRIES_EXHAUSTED (502). The attempts are always listed.
  */
 export function finalError(ctx: RouteContext, last: RouterError): RouterError {
   const attempts = [...ctx.attempts];
+  if (ctx.sink?.committed && last.outcome !== 'committed' && last.outcome !== 'cancelled') {
+    // A resume attempt failed before its own first chunk: to the client the stream still broke.
+    return new RouterError('STREAM_INTERRUPTED', `stream broke and could not be resumed: ${last.message}`, { outcome: 'committed', attempts, cause: last });
+  }
   if (attempts.length <= 1 || last.outcome === 'no_capacity' || last.outcome === 'caller' || last.outcome === 'committed' || last.outcome === 'cancelled') {
     last.attempts = attempts;
     return last;
   }
   const sameCode = attempts.every((a) => a.code === last.code);
-  if (sameCode && last.outcome !== 'worker_failure') {
+  // Attempt limits and then the request deadline: every attempt timed out, so it is still a 504.
+  const allAmbiguous = last.outcome === 'ambiguous' && attempts.every((a) => a.outcome === 'ambiguous');
+  if ((sameCode || allAmbiguous) && last.outcome !== 'worker_failure') {
     last.attempts = attempts;
     return last;
   }
   const summary = attempts.map((a) => `#${a.attempt} ${a.worker ?? '-'}: ${a.code ?? a.outcome}`).join('; ');
   return new RouterError('ALL_RETRIES_EXHAUSTED', `all ${attempts.length} attempts failed (${summary})`, { attempts, cause: last });
+}
+
+/** A broken stream may continue elsewhere: resume on, budget left, the client still there. */
+function canResume(ctx: RouteContext, err: RouterError, options: RetryOptions): boolean {
+  if (!options.enabled || !options.resume || ctx.signal.aborted) return false;
+  if (err.outcome === 'cancelled' || err.outcome === 'caller' || err.code === 'REQUEST_TIMEOUT') return false;
+  return ctx.metrics.resumes < (options.maxResumes ?? 0) && ctx.deadline - ctx.clock.now() >= options.minAttemptMs;
 }
 
 /**
@@ -75,13 +93,21 @@ export function retry(options: RetryOptions, deps: RetryDeps): Middleware {
         err = toRouterError(e);
       }
       const classRetryable = isRetryableOutcome(err.outcome);
-      if (classRetryable) deps.budget.onFailure();
+      if (classRetryable || err.outcome === 'committed') deps.budget.onFailure();
+      if (ctx.sink?.committed) {
+        // After the commit point nothing is retried blindly: only resumed, where allowed (DESIGN §5).
+        if (!canResume(ctx, err, options)) throw finalError(ctx, err);
+        ctx.continuation = ctx.sink.streamed;
+        ctx.metrics.resumes++;
+        ctx.log.warn({ code: err.code, worker: err.worker, deliveredChars: ctx.continuation.length }, 'resuming stream on another worker');
+        deps.metrics?.retries.inc();
+        continue;
+      }
       const retriesDone = ctx.attempts.length - 1;
       if (
         !options.enabled ||
         !classRetryable ||
         !retryable.has(err.code) ||
-        ctx.sink?.committed ||
         ctx.signal.aborted ||
         retriesDone >= options.maxRetries
       ) {

@@ -27,7 +27,9 @@ export function timeout(options: TimeoutOptions): Middleware {
     let limit = first;
     const fire = (): void => {
       const what = !ctx.stream ? 'answer' : phase === 'first' ? 'send its first chunk' : 'send the next chunk';
-      attempt.abort(new RouterError('WORKER_TIMEOUT', `worker ${worker} did not ${what} within ${Math.round(limit)} ms`, { worker }));
+      // Each deadline has its own code: the idle one can only fire after the stream committed.
+      const code = phase === 'idle' ? 'STREAM_IDLE_TIMEOUT' : 'WORKER_TIMEOUT';
+      attempt.abort(new RouterError(code, `worker ${worker} did not ${what} within ${Math.round(limit)} ms`, { worker }));
     };
     let timer = setTimeout(fire, first);
     if (ctx.stream) {

@@ -25,6 +25,10 @@ Usage:
   mlx-router controller [--nats URL] [--port P] [--host H] [--config FILE]
   mlx-router worker [--nats URL] [--id ID] [--model NAME]... [--max-concurrent N]
                     [--ttft-ms N] [--token-ms N] [--fail-rate F] [--heartbeat-ms N] [--config FILE]
+                    [--engine synthetic|openai] [--engine-url URL] [--engine-api-key KEY]
+      --engine openai fronts an OpenAI-compatible server (mlx_lm.server, llama-server, vLLM, Ollama)
+      at --engine-url (default http://127.0.0.1:8081/v1); without --model it advertises the models
+      the server lists. See docs/engines.md.
   mlx-router config [--config FILE]     print every key, its value and its environment variable
 
 Configuration: ./cluster.yaml when present (or --config FILE), then MLX_ROUTER_* variables, then flags.
@@ -51,6 +55,9 @@ const COMMANDS: Record<string, { options: ParseArgsConfig['options']; run: (flag
       'token-ms': { type: 'string' },
       'fail-rate': { type: 'string' },
       'heartbeat-ms': { type: 'string' },
+      engine: { type: 'string' },
+      'engine-url': { type: 'string' },
+      'engine-api-key': { type: 'string' },
     },
     run: runWorker,
   },

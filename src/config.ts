@@ -15,6 +15,9 @@ export const DEFAULT_MODEL = 'mlx-community/Llama-3.2-3B-Instruct-4bit';
 export const DEFAULT_PIPELINE = ['metrics', 'session', 'retry', 'breaker', 'select', 'timeout', 'health'];
 export const STRATEGIES = ['round-robin', 'least-outstanding', 'p2c'] as const;
 export type Strategy = (typeof STRATEGIES)[number];
+/** Engines a worker can front: `synthetic` (deterministic, built in) or `openai` (any OpenAI-compatible HTTP server). */
+export const ENGINES = ['synthetic', 'openai'] as const;
+export type EngineName = (typeof ENGINES)[number];
 
 export interface RouterConfig {
   cluster: {
@@ -45,7 +48,7 @@ export interface RouterConfig {
       };
       session: { ttlMs: number; maxSessions: number };
     };
-    streaming: { maxBufferedBytes: number };
+    streaming: { maxBufferedBytes: number; resume: boolean; maxResumes: number };
   };
   nats: {
     servers: string[];
@@ -63,8 +66,16 @@ export interface RouterConfig {
     models: string[];
     maxConcurrent: number;
     heartbeatIntervalMs: number;
-    engine: string;
+    engine: EngineName;
     synthetic: { ttftMs: number; tokenMs: number; failRate: number };
+    openai: {
+      url: string;
+      apiKey: string;
+      models: string[];
+      modelsRefreshMs: number;
+      probeIntervalMs: number;
+      connectTimeoutMs: number;
+    };
   };
   discovery: { offlineAfterMs: number };
   log: { level: string };
@@ -132,7 +143,7 @@ const schema = {
           default: ['WORKER_UNAVAILABLE', 'WORKER_OVERLOADED', 'WORKER_TIMEOUT', 'WORKER_ERROR'],
         },
         budget: {
-          maxTokens: { doc: 'Retry budget size: a failed attempt takes a token; retries stop below half.', format: 'nat', default: 10 },
+          maxTokens: { doc: 'Retry budget size: a failed attempt takes a token; retries stop at half or below (0 turns retries off).', format: 'nat', default: 100 },
           tokenRatio: { doc: 'Tokens a successful request gives back to the retry budget.', format: 'ratio', default: 0.1 },
         },
       },
@@ -151,6 +162,12 @@ const schema = {
     },
     streaming: {
       maxBufferedBytes: { doc: 'Bytes a slow streaming client may leave unread before the stream is cancelled.', format: 'nat', default: 1048576 },
+      resume: {
+        doc: 'When a stream breaks after its first chunk, continue it on another worker whose engine can continue a partial answer (needs retry in cluster.pipeline).',
+        format: Boolean,
+        default: true,
+      },
+      maxResumes: { doc: 'Resumes of one stream at most.', format: 'nat', default: 2 },
     },
   },
   nats: {
@@ -179,14 +196,22 @@ const schema = {
   },
   worker: {
     id: { doc: 'Worker id, one subject token ([A-Za-z0-9_-]); empty: hostname and pid.', format: String, default: '' },
-    models: { doc: 'Models this worker serves.', format: 'string-list', default: [DEFAULT_MODEL] },
+    models: { doc: 'Models this worker serves (synthetic engine; the openai engine uses worker.openai.models).', format: 'string-list', default: [DEFAULT_MODEL] },
     maxConcurrent: { doc: 'Requests served at once; beyond it the worker answers WORKER_OVERLOADED.', format: 'nat', default: 8 },
     heartbeatIntervalMs: { doc: 'Heartbeat period (ms).', format: 'nat', default: 2000 },
-    engine: { doc: 'Engine behind the worker.', format: ['synthetic'], default: 'synthetic' },
+    engine: { doc: 'Engine behind the worker: synthetic (built in) or openai (an OpenAI-compatible HTTP server, see docs/engines.md).', format: [...ENGINES], default: 'synthetic' },
     synthetic: {
       ttftMs: { doc: 'Synthetic engine: time to first token (ms).', format: 'nat', default: 20 },
       tokenMs: { doc: 'Synthetic engine: delay between tokens (ms).', format: 'nat', default: 5 },
       failRate: { doc: 'Synthetic engine: share of requests that fail before the first token.', format: 'ratio', default: 0 },
+    },
+    openai: {
+      url: { doc: 'OpenAI engine: base URL, version path included (mlx_lm.server, llama-server, vLLM: .../v1; Ollama: http://127.0.0.1:11434/v1).', format: String, default: 'http://127.0.0.1:8081/v1' },
+      apiKey: { doc: 'OpenAI engine: bearer token sent to the engine; empty sends none.', format: String, default: '', sensitive: true },
+      models: { doc: 'OpenAI engine: models to advertise (--model); empty: the ids the engine lists at GET /models.', format: 'string-list', default: [] },
+      modelsRefreshMs: { doc: 'OpenAI engine: how often the listed models are re-read from the engine, on a health probe (ms).', format: 'nat', default: 60000 },
+      probeIntervalMs: { doc: 'OpenAI engine: period of the health probe, GET /models; while it fails the worker reports unhealthy (ms).', format: 'nat', default: 5000 },
+      connectTimeoutMs: { doc: 'OpenAI engine: longest wait for the engine to answer a probe; slower counts as down (ms).', format: 'nat', default: 5000 },
     },
   },
   discovery: {
@@ -288,6 +313,11 @@ function checkSemantics(cfg: RouterConfig): void {
     fail('discovery.offlineAfterMs', 'must be longer than worker.heartbeatIntervalMs');
   }
   nonNegative('worker.synthetic.failRate')(cfg.worker.synthetic.failRate);
+  const openai = cfg.worker.openai;
+  if (!/^https?:\/\/[^/]/.test(openai.url)) fail('worker.openai.url', `must be an http:// or https:// URL, got '${openai.url}'`);
+  if (openai.probeIntervalMs < 10) fail('worker.openai.probeIntervalMs', 'must be at least 10');
+  if (openai.modelsRefreshMs < 10) fail('worker.openai.modelsRefreshMs', 'must be at least 10');
+  if (openai.connectTimeoutMs < 1) fail('worker.openai.connectTimeoutMs', 'must be at least 1');
 }
 
 /** The config file used when none is named: ./cluster.yaml in the working directory, if any. */

@@ -16,6 +16,8 @@ export type Middleware = (ctx: RouteContext, next: Next) => Promise<void>;
 /** Where a streamed answer goes. The first `write` is the commit point (DESIGN §5). */
 export interface StreamSink {
   readonly committed: boolean;
+  /** Text already delivered to the client (kept only when stream resume is on). */
+  readonly streamed: string;
   /** Forwards one piece of text to the client; false when the client is too slow (over the cap). */
   write(text: string): boolean;
 }
@@ -37,6 +39,8 @@ export interface AttemptState {
 /** What the answer's `metadata` and headers report (DESIGN §8). */
 export interface RequestMetrics {
   retryCount: number;
+  /** Streams continued on another worker after breaking mid-answer. */
+  resumes: number;
   circuitBreakerTrips: number;
   timeouts: number;
   failedWorkers: string[];
@@ -70,6 +74,8 @@ export interface RouteContext {
   attempt: AttemptState;
   /** Every finished attempt, in order. */
   readonly attempts: AttemptRecord[];
+  /** Stream resume: the text the next attempt must continue after (set by retry). */
+  continuation?: string;
   /** Runs one attempt through the part of the chain after the retry boundary. */
   runAttempt: () => Promise<void>;
 
@@ -117,7 +123,7 @@ export function createContext(init: ContextInit): RouteContext {
     attempts: [],
     runAttempt: () => Promise.reject(new Error('runAttempt is set by the pipeline')),
     sink: init.sink,
-    metrics: { retryCount: 0, circuitBreakerTrips: 0, timeouts: 0, failedWorkers: [], selectedWorker: null, totalDurationMs: 0 },
+    metrics: { retryCount: 0, resumes: 0, circuitBreakerTrips: 0, timeouts: 0, failedWorkers: [], selectedWorker: null, totalDurationMs: 0 },
     state: {},
   };
 }

@@ -44,6 +44,7 @@ export const ERROR_CATALOGUE = {
   CIRCUIT_BREAKER_OPEN: { status: 503, type: 'server_error', outcome: 'no_capacity' },
   RETRY_BUDGET_EXHAUSTED: { status: 503, type: 'server_error', outcome: 'no_capacity' },
   WORKER_TIMEOUT: { status: 504, type: 'server_error', outcome: 'ambiguous' },
+  STREAM_IDLE_TIMEOUT: { status: 504, type: 'server_error', outcome: 'ambiguous' },
   REQUEST_TIMEOUT: { status: 504, type: 'server_error', outcome: 'ambiguous' },
 } as const satisfies Record<string, CatalogueEntry>;
 

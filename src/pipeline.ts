@@ -128,7 +128,9 @@ async function runAttempt(ctx: RouteContext, chain: (ctx: RouteContext) => Promi
   ctx.worker = undefined;
   // A function, so the narrowing of `ctx.worker = undefined` above does not stick across the chain.
   const selected = (): string | null => ctx.worker?.id ?? null;
-  ctx.candidates = deps.registry.forModel(ctx.request.model);
+  const candidates = deps.registry.forModel(ctx.request.model);
+  // A resumed stream can only go to an engine that continues a partial answer.
+  ctx.candidates = ctx.continuation === undefined ? candidates : candidates.filter((w) => w.continuation);
   try {
     if (controller.signal.aborted) throw controller.signal.reason;
     await chain(ctx);
@@ -142,7 +144,11 @@ async function runAttempt(ctx: RouteContext, chain: (ctx: RouteContext) => Promi
     if (worker && err.outcome !== 'cancelled' && err.outcome !== 'caller' && !ctx.metrics.failedWorkers.includes(worker)) {
       ctx.metrics.failedWorkers.push(worker);
     }
-    if (err.code === 'WORKER_TIMEOUT') ctx.metrics.timeouts++;
+    const kind = TIMEOUT_KINDS[err.code];
+    if (kind) {
+      ctx.metrics.timeouts++;
+      deps.metrics.timeouts.inc({ kind: kind === 'attempt' && ctx.stream ? 'first_chunk' : kind });
+    }
     throw err;
   } finally {
     ctx.signal.removeEventListener('abort', onRequestAbort);
@@ -151,6 +157,13 @@ async function runAttempt(ctx: RouteContext, chain: (ctx: RouteContext) => Promi
     ctx.metrics.retryCount = Math.max(0, ctx.attempts.length - 1);
   }
 }
+
+/** Each deadline's code and its metric label (`first_chunk` for a stream's attempt limit). */
+const TIMEOUT_KINDS: Partial<Record<string, string>> = {
+  WORKER_TIMEOUT: 'attempt',
+  STREAM_IDLE_TIMEOUT: 'idle',
+  REQUEST_TIMEOUT: 'total',
+};
 
 function round2(ms: number): number {
   return Math.round(ms * 100) / 100;

@@ -63,6 +63,12 @@ export interface WireRequest {
   temperature?: number;
   stop?: string[];
   stream: boolean;
+  /**
+   * Stream resume: the assistant text already delivered to the client by another worker. The
+   * engine continues the same answer after it; usage counts the whole answer. Sent only to
+   * workers whose heartbeat says `continuation: true`.
+   */
+  continuation?: string;
 }
 
 export interface WireResult {
@@ -70,6 +76,8 @@ export interface WireResult {
   text: string;
   finish_reason: FinishReason;
   usage: Usage;
+  /** Present (true) when the engine reported no usage and the worker counted it (~4 chars a token). */
+  usage_estimated?: true;
 }
 export interface WireChunk {
   type: 'chunk';
@@ -81,6 +89,8 @@ export interface WireEnd {
   seq: number;
   finish_reason: FinishReason;
   usage: Usage;
+  /** As in WireResult: present (true) only when usage was estimated. */
+  usage_estimated?: true;
 }
 export interface WireError {
   type: 'error';
@@ -100,8 +110,15 @@ export interface Heartbeat {
   engine: string;
   max_concurrent: number;
   in_flight: number;
-  state: 'ready' | 'draining';
+  /**
+   * `unhealthy`: the worker is up but its engine is not answering (probe failing); it refuses
+   * requests with WORKER_UNAVAILABLE and controllers do not select it. Older controllers read any
+   * state but `draining` as ready, and then get that refusal and retry elsewhere.
+   */
+  state: 'ready' | 'draining' | 'unhealthy';
   interval_ms: number;
+  /** The engine can continue a partial answer (`continuation` in the request): stream resume. */
+  continuation?: boolean;
 }
 
 export interface Bye {

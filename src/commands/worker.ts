@@ -1,18 +1,47 @@
 import { hostname } from 'node:os';
 import { UsageError, numberFlag, type Flags } from '../cli';
 import { systemClock } from '../clock';
-import { createLogger } from '../logger';
+import type { RouterConfig } from '../config';
+import { createLogger, type Logger } from '../logger';
 import { connectNats } from '../nats';
 import { WORKER_ID_PATTERN } from '../protocol';
+import type { Engine } from '../worker/engine';
+import { openaiEngine } from '../worker/openai-engine';
 import { syntheticEngine } from '../worker/synthetic';
 import { Worker } from '../worker/worker';
 import { configFromFlags, waitForSignal } from './shared';
 
-/** `mlx-router worker`: one worker with the synthetic engine until SIGINT/SIGTERM. */
+/** The engine `worker.engine` names, started (an HTTP engine has probed once and read its models). */
+async function startEngine(config: RouterConfig, log: Logger): Promise<Engine> {
+  if (config.worker.engine === 'openai') {
+    const o = config.worker.openai;
+    const engine = openaiEngine({
+      url: o.url,
+      apiKey: o.apiKey,
+      models: o.models,
+      modelsRefreshMs: o.modelsRefreshMs,
+      probeIntervalMs: o.probeIntervalMs,
+      connectTimeoutMs: o.connectTimeoutMs,
+      log,
+    });
+    await engine.start();
+    log.info({ engine: engine.url, healthy: engine.healthy(), models: engine.models() }, 'openai engine started');
+    return engine;
+  }
+  const syn = config.worker.synthetic;
+  return syntheticEngine({ models: config.worker.models, ttftMs: syn.ttftMs, tokenMs: syn.tokenMs, failRate: syn.failRate, clock: systemClock });
+}
+
+/** `mlx-router worker`: one worker with the configured engine until SIGINT/SIGTERM. */
 export async function runWorker(flags: Flags): Promise<number> {
   const overrides: Record<string, unknown> = {
     'worker.id': flags.id,
+    // --model names the models of whichever engine is configured.
     'worker.models': flags.model,
+    'worker.openai.models': flags.model,
+    'worker.engine': flags.engine,
+    'worker.openai.url': flags['engine-url'],
+    'worker.openai.apiKey': flags['engine-api-key'],
     'worker.maxConcurrent': numberFlag(flags, 'max-concurrent', { min: 1 }),
     'worker.heartbeatIntervalMs': numberFlag(flags, 'heartbeat-ms', { min: 10 }),
     'worker.synthetic.ttftMs': numberFlag(flags, 'ttft-ms'),
@@ -28,12 +57,19 @@ export async function runWorker(flags: Flags): Promise<number> {
     signal.cancel();
     throw err;
   });
-  const syn = config.worker.synthetic;
+  let engine: Engine;
+  try {
+    engine = await startEngine(config, log);
+  } catch (err) {
+    signal.cancel();
+    await nc.close();
+    throw err;
+  }
   const worker = new Worker({
     nc,
     id,
     log,
-    engine: syntheticEngine({ models: config.worker.models, ttftMs: syn.ttftMs, tokenMs: syn.tokenMs, failRate: syn.failRate, clock: systemClock }),
+    engine,
     maxConcurrent: config.worker.maxConcurrent,
     heartbeatIntervalMs: config.worker.heartbeatIntervalMs,
     subjectPrefix: config.nats.subjectPrefix,
@@ -43,10 +79,12 @@ export async function runWorker(flags: Flags): Promise<number> {
   signal.cancel();
   if (ended === 'nats-closed') {
     log.error('NATS connection closed for good');
+    await engine.close?.();
     return 1;
   }
   log.info({ signal: ended }, 'shutting down');
   await worker.stop();
+  await engine.close?.();
   await nc.drain().catch(() => undefined);
   return 0;
 }

@@ -42,7 +42,12 @@ export class BreakerBook {
   /** The state now, after applying the clock. */
   state(worker: string): BreakerState {
     const s = this.breakers.get(worker);
-    if (!s) return { kind: 'closed', failures: 0 };
+    if (!s) {
+      // Stored, not a fresh object per read: failure() counts on the object it gets back.
+      const fresh: BreakerState = { kind: 'closed', failures: 0 };
+      this.breakers.set(worker, fresh);
+      return fresh;
+    }
     if (s.kind === 'open' && this.options.clock.now() >= s.until) {
       return this.move(worker, s, { kind: 'half-open', inUse: 0, successes: 0, trips: s.trips });
     }

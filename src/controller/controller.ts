@@ -99,7 +99,8 @@ export class Controller {
     // Running workers answer discovery with a heartbeat, so the registry fills at once.
     await nc.flush();
     nc.publish(subjects.discover, encode({ type: 'discover' }));
-    const sweepTimer = setInterval(() => registry.sweep(), Math.max(100, Math.floor(config.discovery.offlineAfterMs / 2)));
+    // Silence is noticed within 1.25x offlineAfterMs; attempts waiting on that worker end then.
+    const sweepTimer = setInterval(() => registry.sweep(), Math.max(25, Math.floor(config.discovery.offlineAfterMs / 4)));
     sweepTimer.unref();
 
     let natsUp = true;

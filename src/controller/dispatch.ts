@@ -82,10 +82,15 @@ function abortReason(signal: AbortSignal, worker: string): RouterError {
   return new RouterError('WORKER_TIMEOUT', `worker ${worker} did not answer in time`, { worker, cause: r });
 }
 
-/** After the first chunk reached the client, every failure is a committed one (DESIGN §5). */
-function committed(err: RouterError, worker: string): RouterError {
+/**
+ * After the first chunk reached the client, every failure is a committed one (DESIGN §5). Deadline
+ * codes keep their own code (each deadline has one); anything else becomes STREAM_INTERRUPTED.
+ */
+export function committed(err: RouterError, worker: string): RouterError {
   if (err.outcome === 'committed' || err.outcome === 'cancelled') return err;
-  return new RouterError('STREAM_INTERRUPTED', `stream from worker ${worker} broke after it started: ${err.message}`, {
+  const keep = err.code === 'STREAM_IDLE_TIMEOUT' || err.code === 'REQUEST_TIMEOUT';
+  return new RouterError(keep ? err.code : 'STREAM_INTERRUPTED', `stream from worker ${worker} broke after it started: ${err.message}`, {
+    outcome: 'committed',
     worker,
     cause: err,
   });
@@ -118,6 +123,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       if (settled) return;
       settled = true;
       reg.close();
+      unwatch();
       signal.removeEventListener('abort', onAbort);
       if (cancelWorker && !deps.nc.isClosed()) {
         deps.nc.publish(deps.subjects.cancel(worker.id), encode({ request_id: ctx.requestId, attempt: ctx.attempt.number }));
@@ -172,6 +178,10 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       }
     });
 
+    // A worker that goes offline mid-attempt (crash: heartbeats stop) ends the attempt now.
+    const unwatch = deps.registry.watch(worker, (reason) =>
+      finish(new RouterError('WORKER_UNAVAILABLE', `worker ${worker.id} went offline during the request (${reason})`, { worker: worker.id, outcome: 'ambiguous' }), true),
+    );
     if (signal.aborted) {
       onAbort();
       return;
@@ -179,7 +189,8 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
     signal.addEventListener('abort', onAbort, { once: true });
     const remaining = ctx.deadline - ctx.clock.now();
     try {
-      deps.nc.publish(deps.subjects.infer(worker.id), encode(ctx.request), {
+      const wire = ctx.continuation ? { ...ctx.request, continuation: ctx.continuation } : ctx.request;
+      deps.nc.publish(deps.subjects.infer(worker.id), encode(wire), {
         reply: reg.subject,
         headers: requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream }),
       });

@@ -29,6 +29,7 @@ function metadata(ctx: RouteContext): Record<string, unknown> {
     requestId: ctx.requestId,
     selectedWorker: ctx.metrics.selectedWorker,
     retryCount: ctx.metrics.retryCount,
+    resumes: ctx.metrics.resumes,
     failedWorkers: ctx.metrics.failedWorkers,
     circuitBreakerTrips: ctx.metrics.circuitBreakerTrips,
     timeouts: ctx.metrics.timeouts,
@@ -137,7 +138,7 @@ export function buildHttpServer(options: HttpOptions) {
     const budgetMs = request.stream ? routing.streamingTimeoutMs : routing.timeoutMs;
     const abort = new AbortController();
     const deadlineTimer = setTimeout(
-      () => abort.abort(new RouterError('WORKER_TIMEOUT', `request deadline of ${budgetMs} ms passed`)),
+      () => abort.abort(new RouterError('REQUEST_TIMEOUT', `request deadline of ${budgetMs} ms passed`)),
       budgetMs,
     );
     const onClose = (): void => {
@@ -170,6 +171,7 @@ export function buildHttpServer(options: HttpOptions) {
         maxBufferedBytes: config.cluster.streaming.maxBufferedBytes,
         headers: () => routingHeaders(ctx),
         onCommit: () => deps.metrics.ttft.observe((clock.now() - ctx.startedAt) / 1000),
+        keepText: config.cluster.streaming.resume,
       });
       (ctx as { sink?: SseSink }).sink = sink;
     }

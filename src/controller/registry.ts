@@ -19,10 +19,13 @@ export interface WorkerInfo {
   /** Peak-EWMA latency of this controller's requests (ms); starts at 0 (unknown). */
   latencyMs: number;
   latencyAt: number;
-  state: 'ready' | 'draining';
+  /** `unhealthy`: online, but its engine is down; never selected (forModel skips it). */
+  state: 'ready' | 'draining' | 'unhealthy';
   lastSeen: number;
   /** Set by "no responders" or bye: offline until the next heartbeat. */
   gone: boolean;
+  /** The worker's engine can continue a partial answer (stream resume). */
+  continuation: boolean;
 }
 
 export interface RegistryOptions {
@@ -41,6 +44,7 @@ export class WorkerRegistry {
   private readonly log: Logger;
   private readonly decayMs: number;
   private readonly wasOnline = new Map<string, boolean>();
+  private readonly watchers = new Map<string, Set<(reason: string) => void>>();
 
   constructor(options: RegistryOptions) {
     this.clock = options.clock;
@@ -56,7 +60,7 @@ export class WorkerRegistry {
     const models = hb.models.filter((m): m is string => typeof m === 'string');
     const maxConcurrent = Number.isInteger(hb.max_concurrent) && hb.max_concurrent > 0 ? hb.max_concurrent : 1;
     const reported = Number.isFinite(hb.in_flight) ? hb.in_flight : 0;
-    const state = hb.state === 'draining' ? 'draining' : 'ready';
+    const state = hb.state === 'draining' || hb.state === 'unhealthy' ? hb.state : 'ready';
     if (known) {
       known.models = models;
       known.engine = String(hb.engine ?? 'unknown');
@@ -65,6 +69,7 @@ export class WorkerRegistry {
       known.state = state;
       known.lastSeen = now;
       known.gone = false;
+      known.continuation = hb.continuation === true;
     } else {
       this.workers.set(hb.id, {
         id: hb.id,
@@ -78,6 +83,7 @@ export class WorkerRegistry {
         state,
         lastSeen: now,
         gone: false,
+        continuation: hb.continuation === true,
       });
     }
     this.noteTransition(hb.id);
@@ -94,14 +100,14 @@ export class WorkerRegistry {
     if (!w || w.gone) return;
     w.gone = true;
     this.log.warn({ worker: id, reason }, 'worker marked offline');
-    this.noteTransition(id);
+    this.noteTransition(id, this.clock.now(), reason);
   }
 
   isOnline(w: WorkerInfo, now: number = this.clock.now()): boolean {
     return !w.gone && now - w.lastSeen < this.offlineAfterMs;
   }
 
-  /** Online workers taking work (not draining) that serve `model`. */
+  /** Online workers taking work (not draining, engine not unhealthy) that serve `model`. */
   forModel(model: string): WorkerInfo[] {
     const now = this.clock.now();
     const out: WorkerInfo[] = [];
@@ -131,6 +137,21 @@ export class WorkerRegistry {
 
   get(id: string): WorkerInfo | undefined {
     return this.workers.get(id);
+  }
+
+  /**
+   * Calls `onOffline` if the worker goes offline (silence, bye, no responders) while the caller
+   * waits on it, so an attempt to a crashed worker ends at once instead of at its timeout.
+   * Returns the function that stops watching.
+   */
+  watch(w: WorkerInfo, onOffline: (reason: string) => void): () => void {
+    let set = this.watchers.get(w.id);
+    if (!set) this.watchers.set(w.id, (set = new Set()));
+    set.add(onOffline);
+    return () => {
+      set.delete(onOffline);
+      if (set.size === 0 && this.watchers.get(w.id) === set) this.watchers.delete(w.id);
+    };
   }
 
   /** The controller sends a request to `id`. */
@@ -171,13 +192,17 @@ export class WorkerRegistry {
     }
   }
 
-  private noteTransition(id: string, now: number = this.clock.now()): void {
+  private noteTransition(id: string, now: number = this.clock.now(), reason = 'heartbeats stopped'): void {
     const w = this.workers.get(id);
     if (!w) return;
     const online = this.isOnline(w, now);
     if (this.wasOnline.get(id) !== online) {
       this.wasOnline.set(id, online);
       this.log.info({ worker: id, online, models: w.models }, online ? 'worker online' : 'worker offline');
+    }
+    if (!online) {
+      const watchers = this.watchers.get(id);
+      if (watchers) for (const fn of [...watchers]) fn(reason);
     }
   }
 }

@@ -19,11 +19,14 @@ export interface SseSinkOptions {
   headers: () => Record<string, string>;
   /** Called once, at the commit point. */
   onCommit?: () => void;
+  /** Keep the delivered text, so a broken stream can be resumed elsewhere (default false). */
+  keepText?: boolean;
 }
 
 export class SseSink implements StreamSink {
   private isCommitted = false;
   private closed = false;
+  private text = '';
   private readonly prefix: string;
   private readonly suffix = '},"finish_reason":null}]}\n\n';
 
@@ -38,6 +41,10 @@ export class SseSink implements StreamSink {
     return this.isCommitted;
   }
 
+  get streamed(): string {
+    return this.text;
+  }
+
   /** The client is gone or the stream ended: nothing more can be written. */
   get done(): boolean {
     return this.closed || this.options.res.destroyed;
@@ -46,6 +53,7 @@ export class SseSink implements StreamSink {
   write(text: string): boolean {
     if (this.done) return false;
     if (!this.isCommitted) this.commit();
+    if (this.options.keepText) this.text += text;
     this.options.res.write(this.prefix + JSON.stringify(text) + this.suffix);
     return this.options.res.writableLength <= this.options.maxBufferedBytes;
   }

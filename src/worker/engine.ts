@@ -4,6 +4,8 @@ import type { FinishReason, Usage, WireRequest } from '../protocol';
 export interface EngineResult {
   finishReason: FinishReason;
   usage: Usage;
+  /** True when the engine did not report usage and it was counted (estimateTokens) instead. */
+  usageEstimated?: boolean;
 }
 
 /**
@@ -13,15 +15,22 @@ export interface EngineResult {
  */
 export interface Engine {
   readonly name: string;
+  /** True when the engine honours `continuation` (stream resume); advertised in heartbeats. */
+  readonly supportsContinuation?: boolean;
   models(): readonly string[];
   generate(request: WireRequest, onText: (text: string) => void, signal: AbortSignal): Promise<EngineResult>;
   close?(): Promise<void>;
+  /**
+   * False while the engine behind is known to be down (an HTTP engine's probe fails): the worker
+   * then says `unhealthy` in its heartbeats and refuses requests. Absent means always healthy.
+   */
+  healthy?(): boolean;
 }
 
 /** An engine failure with a protocol error code (DESIGN §3 decides what the controller does). */
 export class EngineError extends Error {
   constructor(
-    readonly code: 'WORKER_ERROR' | 'CONTEXT_LENGTH_EXCEEDED' | 'REQUEST_VALIDATION_FAILED' | 'WORKER_OVERLOADED',
+    readonly code: 'WORKER_ERROR' | 'CONTEXT_LENGTH_EXCEEDED' | 'REQUEST_VALIDATION_FAILED' | 'WORKER_OVERLOADED' | 'MODEL_NOT_FOUND',
     message: string,
     readonly retryAfterMs?: number,
   ) {

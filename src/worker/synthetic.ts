@@ -66,10 +66,21 @@ export function promptTokens(request: Pick<WireRequest, 'messages'>): number {
   return request.messages.reduce((sum, m) => sum + 3 + estimateTokens(m.content), 3);
 }
 
+/** Tokens in a synthetic answer prefix: every token after the first starts with one space. */
+export function countSyntheticTokens(text: string): number {
+  return text.length === 0 ? 0 : text.split(' ').length;
+}
+
+/**
+ * Answer length: exactly `max_tokens` when given (finish_reason "length"), else the prompt's
+ * natural length (finish_reason "stop"). Long answers on demand let tests and benchmarks stream
+ * as much as they need.
+ */
 export function syntheticEngine(options: SyntheticOptions): Engine {
   const random = options.random ?? Math.random;
   return {
     name: 'synthetic',
+    supportsContinuation: true,
     models: () => options.models,
     async generate(request, onText, signal): Promise<EngineResult> {
       const { clock } = options;
@@ -79,25 +90,23 @@ export function syntheticEngine(options: SyntheticOptions): Engine {
         throw new EngineError('WORKER_ERROR', 'synthetic engine: injected failure');
       }
       const seed = promptSeed(request);
-      const natural = naturalLength(seed);
-      const limit = request.max_tokens ?? Number.POSITIVE_INFINITY;
+      const total = request.max_tokens ?? naturalLength(seed);
       const stops = request.stop ?? [];
-      let text = '';
-      let emitted = 0;
-      let finishReason: EngineResult['finishReason'] = 'stop';
-      for (let i = 0; i < natural; i++) {
-        if (emitted >= limit) {
-          finishReason = 'length';
-          break;
-        }
-        if (i > 0 && options.tokenMs > 0) await clock.sleep(options.tokenMs, signal);
+      // A continuation resumes the same answer: token i depends only on (seed, i).
+      let text = request.continuation ?? '';
+      const first = countSyntheticTokens(text);
+      let emitted = first;
+      let finishReason: EngineResult['finishReason'] = request.max_tokens !== undefined ? 'length' : 'stop';
+      for (let i = first; i < total; i++) {
+        if (i > first && options.tokenMs > 0) await clock.sleep(options.tokenMs, signal);
+        // Without a token delay, still yield now and then so cancels and other requests get a turn.
+        else if (options.tokenMs === 0 && i > first && (i - first) % 256 === 0) await new Promise((r) => setImmediate(r));
         if (signal.aborted) throw signal.reason;
         let piece = syntheticToken(seed, i);
         const cut = firstStop(text + piece, stops, text.length);
         if (cut >= 0) {
           piece = piece.slice(0, cut - text.length);
           if (piece) onText(piece);
-          text += piece;
           emitted++;
           finishReason = 'stop';
           break;
@@ -105,10 +114,6 @@ export function syntheticEngine(options: SyntheticOptions): Engine {
         onText(piece);
         text += piece;
         emitted++;
-        if (emitted >= limit && i + 1 < natural) {
-          finishReason = 'length';
-          break;
-        }
       }
       const prompt = promptTokens(request);
       return { finishReason, usage: { prompt_tokens: prompt, completion_tokens: emitted, total_tokens: prompt + emitted } };

@@ -20,6 +20,7 @@ export function validateWireRequest(body: unknown): WireRequest | string {
   if (b.stop !== undefined && (!Array.isArray(b.stop) || b.stop.some((s) => typeof s !== 'string'))) {
     return 'stop must be a list of strings';
   }
+  if (b.continuation !== undefined && typeof b.continuation !== 'string') return 'continuation must be a string';
   return {
     model: b.model,
     messages: b.messages as WireRequest['messages'],
@@ -27,5 +28,6 @@ export function validateWireRequest(body: unknown): WireRequest | string {
     ...(b.max_tokens !== undefined ? { max_tokens: b.max_tokens as number } : {}),
     ...(typeof b.temperature === 'number' ? { temperature: b.temperature } : {}),
     ...(b.stop !== undefined ? { stop: b.stop as string[] } : {}),
+    ...(typeof b.continuation === 'string' && b.continuation.length > 0 ? { continuation: b.continuation } : {}),
   };
 }

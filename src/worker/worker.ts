@@ -24,7 +24,7 @@ import {
   type WireRequest,
 } from '../protocol';
 import { headers as natsHeaders } from '@nats-io/transport-node';
-import { EngineError, type Engine } from './engine';
+import { EngineError, type Engine, type EngineResult } from './engine';
 import { validateWireRequest } from './validate';
 
 export interface WorkerOptions {
@@ -42,6 +42,12 @@ export interface WorkerOptions {
   drainTimeoutMs?: number;
   clock?: Clock;
 }
+
+/** Largest coalesced chunk (characters; JSON escaping at most doubles it, far below 1 MiB). */
+const MAX_CHUNK_CHARS = 16 * 1024;
+
+/** `usage_estimated: true` on the wire only when the engine counted usage itself. */
+const estimated = (r: EngineResult): { usage_estimated?: true } => (r.usageEstimated ? { usage_estimated: true } : {});
 
 interface InFlight {
   controller: AbortController;
@@ -132,8 +138,9 @@ export class Worker {
       engine: this.engine.name,
       max_concurrent: this.maxConcurrent,
       in_flight: this.inFlight.size,
-      state: this.state === 'ready' ? 'ready' : 'draining',
+      state: this.state !== 'ready' ? 'draining' : this.engine.healthy?.() === false ? 'unhealthy' : 'ready',
       interval_ms: this.heartbeatIntervalMs,
+      continuation: this.engine.supportsContinuation === true,
     };
     this.nc.publish(this.subjects.heartbeat, encode(hb));
   }
@@ -171,6 +178,11 @@ export class Worker {
       fail('WORKER_UNAVAILABLE', `worker ${this.id} is shutting down`);
       return;
     }
+    // Refused like "not delivered" (retried elsewhere at once), not failed: no work was attempted.
+    if (this.engine.healthy?.() === false) {
+      fail('WORKER_UNAVAILABLE', `worker ${this.id}: its ${this.engine.name} engine is not answering`);
+      return;
+    }
     const parsed = validateWireRequest(decode<unknown>(msg.data));
     if (typeof parsed === 'string') {
       fail('REQUEST_VALIDATION_FAILED', parsed);
@@ -204,21 +216,45 @@ export class Worker {
   ): Promise<void> {
     let seq = 0;
     let text = '';
+    // Streams coalesce: text produced within one event-loop turn goes out as one chunk, so a fast
+    // engine (or a lagging publisher) sends fewer, larger messages instead of one per token.
+    let pending = '';
+    let flushTimer: NodeJS.Immediate | undefined;
+    const flush = (): void => {
+      flushTimer = undefined;
+      if (pending.length === 0) return;
+      send({ type: 'chunk', seq, text: pending }, seq);
+      seq++;
+      pending = '';
+    };
     try {
       const onText = request.stream
         ? (piece: string) => {
-            send({ type: 'chunk', seq, text: piece }, seq);
-            seq++;
+            pending += piece;
+            // Bounded, so a chunk always fits NATS's max payload (1 MiB by default).
+            if (pending.length >= MAX_CHUNK_CHARS) {
+              if (flushTimer) clearImmediate(flushTimer);
+              flush();
+            } else {
+              flushTimer ??= setImmediate(flush);
+            }
           }
         : (piece: string) => {
             text += piece;
           };
       const result = await this.engine.generate(request, onText, signal);
-      if (request.stream) send({ type: 'end', seq, finish_reason: result.finishReason, usage: result.usage }, seq);
-      else send({ type: 'result', text, finish_reason: result.finishReason, usage: result.usage });
+      if (request.stream) {
+        if (flushTimer) clearImmediate(flushTimer);
+        flush();
+        send({ type: 'end', seq, finish_reason: result.finishReason, usage: result.usage, ...estimated(result) }, seq);
+      } else {
+        send({ type: 'result', text, finish_reason: result.finishReason, usage: result.usage, ...estimated(result) });
+      }
     } catch (err) {
+      if (flushTimer) clearImmediate(flushTimer);
       // A cancelled or expired request has nobody waiting: answer nothing.
       if (signal.aborted && !(signal.reason instanceof EngineError)) return;
+      flush();
       const e = err instanceof EngineError ? err : signal.reason instanceof EngineError ? signal.reason : undefined;
       const code: ErrorCode = e?.code ?? 'WORKER_ERROR';
       const message = e?.message ?? `engine error: ${(err as Error)?.message ?? String(err)}`;

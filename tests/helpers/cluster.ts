@@ -4,11 +4,12 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { resolve } from 'node:path';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, errors, type NatsConnection } from '@nats-io/transport-node';
 import { loadConfig, type RouterConfig } from '../../src/config';
 import { Controller } from '../../src/controller/controller';
 import { silentLogger } from '../../src/logger';
 import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
+import { makeSubjects } from '../../src/protocol';
 
 export const MODEL = 'mlx-community/Llama-3.2-3B-Instruct-4bit';
 export const CLI = resolve(__dirname, '../../dist/src/cli.js');
@@ -226,4 +227,110 @@ export function streamedText(text: string): string {
     .filter((e) => e.event === 'message' && e.data !== '[DONE]')
     .map((e) => JSON.parse(e.data).choices?.[0]?.delta?.content ?? '')
     .join('');
+}
+
+/** The controller's `GET /metrics` body (Prometheus text format). */
+export async function metricsText(url: string): Promise<string> {
+  const res = await fetch(`${url}/metrics`);
+  if (res.status !== 200) throw new Error(`GET /metrics answered ${res.status}`);
+  return res.text();
+}
+
+function sampleLabels(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const m of text.matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) out[m[1]] = m[2];
+  return out;
+}
+
+/**
+ * The value of the sample `name` whose labels equal `labels` exactly (order free), or undefined
+ * when there is no such sample. Histogram/summary suffixes are part of `name` (`..._count`).
+ */
+export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  const want = Object.entries(labels);
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = sampleLabels(m[2] ?? '');
+    if (Object.keys(have).length !== want.length || want.some(([k, v]) => have[k] !== v)) continue;
+    return Number(m[3]);
+  }
+  return undefined;
+}
+
+/** Sends `signal` to a running worker (e.g. SIGSTOP to hang it, SIGCONT to wake it). */
+export function signalWorker(cluster: Cluster, id: string, signal: NodeJS.Signals): void {
+  const w = cluster.workers.get(id);
+  if (!w) throw new Error(`no worker ${id} in this cluster`);
+  w.kill(signal);
+}
+
+/**
+ * Waits until the NATS server itself no longer routes to worker `id` (its connection is gone):
+ * a request on the worker's cancel subject (which a live worker ignores) gets "no responders".
+ * Lets a test start right after a SIGKILL without racing the server's own cleanup.
+ */
+export async function waitForNatsGone(cluster: Cluster, id: string, timeoutMs = 5000): Promise<void> {
+  const subject = makeSubjects(cluster.config.nats.subjectPrefix).cancel(id);
+  await waitFor(
+    async () => {
+      try {
+        await cluster.nc.request(subject, new Uint8Array(0), { timeout: 100 });
+        return false;
+      } catch (err) {
+        return err instanceof errors.RequestError && err.isNoResponders();
+      }
+    },
+    `NATS to forget worker ${id}`,
+    timeoutMs,
+  );
+}
+
+export interface SseEvent {
+  event: string;
+  data: string;
+}
+
+/**
+ * A streamed chat request read event by event as the bytes arrive; `onEvent` runs for each SSE
+ * event (in order) so a test can act mid-stream. Resolves with everything once the body ends.
+ */
+export async function chatStream(
+  url: string,
+  options: ChatOptions = {},
+  onEvent: (event: SseEvent, index: number) => void | Promise<void> = () => undefined,
+): Promise<{ status: number; headers: Headers; events: SseEvent[]; text: string }> {
+  const res = await fetch(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...options.headers },
+    body: JSON.stringify(chatBody({ ...options, stream: true })),
+    signal: options.signal,
+  });
+  const events: SseEvent[] = [];
+  let text = '';
+  let pending = '';
+  const decoder = new TextDecoder();
+  const reader = res.body?.getReader();
+  for (;;) {
+    const chunk = reader ? await reader.read() : { done: true, value: undefined };
+    if (chunk.value) {
+      const piece = decoder.decode(chunk.value, { stream: true });
+      text += piece;
+      pending += piece;
+    }
+    if (res.headers.get('content-type')?.startsWith('text/event-stream')) {
+      let cut: number;
+      while ((cut = pending.indexOf('\n\n')) >= 0) {
+        const block = pending.slice(0, cut + 2);
+        pending = pending.slice(cut + 2);
+        for (const e of parseSse(block)) {
+          events.push(e);
+          await onEvent(e, events.length - 1);
+        }
+      }
+    }
+    if (chunk.done) break;
+  }
+  return { status: res.status, headers: res.headers, events, text };
 }

@@ -20,6 +20,7 @@ export function makeWorker(id: string, patch: Partial<WorkerInfo> = {}): WorkerI
     state: 'ready',
     lastSeen: 0,
     gone: false,
+    continuation: true,
     ...patch,
   };
 }

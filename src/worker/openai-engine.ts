@@ -1,0 +1,315 @@
+/**
+ * The OpenAI-compatible HTTP engine: one adapter for mlx_lm.server, llama.cpp's llama-server, vLLM,
+ * Ollama and LM Studio, which all serve `POST /v1/chat/completions` and `GET /v1/models`.
+ * Generation is forwarded with Node's fetch and the request's AbortSignal (a cancel or the deadline
+ * closes the HTTP request at once); streams are read with eventsource-parser. A periodic
+ * `GET /models` probe says whether the engine answers, without paying for tokens.
+ */
+import { createParser, type EventSourceMessage } from 'eventsource-parser';
+import type { Clock } from '../clock';
+import { systemClock } from '../clock';
+import type { Logger } from '../logger';
+import { estimateTokens, type Usage, type WireRequest } from '../protocol';
+import { EngineError, type Engine, type EngineResult } from './engine';
+import { engineErrorText, httpError, inBandError, isConnectFailure, networkCode, networkError } from './openai-errors';
+import { promptTokens } from './synthetic';
+
+export interface OpenAIEngineOptions {
+  /** Base URL with the version path, e.g. `http://127.0.0.1:8081/v1` (no default: config supplies it). */
+  url: string;
+  /** Bearer token for the engine; empty or absent sends no Authorization header. */
+  apiKey?: string;
+  /** Models to advertise; when non-empty the engine's own list is never read (default: read it). */
+  models?: readonly string[];
+  /** How often the advertised models are re-read from `GET /models`, on a probe (ms, default 60000). */
+  modelsRefreshMs?: number;
+  /** Period of the health probe `GET /models` (ms, default 5000). */
+  probeIntervalMs?: number;
+  /** A probe unanswered this long counts as a failure (ms, default 5000). */
+  connectTimeoutMs?: number;
+  log?: Logger;
+  clock?: Clock;
+}
+
+/** An Engine with the lifecycle of its probe, for the worker command and tests. */
+export interface OpenAIEngine extends Engine {
+  readonly url: string;
+  healthy(): boolean;
+  /** Probes once (reading the models when due), then every `probeIntervalMs`. */
+  start(): Promise<void>;
+  /** One probe now; resolves with the engine's health after it. */
+  probe(): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+/** Largest single SSE event accepted from an engine (characters); beyond it the stream fails. */
+const MAX_EVENT_CHARS = 1024 * 1024;
+
+interface StreamState {
+  text: string;
+  finish?: unknown;
+  usage?: unknown;
+  /** `data: [DONE]` arrived: the engine says the answer is complete. */
+  done: boolean;
+  failure?: EngineError;
+}
+
+/** The engine's usage if it is complete and numeric; otherwise undefined (then it is estimated). */
+export function readUsage(value: unknown): Usage | undefined {
+  if (!value || typeof value !== 'object') return undefined;
+  const u = value as Record<string, unknown>;
+  const count = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0;
+  if (!count(u.prompt_tokens) || !count(u.completion_tokens)) return undefined;
+  const total = count(u.total_tokens) ? u.total_tokens : u.prompt_tokens + u.completion_tokens;
+  return { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: total };
+}
+
+/** Reported usage, or a count (~4 characters a token) marked as estimated. */
+function result(request: WireRequest, text: string, finish: unknown, usage: unknown): EngineResult {
+  // Our protocol knows stop and length; tool_calls and content_filter also end the answer normally.
+  const finishReason = finish === 'length' ? 'length' : 'stop';
+  const reported = readUsage(usage);
+  if (reported) return { finishReason, usage: reported };
+  const prompt = promptTokens(request);
+  const completion = estimateTokens(text);
+  return { finishReason, usage: { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion }, usageEstimated: true };
+}
+
+/** The body sent to the engine: the protocol's fields only, usage always asked for on streams. */
+export function engineBody(request: WireRequest): Record<string, unknown> {
+  return {
+    model: request.model,
+    messages: request.messages.map((m) => ({ role: m.role, content: m.content })),
+    stream: request.stream,
+    ...(request.stream ? { stream_options: { include_usage: true } } : {}),
+    ...(request.max_tokens !== undefined ? { max_tokens: request.max_tokens } : {}),
+    ...(request.temperature !== undefined ? { temperature: request.temperature } : {}),
+    ...(request.stop !== undefined && request.stop.length > 0 ? { stop: request.stop } : {}),
+  };
+}
+
+function onStreamEvent(ev: EventSourceMessage, state: StreamState, onText: (text: string) => void): void {
+  // One feed may hold several events; nothing after the end or a failure counts.
+  if (state.done || state.failure) return;
+  if (ev.data === '[DONE]') {
+    state.done = true;
+    return;
+  }
+  let chunk: { error?: unknown; usage?: unknown; choices?: Array<{ delta?: { content?: unknown }; finish_reason?: unknown }> };
+  try {
+    chunk = JSON.parse(ev.data) as typeof chunk;
+  } catch {
+    state.failure = new EngineError('WORKER_ERROR', `engine sent an unreadable stream event: ${engineErrorText(ev.data)}`);
+    return;
+  }
+  if (ev.event === 'error' || (chunk && typeof chunk === 'object' && chunk.error !== undefined)) {
+    state.failure = inBandError(ev.data);
+    return;
+  }
+  const choice = Array.isArray(chunk?.choices) ? chunk.choices[0] : undefined;
+  const piece = choice?.delta?.content;
+  if (typeof piece === 'string' && piece.length > 0) {
+    state.text += piece;
+    onText(piece);
+  }
+  if (choice?.finish_reason) state.finish = choice.finish_reason;
+  if (chunk?.usage) state.usage = chunk.usage;
+}
+
+async function readStream(res: Response, request: WireRequest, onText: (text: string) => void, signal: AbortSignal): Promise<EngineResult> {
+  const reader = res.body?.getReader();
+  if (!reader) throw new EngineError('WORKER_ERROR', 'engine answered a stream request without a body');
+  const state: StreamState = { text: '', done: false };
+  const parser = createParser({
+    maxBufferSize: MAX_EVENT_CHARS,
+    onEvent: (ev) => onStreamEvent(ev, state, onText),
+    onError: (err) => {
+      // llama-server has written `error: {...}` lines, which are not an SSE field.
+      if (err.type === 'unknown-field' && err.field === 'error') state.failure ??= inBandError(err.value ?? '');
+      else if (err.type === 'max-buffer-size-exceeded') state.failure ??= new EngineError('WORKER_ERROR', 'engine sent a stream event over 1 MiB');
+    },
+  });
+  const decoder = new TextDecoder();
+  try {
+    // With finish_reason and usage both in, nothing more is expected even if [DONE] never comes.
+    while (!state.done && !state.failure && !(state.finish !== undefined && state.usage !== undefined)) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      parser.feed(decoder.decode(value, { stream: true }));
+    }
+  } catch (err) {
+    if (signal.aborted) throw signal.reason;
+    throw networkError(err, `engine stream broke after ${state.text.length} characters`);
+  } finally {
+    // Releases (or closes) the connection when we stop before the engine's end of body.
+    reader.cancel().catch(() => undefined);
+  }
+  if (state.failure) throw state.failure;
+  // A connection that closes without [DONE] or finish_reason is a cut answer, never a clean end.
+  if (!state.done && state.finish === undefined) {
+    throw new EngineError('WORKER_ERROR', `engine stream ended after ${state.text.length} characters without finish_reason or [DONE]`);
+  }
+  return result(request, state.text, state.finish, state.usage);
+}
+
+async function readBuffered(res: Response, request: WireRequest, onText: (text: string) => void, signal: AbortSignal): Promise<EngineResult> {
+  let body: string;
+  try {
+    body = await res.text();
+  } catch (err) {
+    if (signal.aborted) throw signal.reason;
+    throw networkError(err, 'engine connection broke before the answer was complete');
+  }
+  let answer: { error?: unknown; usage?: unknown; choices?: Array<{ message?: { content?: unknown }; finish_reason?: unknown }> };
+  try {
+    answer = JSON.parse(body) as typeof answer;
+  } catch {
+    throw new EngineError('WORKER_ERROR', `engine sent an unreadable answer: ${engineErrorText(body)}`);
+  }
+  if (answer?.error !== undefined) throw inBandError(body);
+  const choice = Array.isArray(answer?.choices) ? answer.choices[0] : undefined;
+  if (!choice) throw new EngineError('WORKER_ERROR', 'engine answer has no choices');
+  const content = choice.message?.content;
+  const text = typeof content === 'string' ? content : '';
+  if (text.length > 0) onText(text);
+  return result(request, text, choice.finish_reason, answer.usage);
+}
+
+/** The ids in an OpenAI `GET /models` answer (`{data: [{id}]}`), or undefined if it is not one. */
+export function modelIds(body: string): string[] | undefined {
+  try {
+    const data = (JSON.parse(body) as { data?: unknown })?.data;
+    if (!Array.isArray(data)) return undefined;
+    return data.map((m) => (m as { id?: unknown })?.id).filter((id): id is string => typeof id === 'string' && id.length > 0);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * An engine fronting an OpenAI-compatible server at `options.url`. Call `start()` before serving
+ * (first probe, first model list) and `close()` when done (stops the probe).
+ * @example openaiEngine({ url: 'http://127.0.0.1:8081/v1', models: ['mlx-community/Llama-3.2-3B-Instruct-4bit'] })
+ */
+export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
+  const base = options.url.replace(/\/+$/, '');
+  const configured = options.models !== undefined && options.models.length > 0 ? [...options.models] : undefined;
+  const refreshMs = options.modelsRefreshMs ?? 60_000;
+  const probeIntervalMs = options.probeIntervalMs ?? 5_000;
+  const probeTimeoutMs = options.connectTimeoutMs ?? 5_000;
+  const clock = options.clock ?? systemClock;
+  const log = options.log;
+  const lifetime = new AbortController();
+  let models: readonly string[] = configured ?? [];
+  let modelsAt = Number.NEGATIVE_INFINITY;
+  // Unknown until the first probe; optimistic, so an engine used without start() still serves.
+  let healthy = true;
+  let timer: NodeJS.Timeout | undefined;
+  let probing: Promise<boolean> | undefined;
+
+  const headers = (accept: string): Record<string, string> => ({
+    accept,
+    'content-type': 'application/json',
+    ...(options.apiKey ? { authorization: `Bearer ${options.apiKey}` } : {}),
+  });
+
+  const setHealthy = (ok: boolean, reason: string): void => {
+    if (ok === healthy) return;
+    healthy = ok;
+    if (ok) log?.info({ engine: base }, 'engine answers again: worker ready');
+    else log?.warn({ engine: base, reason }, 'engine not answering: worker reports unhealthy');
+  };
+
+  const updateModels = (body: string): void => {
+    const ids = modelIds(body);
+    if (!ids) {
+      log?.warn({ engine: base }, 'engine GET /models answer is not an OpenAI model list; keeping the models advertised');
+      return;
+    }
+    modelsAt = clock.now();
+    if (ids.join('\n') !== models.join('\n')) log?.info({ engine: base, models: ids }, 'models from the engine');
+    models = ids;
+  };
+
+  const probeOnce = async (): Promise<boolean> => {
+    const timeout = new AbortController();
+    const t = setTimeout(() => timeout.abort(new Error(`no answer within ${probeTimeoutMs} ms`)), probeTimeoutMs);
+    try {
+      const res = await fetch(`${base}/models`, { headers: headers('application/json'), signal: AbortSignal.any([timeout.signal, lifetime.signal]) });
+      const body = await res.text();
+      if (!res.ok) {
+        setHealthy(false, `GET /models answered ${res.status}`);
+        return false;
+      }
+      if (!configured && clock.now() - modelsAt >= refreshMs) updateModels(body);
+      setHealthy(true, 'probe answered');
+      return true;
+    } catch (err) {
+      if (lifetime.signal.aborted) return healthy;
+      setHealthy(false, timeout.signal.aborted ? `GET /models: no answer within ${probeTimeoutMs} ms` : `GET /models: ${networkCode(err) ?? (err as Error).message}`);
+      return false;
+    } finally {
+      clearTimeout(t);
+    }
+  };
+
+  // One probe at a time: a slow engine must not pile probes up.
+  const probe = (): Promise<boolean> => (probing ??= probeOnce().finally(() => (probing = undefined)));
+
+  return {
+    name: 'openai',
+    url: base,
+    models: () => models,
+    healthy: () => healthy,
+    probe,
+
+    async start(): Promise<void> {
+      if (timer || lifetime.signal.aborted) return;
+      await probe();
+      if (!configured && models.length === 0) log?.warn({ engine: base }, 'engine lists no models yet; the worker advertises none until it does');
+      timer = setInterval(() => void probe(), probeIntervalMs);
+      // The NATS connection keeps a worker alive; a forgotten probe timer must not.
+      timer.unref();
+    },
+
+    async close(): Promise<void> {
+      if (timer) clearInterval(timer);
+      timer = undefined;
+      lifetime.abort();
+      await probing;
+    },
+
+    async generate(request, onText, signal): Promise<EngineResult> {
+      // Stream resume is not advertised (supportsContinuation unset), so this is a protocol mistake.
+      if (request.continuation !== undefined) throw new EngineError('WORKER_ERROR', 'the openai engine cannot continue a partial answer');
+      signal.throwIfAborted();
+      let res: Response;
+      try {
+        // The signal bounds every phase, connect included: a cancel or the deadline aborts at once.
+        res = await fetch(`${base}/chat/completions`, {
+          method: 'POST',
+          headers: headers(request.stream ? 'text/event-stream' : 'application/json'),
+          body: JSON.stringify(engineBody(request)),
+          signal,
+        });
+      } catch (err) {
+        if (signal.aborted) throw signal.reason;
+        // Down for this request means down for the next: stop being selected before the next probe.
+        if (isConnectFailure(err)) setHealthy(false, `POST /chat/completions: ${networkCode(err)}`);
+        throw networkError(err, `engine at ${base} did not take the request`);
+      }
+      if (!res.ok) {
+        const body = await res.text().catch(() => '');
+        if (signal.aborted) throw signal.reason;
+        const err = httpError(res.status, body, res.headers.get('retry-after'));
+        if (err.code === 'MODEL_NOT_FOUND' && !configured) {
+          // The engine dropped the model: re-read its list now rather than at the next refresh.
+          modelsAt = Number.NEGATIVE_INFINITY;
+          void probe();
+        }
+        throw err;
+      }
+      return request.stream ? readStream(res, request, onText, signal) : readBuffered(res, request, onText, signal);
+    },
+  };
+}

@@ -1,0 +1,42 @@
+/**
+ * A protocol-v1 worker scripted by the test, inside the test process: it heartbeats like a real
+ * one and answers each request with whatever `script` publishes, so wire faults (sequence gaps,
+ * duplicates, missing final messages) can be injected exactly.
+ */
+import { headers, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { encode, HDR_SEQ, makeSubjects, PROTOCOL_VERSION, type Heartbeat, type WireReply } from '../../src/protocol';
+
+export interface FakeWorker {
+  stop(): void;
+}
+
+export type Reply = (body: WireReply, seq?: number) => void;
+
+export function startFakeWorker(nc: NatsConnection, id: string, models: string[], script: (reply: Reply, msg: Msg) => void): FakeWorker {
+  const subjects = makeSubjects();
+  const hb: Heartbeat = {
+    type: 'heartbeat', version: PROTOCOL_VERSION, id, models, engine: 'fake', max_concurrent: 8, in_flight: 0, state: 'ready', interval_ms: 100,
+  };
+  const beat = (): void => nc.publish(subjects.heartbeat, encode(hb));
+  const subs: Subscription[] = [
+    nc.subscribe(subjects.infer(id), {
+      callback: (_err, msg) => {
+        const reply: Reply = (body, seq) => {
+          const h = headers();
+          if (seq !== undefined) h.set(HDR_SEQ, String(seq));
+          nc.publish(msg.reply!, encode(body), { headers: h });
+        };
+        script(reply, msg);
+      },
+    }),
+    nc.subscribe(subjects.discover, { callback: () => beat() }),
+  ];
+  beat();
+  const timer = setInterval(beat, 100);
+  return {
+    stop() {
+      clearInterval(timer);
+      for (const s of subs) s.unsubscribe();
+    },
+  };
+}
