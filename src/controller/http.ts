@@ -3,14 +3,15 @@
  * the request's deadline and abort signal, runs the chain, and writes exactly one outcome: a
  * completion, a stream, or an OpenAI-shaped error. Nothing a client sends can crash the process.
  */
-import Fastify, { LogController, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { RouterConfig } from '../config';
-import { answerUsage, createContext, type RouteContext } from '../context';
 import { isRouterError, RouterError, toRouterError } from '../errors';
 import { newId } from '../ids';
 import type { Logger } from '../logger';
 import type { Pipeline, RouterDeps } from '../pipeline';
+import { answerMetadata, checkModel, errorHeaders, executeChat, routingHeaders } from './chat';
 import { SseSink } from './sse';
+import { registerWebSocket } from './ws';
 import { validateChatRequest } from './validate';
 
 export interface HttpOptions {
@@ -23,34 +24,6 @@ export interface HttpOptions {
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-
-function metadata(ctx: RouteContext): Record<string, unknown> {
-  return {
-    requestId: ctx.requestId,
-    selectedWorker: ctx.metrics.selectedWorker,
-    retryCount: ctx.metrics.retryCount,
-    resumes: ctx.metrics.resumes,
-    failedWorkers: ctx.metrics.failedWorkers,
-    circuitBreakerTrips: ctx.metrics.circuitBreakerTrips,
-    timeouts: ctx.metrics.timeouts,
-    totalDurationMs: Math.round((ctx.metrics.totalDurationMs || ctx.clock.now() - ctx.startedAt) * 100) / 100,
-    attempts: ctx.attempts,
-  };
-}
-
-function routingHeaders(ctx: RouteContext): Record<string, string> {
-  // At a stream's commit the running attempt is not recorded yet, so its number says more.
-  const retries = Math.max(ctx.metrics.retryCount, ctx.attempt.number - 1);
-  const h: Record<string, string> = { 'x-request-id': ctx.requestId, 'x-mlx-retries': String(retries) };
-  const worker = ctx.worker?.id ?? ctx.metrics.selectedWorker;
-  if (worker) h['x-mlx-worker'] = worker;
-  return h;
-}
-
-function errorHeaders(err: RouterError): Record<string, string> {
-  const seconds = err.retryAfterSeconds();
-  return seconds === undefined ? {} : { 'retry-after': String(seconds) };
-}
 
 function sendError(reply: FastifyReply, err: RouterError, headers: Record<string, string> = {}): FastifyReply {
   return reply.code(err.status).headers({ ...headers, ...errorHeaders(err) }).send(err.toJSON());
@@ -69,11 +42,11 @@ function parseJson(_req: FastifyRequest, body: string, done: (err: Error | null,
   }
 }
 
-export function buildHttpServer(options: HttpOptions) {
+export function buildHttpServer(options: HttpOptions): FastifyInstance {
   const { config, deps, pipeline, log } = options;
-  const routing = config.cluster.requestRouting;
   const app = Fastify({
-    loggerInstance: log,
+    // pino's Logger is a FastifyBaseLogger; the cast keeps the default instance type.
+    loggerInstance: log as unknown as FastifyBaseLogger,
     // The metrics middleware writes one line per request; fastify's own two would be noise.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.controller.bodyLimitBytes,
@@ -122,91 +95,54 @@ export function buildHttpServer(options: HttpOptions) {
     return reply.type(deps.metrics.register.contentType).send(body);
   });
 
+  const env = { config, deps, pipeline, log };
+
   app.post('/v1/chat/completions', async (req, reply) => {
     const given = req.headers['x-request-id'];
     const requestId = typeof given === 'string' && REQUEST_ID.test(given) ? given : newId('req');
-    const { request, includeUsage, sessionId: bodySession } = validateChatRequest(req.body);
-    if (!deps.registry.knowsModel(request.model)) {
-      if (deps.registry.online().length === 0) {
-        throw new RouterError('NO_WORKERS_AVAILABLE', 'no worker is online', { retryAfterMs: 1000 });
-      }
-      throw new RouterError('MODEL_NOT_FOUND', `model '${request.model}' is not served by any worker (see GET /v1/models)`, { param: 'model' });
-    }
-    const headerSession = req.headers['x-session-id'];
-    const sessionId = (typeof headerSession === 'string' && headerSession.length > 0 ? headerSession : undefined) ?? bodySession;
-
-    const budgetMs = request.stream ? routing.streamingTimeoutMs : routing.timeoutMs;
-    const abort = new AbortController();
-    const deadlineTimer = setTimeout(
-      () => abort.abort(new RouterError('REQUEST_TIMEOUT', `request deadline of ${budgetMs} ms passed`)),
-      budgetMs,
-    );
-    const onClose = (): void => {
-      if (!reply.raw.writableFinished) abort.abort(new RouterError('CLIENT_CLOSED_REQUEST', 'client closed the connection'));
-    };
-    reply.raw.on('close', onClose);
-
+    const chat = validateChatRequest(req.body);
+    checkModel(deps, chat.request.model);
     const created = Math.floor(Date.now() / 1000);
     const completionId = `chatcmpl-${requestId}`;
-    const clock = deps.clock;
-    let sink: SseSink | undefined;
-    const ctxLog = log.child({ requestId });
-    const ctx: RouteContext = createContext({
+    if (chat.request.stream) reply.hijack();
+    const { ctx, error } = await executeChat(env, {
       requestId,
-      request,
-      log: ctxLog,
-      clock,
-      signal: abort.signal,
-      deadline: clock.now() + budgetMs,
+      chat,
       headers: req.headers as Record<string, string | undefined>,
-      sessionId,
+      onClientGone: (callback) => {
+        const onClose = (): void => {
+          if (!reply.raw.writableFinished) callback();
+        };
+        reply.raw.on('close', onClose);
+        return () => reply.raw.off('close', onClose);
+      },
+      sink: (ctx) =>
+        new SseSink({
+          res: reply.raw,
+          completionId,
+          model: chat.request.model,
+          created,
+          maxBufferedBytes: config.cluster.streaming.maxBufferedBytes,
+          headers: () => routingHeaders(ctx),
+          onCommit: () => deps.metrics.ttft.observe((deps.clock.now() - ctx.startedAt) / 1000),
+          keepText: config.cluster.streaming.resume,
+        }),
     });
-    if (request.stream) {
-      reply.hijack();
-      sink = new SseSink({
-        res: reply.raw,
-        completionId,
-        model: request.model,
-        created,
-        maxBufferedBytes: config.cluster.streaming.maxBufferedBytes,
-        headers: () => routingHeaders(ctx),
-        onCommit: () => deps.metrics.ttft.observe((clock.now() - ctx.startedAt) / 1000),
-        keepText: config.cluster.streaming.resume,
-      });
-      (ctx as { sink?: SseSink }).sink = sink;
-    }
-
-    try {
-      await pipeline.run(ctx);
-      if (sink) {
-        sink.finish(ctx.end?.finish_reason ?? 'stop', answerUsage(ctx), includeUsage, metadata(ctx));
-        return reply;
-      }
-      const result = ctx.result;
-      if (!result) throw new RouterError('INTERNAL_ERROR', 'the chain ended without an answer (does cluster.pipeline end in dispatch?)');
-      return reply.headers(routingHeaders(ctx)).send({
-        id: completionId,
-        object: 'chat.completion',
-        created,
-        model: request.model,
-        choices: [{ index: 0, message: { role: 'assistant', content: result.text }, logprobs: null, finish_reason: result.finish_reason }],
-        usage: result.usage,
-        metadata: metadata(ctx),
-      });
-    } catch (e) {
-      const err = toRouterError(e);
-      if (err.code === 'INTERNAL_ERROR') ctxLog.error({ err: e }, 'request failed inside the router');
-      if (sink) {
-        sink.fail(err, { ...routingHeaders(ctx), ...errorHeaders(err) });
-        return reply;
-      }
-      if (reply.raw.destroyed) return reply;
-      return sendError(reply, err, routingHeaders(ctx));
-    } finally {
-      clearTimeout(deadlineTimer);
-      reply.raw.off('close', onClose);
-    }
+    if (chat.request.stream || reply.raw.destroyed) return reply;
+    if (error || !ctx?.result) return sendError(reply, error ?? toRouterError(new Error('no answer')), ctx ? routingHeaders(ctx) : {});
+    const result = ctx.result;
+    return reply.headers(routingHeaders(ctx)).send({
+      id: completionId,
+      object: 'chat.completion',
+      created,
+      model: chat.request.model,
+      choices: [{ index: 0, message: { role: 'assistant', content: result.text }, logprobs: null, finish_reason: result.finish_reason }],
+      usage: result.usage,
+      metadata: answerMetadata(ctx),
+    });
   });
+
+  registerWebSocket(app, env);
 
   return app;
 }
