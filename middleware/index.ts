@@ -22,7 +22,10 @@ export const BUILTIN_MIDDLEWARE = {
     factory: retry,
   },
   breaker: { options: (c: RouterConfig) => ({ enabled: routing(c).circuitBreaker.enabled }), factory: breaker },
-  select: { options: (c: RouterConfig) => ({ strategy: routing(c).strategy }), factory: select },
+  select: {
+    options: (c: RouterConfig) => ({ strategy: routing(c).strategy, workerWaitTimeoutMs: routing(c).workerWaitTimeoutMs }),
+    factory: select,
+  },
   timeout: {
     options: (c: RouterConfig) => ({
       attemptTimeoutMs: routing(c).attemptTimeoutMs,

@@ -1,21 +1,31 @@
 import type { Middleware, RouteContext } from '../src/context';
-import type { WorkerInfo } from '../src/controller/registry';
+import type { RouterMetrics } from '../src/controller/metrics';
+import type { WorkerInfo, WorkerRegistry } from '../src/controller/registry';
 import { RouterError } from '../src/errors';
 import type { Strategy } from '../src/config';
 
 export interface SelectOptions {
   /** `round-robin`, `least-outstanding` (default) or `p2c`. */
   strategy: Strategy;
+  /**
+   * When every candidate is busy, wait this long (ms) for a free one before failing with
+   * NO_WORKERS_AVAILABLE; bounded by the request's deadline (default 5000; 0 sends to a busy
+   * worker at once, which answers WORKER_OVERLOADED).
+   */
+  workerWaitTimeoutMs?: number;
 }
 
 export interface SelectDeps {
   /** Random source in [0, 1) for p2c (default Math.random). */
   random?: () => number;
+  /** Wakes waiters when capacity may have freed (needed when workerWaitTimeoutMs > 0). */
+  registry?: Pick<WorkerRegistry, 'waitForChange'>;
+  metrics?: RouterMetrics;
 }
 
-/** Busy at the controller's own count or at the worker's last report. */
+/** Busy: this controller's requests plus other controllers' (as of the last heartbeat) fill it. */
 export function saturated(w: WorkerInfo): boolean {
-  return w.outstanding >= w.maxConcurrent || w.reportedInFlight >= w.maxConcurrent;
+  return w.outstanding + w.foreignInFlight >= w.maxConcurrent;
 }
 
 /** p2c load score: controller in-flight (plus one, so idle workers still differ) × peak-EWMA latency. */
@@ -40,6 +50,7 @@ function leastOutstanding(pool: WorkerInfo[]): WorkerInfo {
  */
 export function select(options: SelectOptions, deps: SelectDeps = {}): Middleware {
   const random = deps.random ?? Math.random;
+  const waitMs = options.workerWaitTimeoutMs ?? 0;
   let turn = 0;
   const pick = (pool: WorkerInfo[]): WorkerInfo => {
     if (pool.length === 1) return pool[0];
@@ -68,7 +79,22 @@ export function select(options: SelectOptions, deps: SelectDeps = {}): Middlewar
     for (const a of ctx.attempts) if (a.worker) tried.add(a.worker);
     const untried = ctx.candidates.filter((w) => !tried.has(w.id));
     let pool = untried.length > 0 ? untried : ctx.candidates;
-    const free = pool.filter((w) => !saturated(w));
+    let free = pool.filter((w) => !saturated(w));
+    if (free.length === 0 && waitMs > 0 && deps.registry) {
+      // The fourth deadline: waiting for a worker. Counts are live, so re-check on every wake.
+      const until = Math.min(ctx.clock.now() + waitMs, ctx.deadline);
+      while (free.length === 0 && !ctx.attempt.signal.aborted && ctx.clock.now() < until) {
+        await deps.registry.waitForChange(ctx.attempt.signal, until - ctx.clock.now());
+        free = pool.filter((w) => !saturated(w));
+      }
+      if (free.length === 0) {
+        if (ctx.attempt.signal.aborted) throw ctx.attempt.signal.reason;
+        deps.metrics?.timeouts.inc({ kind: 'wait' });
+        throw new RouterError('NO_WORKERS_AVAILABLE', `all ${pool.length} workers serving ${ctx.request.model} stayed busy for ${waitMs} ms`, {
+          retryAfterMs: 1000,
+        });
+      }
+    }
     if (free.length > 0) pool = free;
     const sticky = ctx.stickyWorker ? pool.find((w) => w.id === ctx.stickyWorker) : undefined;
     ctx.worker = sticky ?? pick(pool);

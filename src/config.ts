@@ -28,6 +28,7 @@ export interface RouterConfig {
       attemptTimeoutMs: number;
       firstChunkTimeoutMs: number;
       idleTimeoutMs: number;
+      workerWaitTimeoutMs: number;
       strategy: Strategy;
       retry: {
         enabled: boolean;
@@ -130,6 +131,11 @@ const schema = {
       attemptTimeoutMs: { doc: 'Limit of one buffered attempt (ms); bounded by what the request has left.', format: 'nat', default: 10000 },
       firstChunkTimeoutMs: { doc: 'Streams: time to first chunk of one attempt (ms); the only stream limit that fails over.', format: 'nat', default: 10000 },
       idleTimeoutMs: { doc: 'Streams: longest silence between two chunks after the first (ms).', format: 'nat', default: 30000 },
+      workerWaitTimeoutMs: {
+        doc: 'When every worker for the model is busy, wait this long for a free one before 503 NO_WORKERS_AVAILABLE (ms; 0: no wait).',
+        format: 'nat',
+        default: 5000,
+      },
       strategy: { doc: 'Worker selection: round-robin, least-outstanding or p2c.', format: [...STRATEGIES], default: 'least-outstanding' },
       retry: {
         enabled: { doc: 'Retry failed attempts on another worker.', format: Boolean, default: true },

@@ -16,6 +16,11 @@ export interface WorkerInfo {
   reportedInFlight: number;
   /** Requests this controller has outstanding at the worker now. */
   outstanding: number;
+  /**
+   * Requests other controllers had at the worker at its last heartbeat: its reported in-flight
+   * count less ours at that moment. Our own count is always current; theirs only this fresh.
+   */
+  foreignInFlight: number;
   /** Peak-EWMA latency of this controller's requests (ms); starts at 0 (unknown). */
   latencyMs: number;
   latencyAt: number;
@@ -45,6 +50,7 @@ export class WorkerRegistry {
   private readonly decayMs: number;
   private readonly wasOnline = new Map<string, boolean>();
   private readonly watchers = new Map<string, Set<(reason: string) => void>>();
+  private readonly capacityWaiters = new Set<() => void>();
 
   constructor(options: RegistryOptions) {
     this.clock = options.clock;
@@ -66,6 +72,7 @@ export class WorkerRegistry {
       known.engine = String(hb.engine ?? 'unknown');
       known.maxConcurrent = maxConcurrent;
       known.reportedInFlight = reported;
+      known.foreignInFlight = Math.max(0, reported - known.outstanding);
       known.state = state;
       known.lastSeen = now;
       known.gone = false;
@@ -78,6 +85,7 @@ export class WorkerRegistry {
         maxConcurrent,
         reportedInFlight: reported,
         outstanding: 0,
+        foreignInFlight: reported,
         latencyMs: 0,
         latencyAt: now,
         state,
@@ -87,6 +95,7 @@ export class WorkerRegistry {
       });
     }
     this.noteTransition(hb.id);
+    this.notifyCapacity();
   }
 
   /** The worker said goodbye (clean shutdown): offline now. */
@@ -163,6 +172,40 @@ export class WorkerRegistry {
   end(w: WorkerInfo, latencyMs?: number): void {
     w.outstanding = Math.max(0, w.outstanding - 1);
     if (latencyMs !== undefined) this.observeLatency(w, latencyMs);
+    this.notifyCapacity();
+  }
+
+  /**
+   * Resolves at the next change that may free capacity (a request ends, a heartbeat arrives),
+   * after `ms`, or when `signal` aborts, whichever is first. Never rejects; leaves nothing behind.
+   */
+  waitForChange(signal: AbortSignal, ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = new AbortController();
+      const done = (): void => {
+        this.capacityWaiters.delete(done);
+        signal.removeEventListener('abort', done);
+        timer.abort();
+        resolve();
+      };
+      if (signal.aborted || ms <= 0) {
+        resolve();
+        return;
+      }
+      this.capacityWaiters.add(done);
+      signal.addEventListener('abort', done, { once: true });
+      this.clock.sleep(ms, timer.signal).then(done, () => undefined);
+    });
+  }
+
+  /** Requests waiting for capacity now. */
+  get waiting(): number {
+    return this.capacityWaiters.size;
+  }
+
+  private notifyCapacity(): void {
+    if (this.capacityWaiters.size === 0) return;
+    for (const wake of [...this.capacityWaiters]) wake();
   }
 
   /** Peak EWMA (Finagle): a slower sample takes over at once; faster ones decay in over time. */

@@ -15,6 +15,7 @@ export function makeWorker(id: string, patch: Partial<WorkerInfo> = {}): WorkerI
     maxConcurrent: 8,
     reportedInFlight: 0,
     outstanding: 0,
+    foreignInFlight: 0,
     latencyMs: 0,
     latencyAt: 0,
     state: 'ready',

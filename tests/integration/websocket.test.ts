@@ -118,7 +118,7 @@ test('websocket - a worker killed mid-stream is resumed with identical content',
 test('websocket - closing the socket mid-stream cancels the worker', async () => {
   const s = await connect();
   const cancels: string[] = [];
-  const sub = cluster.nc.subscribe('mlx.v1.worker.*.cancel', { callback: (_e, m) => cancels.push(m.subject) });
+  const sub = cluster.nc.subscribe('mlx.v1.worker.*.cancel', { callback: (_e, m) => void cancels.push(m.subject) });
   await cluster.nc.flush();
   try {
     s.ws.send(JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'bye' }], max_tokens: 5000 }));
