@@ -37,7 +37,8 @@ export function health(options: HealthOptions, deps: HealthDeps): Middleware {
       if (options.breakerEnabled) deps.breakers.success(id);
     } catch (e) {
       const err = toRouterError(e);
-      if (err.code === 'WORKER_UNAVAILABLE') deps.registry.markOffline(id, 'no responders');
+      // Never delivered (no responders, draining): it is not there for anyone, so say so now.
+      if (err.outcome === 'not_delivered') deps.registry.markOffline(id, `not delivered: ${err.message}`);
       if (options.breakerEnabled) {
         if (countsAgainstWorker(err.outcome)) {
           if (deps.breakers.failure(id)) {

@@ -146,7 +146,7 @@ const schema = {
         retryOnErrors: {
           doc: 'Error codes that may be retried (only retryable outcome classes ever are).',
           format: 'string-list',
-          default: ['WORKER_UNAVAILABLE', 'WORKER_OVERLOADED', 'WORKER_TIMEOUT', 'WORKER_ERROR'],
+          default: ['WORKER_UNAVAILABLE', 'WORKER_OVERLOADED', 'WORKER_TIMEOUT', 'WORKER_ERROR', 'NATS_DISCONNECTED'],
         },
         budget: {
           maxTokens: { doc: 'Retry budget size: a failed attempt takes a token; retries stop at half or below (0 turns retries off).', format: 'nat', default: 100 },

@@ -40,6 +40,8 @@ export const ERROR_CATALOGUE = {
   STREAM_INTERRUPTED: { status: 502, type: 'server_error', outcome: 'committed' },
   WORKER_UNAVAILABLE: { status: 503, type: 'server_error', outcome: 'not_delivered' },
   WORKER_OVERLOADED: { status: 503, type: 'server_error', outcome: 'rejected' },
+  // The controller's own NATS link dropped: says nothing about the worker, so never counted.
+  NATS_DISCONNECTED: { status: 503, type: 'server_error', outcome: 'rejected' },
   NO_WORKERS_AVAILABLE: { status: 503, type: 'server_error', outcome: 'no_capacity' },
   CIRCUIT_BREAKER_OPEN: { status: 503, type: 'server_error', outcome: 'no_capacity' },
   RETRY_BUDGET_EXHAUSTED: { status: 503, type: 'server_error', outcome: 'no_capacity' },

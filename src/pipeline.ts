@@ -99,11 +99,12 @@ export function assemblePipeline(config: RouterConfig, deps: RouterDeps, baseDir
   const attemptChain = compose<RouteContext>([...attemptPart, dispatch(deps)]);
   const requestChain = compose<RouteContext>(requestPart);
   const runOnce = (ctx: RouteContext): Promise<void> => ctx.runAttempt();
+  const waitMs = config.cluster.requestRouting.workerWaitTimeoutMs;
 
   return {
     names: [...names],
     run(ctx: RouteContext): Promise<void> {
-      ctx.runAttempt = () => runAttempt(ctx, attemptChain, deps);
+      ctx.runAttempt = () => runAttempt(ctx, attemptChain, deps, waitMs);
       // With retry, it is the last of the request part and never calls next; without, run once.
       return requestChain(ctx, boundary >= 0 ? undefined : () => runOnce(ctx));
     },
@@ -111,7 +112,29 @@ export function assemblePipeline(config: RouterConfig, deps: RouterDeps, baseDir
 }
 
 /** One attempt: fresh state, candidates from the registry, the attempt chain, one record. */
-async function runAttempt(ctx: RouteContext, chain: (ctx: RouteContext) => Promise<void>, deps: RouterDeps): Promise<void> {
+/** Online candidates for this attempt (resumes need engines that continue a partial answer). */
+function candidatesFor(ctx: RouteContext, deps: RouterDeps) {
+  const all = deps.registry.forModel(ctx.request.model);
+  return ctx.continuation === undefined ? all : all.filter((w) => w.continuation);
+}
+
+/**
+ * Known workers for the model are all offline (restarting, NATS blip): wait, bounded by
+ * `waitMs` and the deadline, for one to come back rather than fail at once.
+ */
+async function waitForCandidates(ctx: RouteContext, deps: RouterDeps, signal: AbortSignal, waitMs: number) {
+  let candidates = candidatesFor(ctx, deps);
+  if (candidates.length > 0 || waitMs <= 0 || !deps.registry.knowsModel(ctx.request.model)) return candidates;
+  const until = Math.min(deps.clock.now() + waitMs, ctx.deadline);
+  while (candidates.length === 0 && !signal.aborted && deps.clock.now() < until) {
+    await deps.registry.waitForChange(signal, until - deps.clock.now());
+    candidates = candidatesFor(ctx, deps);
+  }
+  if (candidates.length === 0 && !signal.aborted) deps.metrics.timeouts.inc({ kind: 'wait' });
+  return candidates;
+}
+
+async function runAttempt(ctx: RouteContext, chain: (ctx: RouteContext) => Promise<void>, deps: RouterDeps, waitMs: number): Promise<void> {
   const started = deps.clock.now();
   const controller = new AbortController();
   const onRequestAbort = (): void => controller.abort(ctx.signal.reason);
@@ -128,10 +151,9 @@ async function runAttempt(ctx: RouteContext, chain: (ctx: RouteContext) => Promi
   ctx.worker = undefined;
   // A function, so the narrowing of `ctx.worker = undefined` above does not stick across the chain.
   const selected = (): string | null => ctx.worker?.id ?? null;
-  const candidates = deps.registry.forModel(ctx.request.model);
-  // A resumed stream can only go to an engine that continues a partial answer.
-  ctx.candidates = ctx.continuation === undefined ? candidates : candidates.filter((w) => w.continuation);
+  ctx.candidates = [];
   try {
+    ctx.candidates = await waitForCandidates(ctx, deps, controller.signal, waitMs);
     if (controller.signal.aborted) throw controller.signal.reason;
     await chain(ctx);
     ctx.attempts.push({ attempt: ctx.attempt.number, worker: selected(), outcome: 'success', code: null, durationMs: round2(deps.clock.now() - started) });

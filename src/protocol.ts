@@ -165,8 +165,9 @@ export function requestHeaders(h: RequestHeaders): MsgHdrs {
 
 /** Reads request headers leniently: a missing deadline means "no deadline known". */
 export function readRequestHeaders(hdrs: MsgHdrs | undefined): RequestHeaders {
-  const attempt = Number(hdrs?.get(HDR_ATTEMPT) ?? '1');
-  const deadline = Number(hdrs?.get(HDR_DEADLINE_MS) ?? 'NaN');
+  // MsgHdrs.get returns '' for an absent header, and Number('') is 0: read '' as missing.
+  const attempt = Number(hdrs?.get(HDR_ATTEMPT) || '1');
+  const deadline = Number(hdrs?.get(HDR_DEADLINE_MS) || 'NaN');
   return {
     requestId: hdrs?.get(HDR_REQUEST_ID) || 'unknown',
     attempt: Number.isFinite(attempt) ? attempt : 1,

@@ -106,8 +106,14 @@ export class Controller {
     let natsUp = true;
     void (async () => {
       for await (const s of nc.status()) {
-        if (s.type === 'disconnect') natsUp = false;
-        else if (s.type === 'reconnect') natsUp = true;
+        if (s.type === 'disconnect') {
+          natsUp = false;
+          log.warn({ server: s.server }, 'NATS connection lost; interrupting in-flight attempts');
+          registry.interruptAll('NATS connection lost');
+        } else if (s.type === 'reconnect') {
+          natsUp = true;
+          log.info({ server: s.server }, 'NATS reconnected');
+        }
       }
     })().catch(() => undefined);
 

@@ -179,8 +179,13 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
     });
 
     // A worker that goes offline mid-attempt (crash: heartbeats stop) ends the attempt now.
-    const unwatch = deps.registry.watch(worker, (reason) =>
-      finish(new RouterError('WORKER_UNAVAILABLE', `worker ${worker.id} went offline during the request (${reason})`, { worker: worker.id, outcome: 'ambiguous' }), true),
+    const unwatch = deps.registry.watch(worker, (reason, source) =>
+      finish(
+        source === 'transport'
+          ? new RouterError('NATS_DISCONNECTED', `lost the reply from worker ${worker.id}: ${reason}`, { worker: worker.id })
+          : new RouterError('WORKER_UNAVAILABLE', `worker ${worker.id} went offline during the request (${reason})`, { worker: worker.id, outcome: 'ambiguous' }),
+        true,
+      ),
     );
     if (signal.aborted) {
       onAbort();

@@ -33,6 +33,9 @@ export interface WorkerInfo {
   continuation: boolean;
 }
 
+/** Told why a watched attempt cannot be answered: the worker went offline, or our transport did. */
+export type OfflineWatcher = (reason: string, source: 'worker' | 'transport') => void;
+
 export interface RegistryOptions {
   clock: Clock;
   /** A worker silent this long is offline (ms). */
@@ -49,7 +52,7 @@ export class WorkerRegistry {
   private readonly log: Logger;
   private readonly decayMs: number;
   private readonly wasOnline = new Map<string, boolean>();
-  private readonly watchers = new Map<string, Set<(reason: string) => void>>();
+  private readonly watchers = new Map<string, Set<OfflineWatcher>>();
   private readonly capacityWaiters = new Set<() => void>();
 
   constructor(options: RegistryOptions) {
@@ -153,7 +156,7 @@ export class WorkerRegistry {
    * waits on it, so an attempt to a crashed worker ends at once instead of at its timeout.
    * Returns the function that stops watching.
    */
-  watch(w: WorkerInfo, onOffline: (reason: string) => void): () => void {
+  watch(w: WorkerInfo, onOffline: OfflineWatcher): () => void {
     let set = this.watchers.get(w.id);
     if (!set) this.watchers.set(w.id, (set = new Set()));
     set.add(onOffline);
@@ -196,6 +199,14 @@ export class WorkerRegistry {
       signal.addEventListener('abort', done, { once: true });
       this.clock.sleep(ms, timer.signal).then(done, () => undefined);
     });
+  }
+
+  /**
+   * Ends every watched attempt (the controller lost NATS: no reply can arrive on the old
+   * connection's inbox in time). Streams then resume or end honestly instead of idling out.
+   */
+  interruptAll(reason: string): void {
+    for (const set of [...this.watchers.values()]) for (const fn of [...set]) fn(reason, 'transport');
   }
 
   /** Requests waiting for capacity now. */
@@ -245,7 +256,7 @@ export class WorkerRegistry {
     }
     if (!online) {
       const watchers = this.watchers.get(id);
-      if (watchers) for (const fn of [...watchers]) fn(reason);
+      if (watchers) for (const fn of [...watchers]) fn(reason, 'worker');
     }
   }
 }

@@ -105,7 +105,8 @@ export function syntheticEngine(options: SyntheticOptions): Engine {
         let piece = syntheticToken(seed, i);
         const cut = firstStop(text + piece, stops, text.length);
         if (cut >= 0) {
-          piece = piece.slice(0, cut - text.length);
+          // A stop that began in text already sent cannot be taken back: send nothing more.
+          piece = piece.slice(0, Math.max(0, cut - text.length));
           if (piece) onText(piece);
           emitted++;
           finishReason = 'stop';

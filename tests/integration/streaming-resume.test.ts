@@ -2,6 +2,7 @@
  * Streams that never lie (issue 4): a worker SIGKILLed mid-stream is resumed on another worker
  * with byte-identical output; without resume the stream ends in an error event, never `[DONE]`.
  */
+import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
 import { startCluster, waitFor, type Cluster } from '../helpers/cluster';
 import { expectedAnswer } from '../helpers/expected';
 import { openStream, summarize } from '../helpers/stream';
@@ -70,5 +71,38 @@ describe('stream resume off', () => {
     // Detected by heartbeat silence (offlineAfterMs 600, swept every 150 ms), not by a 30 s idle limit.
     expect(elapsed).toBeLessThan(2000);
     await waitFor(() => cluster.controller.deps.mux.size === 0, 'no pending replies');
+  });
+});
+
+describe('NATS restart mid-stream', () => {
+  let cluster: Cluster;
+  let replacement: NatsServerHandle | undefined;
+  beforeAll(async () => {
+    cluster = await startCluster({
+      workers: [
+        { id: 'x1', tokenMs: 10 },
+        { id: 'x2', tokenMs: 10 },
+      ],
+    });
+  });
+  afterAll(async () => {
+    await cluster?.stop();
+    await replacement?.stop();
+  });
+
+  test('streaming - a NATS server restart mid-stream is resumed once the cluster reconnects, with identical content', async () => {
+    const expected = await expectedAnswer({ content: 'survive a restart', max_tokens: 200 });
+    const stream = await openStream(cluster.url, { content: 'survive a restart', maxTokens: 200 });
+    await stream.readUntil((t) => (t.match(/"content":"/g) ?? []).length >= 4);
+    await cluster.nats.stop();
+    replacement = await startNatsServer({ port: cluster.nats.port });
+    const s = summarize(await stream.readAll());
+    expect(s.errors).toEqual([]);
+    expect(s.done).toBe(true);
+    expect(s.content).toBe(expected.text);
+    expect(s.metadata.resumes).toBeGreaterThanOrEqual(1);
+    // After the commit point every break is STREAM_INTERRUPTED (its cause is in the log), then resumed.
+    expect(s.metadata.attempts[0]).toMatchObject({ outcome: 'committed', code: 'STREAM_INTERRUPTED' });
+    expect(s.metadata.attempts.at(-1)).toMatchObject({ outcome: 'success' });
   });
 });
