@@ -1,0 +1,105 @@
+/** validateChatRequest (src/controller/validate.ts): every bad field is a 400 naming it. */
+import { validateChatRequest } from '../../src/controller/validate';
+import { isRouterError, type RouterError } from '../../src/errors';
+
+const MSG = [{ role: 'user', content: 'hi' }];
+const base = { model: 'm', messages: MSG };
+
+function rejection(body: unknown): RouterError {
+  try {
+    validateChatRequest(body);
+  } catch (e) {
+    if (isRouterError(e)) return e;
+    throw e;
+  }
+  throw new Error(`expected ${JSON.stringify(body)} to be rejected`);
+}
+
+test.each<[string, unknown, string]>([
+  ['a body that is null', null, 'body'],
+  ['a body that is a list', [base], 'body'],
+  ['a body that is a string', 'hello', 'body'],
+  ['a missing model', { messages: MSG }, 'model'],
+  ['an empty model', { ...base, model: '  ' }, 'model'],
+  ['a numeric model', { ...base, model: 42 }, 'model'],
+  ['missing messages', { model: 'm' }, 'messages'],
+  ['messages that are an object', { ...base, messages: { role: 'user' } }, 'messages'],
+  ['empty messages', { ...base, messages: [] }, 'messages'],
+  ['a message that is a string', { ...base, messages: ['hi'] }, 'messages[0]'],
+  ['an unknown role', { ...base, messages: [{ role: 'wizard', content: 'x' }] }, 'messages[0].role'],
+  ['a missing role in the second message', { ...base, messages: [...MSG, { content: 'x' }] }, 'messages[1].role'],
+  ['numeric content', { ...base, messages: [{ role: 'user', content: 5 }] }, 'messages[0].content'],
+  ['an image content part', { ...base, messages: [{ role: 'user', content: [{ type: 'text', text: 'a' }, { type: 'image_url', image_url: {} }] }] }, 'messages[0].content[1]'],
+  ['a text part without text', { ...base, messages: [{ role: 'user', content: [{ type: 'text' }] }] }, 'messages[0].content[0]'],
+  ['a string stream flag', { ...base, stream: 'yes' }, 'stream'],
+  ['max_tokens 0', { ...base, max_tokens: 0 }, 'max_tokens'],
+  ['fractional max_tokens', { ...base, max_tokens: 1.5 }, 'max_tokens'],
+  ['string max_tokens', { ...base, max_tokens: '10' }, 'max_tokens'],
+  ['negative max_completion_tokens', { ...base, max_completion_tokens: -1 }, 'max_completion_tokens'],
+  ['temperature above 2', { ...base, temperature: 2.5 }, 'temperature'],
+  ['negative temperature', { ...base, temperature: -0.1 }, 'temperature'],
+  ['string temperature', { ...base, temperature: 'hot' }, 'temperature'],
+  ['five stop strings', { ...base, stop: ['a', 'b', 'c', 'd', 'e'] }, 'stop'],
+  ['a numeric stop', { ...base, stop: 7 }, 'stop'],
+  ['a stop list with a number', { ...base, stop: ['a', 1] }, 'stop'],
+  ['n of 2', { ...base, n: 2 }, 'n'],
+  ['stream_options that are a string', { ...base, stream_options: 'x' }, 'stream_options'],
+  ['a string include_usage', { ...base, stream_options: { include_usage: 'yes' } }, 'stream_options.include_usage'],
+  ['an empty session_id', { ...base, session_id: '' }, 'session_id'],
+  ['a numeric session_id', { ...base, session_id: 5 }, 'session_id'],
+  ['an overlong session_id', { ...base, session_id: 'x'.repeat(257) }, 'session_id'],
+])('validate - %s is a 400 naming %p', (_what, body, param) => {
+  const err = rejection(body);
+  expect(err).toMatchObject({ code: 'REQUEST_VALIDATION_FAILED', status: 400, outcome: 'caller', param });
+  expect(err.message).toContain(param);
+  expect(err.toJSON().error).toMatchObject({ param, type: 'invalid_request_error', code: 'REQUEST_VALIDATION_FAILED' });
+});
+
+test('validate - a minimal body becomes a buffered wire request with no optional fields', () => {
+  expect(validateChatRequest(base)).toEqual({ request: { model: 'm', messages: [{ role: 'user', content: 'hi' }], stream: false }, includeUsage: false, sessionId: undefined });
+});
+
+test('validate - text content parts are joined into one string; null content is empty', () => {
+  const { request } = validateChatRequest({
+    ...base,
+    messages: [
+      { role: 'user', content: [{ type: 'text', text: 'Hello, ' }, { type: 'text', text: 'world' }] },
+      { role: 'assistant', content: null },
+    ],
+  });
+  expect(request.messages).toEqual([
+    { role: 'user', content: 'Hello, world' },
+    { role: 'assistant', content: '' },
+  ]);
+});
+
+test('validate - every OpenAI role is accepted', () => {
+  const roles = ['system', 'developer', 'user', 'assistant', 'tool'];
+  const { request } = validateChatRequest({ ...base, messages: roles.map((role) => ({ role, content: role })) });
+  expect(request.messages.map((m) => m.role)).toEqual(roles);
+});
+
+test('validate - a stop string becomes a one-element list; a list is kept', () => {
+  expect(validateChatRequest({ ...base, stop: '\n' }).request.stop).toEqual(['\n']);
+  expect(validateChatRequest({ ...base, stop: ['a', 'b'] }).request.stop).toEqual(['a', 'b']);
+  expect(validateChatRequest({ ...base, stop: null }).request.stop).toBeUndefined();
+});
+
+test('validate - max_completion_tokens wins over max_tokens', () => {
+  expect(validateChatRequest({ ...base, max_tokens: 100, max_completion_tokens: 7 }).request.max_tokens).toBe(7);
+  expect(validateChatRequest({ ...base, max_tokens: 100 }).request.max_tokens).toBe(100);
+  expect(validateChatRequest({ ...base, max_tokens: null, max_completion_tokens: 9 }).request.max_tokens).toBe(9);
+});
+
+test('validate - stream, temperature, include_usage and session_id pass through', () => {
+  const v = validateChatRequest({ ...base, stream: true, temperature: 0, stream_options: { include_usage: true }, session_id: 'chat-42' });
+  expect(v.request.stream).toBe(true);
+  expect(v.request.temperature).toBe(0);
+  expect(v.includeUsage).toBe(true);
+  expect(v.sessionId).toBe('chat-42');
+});
+
+test('validate - unknown fields the OpenAI SDK sends are ignored, not passed on', () => {
+  const v = validateChatRequest({ ...base, user: 'u1', seed: 3, n: 1, frequency_penalty: 0 });
+  expect(Object.keys(v.request).sort()).toEqual(['messages', 'model', 'stream']);
+});
