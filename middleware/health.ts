@@ -25,6 +25,7 @@ export function health(options: HealthOptions, deps: HealthDeps): Middleware {
     const worker = ctx.worker;
     if (!worker) return next();
     const id = worker.id;
+    const ticket = options.breakerEnabled ? deps.breakers.ticket(id) : undefined;
     if (options.breakerEnabled && !deps.breakers.acquire(id)) {
       // Another request took the last half-open permit between filter and dispatch.
       throw new RouterError('CIRCUIT_BREAKER_OPEN', `worker ${id} is half-open and its probe permits are taken`, {
@@ -34,19 +35,19 @@ export function health(options: HealthOptions, deps: HealthDeps): Middleware {
     }
     try {
       await next();
-      if (options.breakerEnabled) deps.breakers.success(id);
+      if (options.breakerEnabled) deps.breakers.success(id, ticket);
     } catch (e) {
       const err = toRouterError(e);
       // Never delivered (no responders, draining): it is not there for anyone, so say so now.
       if (err.outcome === 'not_delivered') deps.registry.markOffline(id, `not delivered: ${err.message}`);
       if (options.breakerEnabled) {
         if (countsAgainstWorker(err.outcome)) {
-          if (deps.breakers.failure(id)) {
+          if (deps.breakers.failure(id, ticket)) {
             ctx.metrics.circuitBreakerTrips++;
             ctx.log.warn({ worker: id, code: err.code }, 'circuit breaker opened');
           }
         } else {
-          deps.breakers.release(id);
+          deps.breakers.release(id, ticket);
         }
       }
       throw err;

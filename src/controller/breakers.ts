@@ -31,6 +31,11 @@ export interface BreakerOptions {
   onTransition?: (worker: string, from: BreakerKind, to: BreakerKind) => void;
 }
 
+/** A half-open outcome whose permit came from another period says nothing about this one. */
+function isStale(now: BreakerState, ticket: BreakerState | undefined): boolean {
+  return ticket !== undefined && now.kind === 'half-open' && now !== ticket;
+}
+
 export class BreakerBook {
   private readonly breakers = new Map<string, BreakerState>();
   private readonly random: () => number;
@@ -74,9 +79,18 @@ export class BreakerBook {
     return false;
   }
 
+  /**
+   * The state object a permit was taken from: pass it back with the outcome so that a probe
+   * admitted in an earlier half-open period cannot free a permit of (or close) a later one.
+   */
+  ticket(worker: string): BreakerState {
+    return this.state(worker);
+  }
+
   /** The attempt succeeded. */
-  success(worker: string): void {
+  success(worker: string, ticket?: BreakerState): void {
     const s = this.state(worker);
+    if (isStale(s, ticket)) return;
     if (s.kind === 'closed') {
       if (s.failures !== 0) s.failures = 0;
     } else if (s.kind === 'half-open') {
@@ -87,8 +101,9 @@ export class BreakerBook {
   }
 
   /** The attempt failed in a way that counts against the worker. Returns true when this tripped it. */
-  failure(worker: string): boolean {
+  failure(worker: string, ticket?: BreakerState): boolean {
     const s = this.state(worker);
+    if (isStale(s, ticket)) return false;
     if (s.kind === 'closed') {
       s.failures++;
       if (s.failures >= this.options.failureThreshold) {
@@ -105,8 +120,9 @@ export class BreakerBook {
   }
 
   /** The attempt ended in a way that says nothing about the worker: frees a half-open permit. */
-  release(worker: string): void {
+  release(worker: string, ticket?: BreakerState): void {
     const s = this.state(worker);
+    if (isStale(s, ticket)) return;
     if (s.kind === 'half-open') s.inUse = Math.max(0, s.inUse - 1);
   }
 

@@ -259,3 +259,25 @@ test('breakers - forget drops the breaker so the worker starts closed again', ()
   expect(b.state('w1')).toEqual({ kind: 'closed', failures: 0 });
   expect(b.allows('w1')).toBe(true);
 });
+
+test('breakers - a probe from an earlier half-open period neither frees a permit of nor closes a later one', async () => {
+  const clock = new FakeClock();
+  const b = new BreakerBook({ failureThreshold: 1, successThreshold: 1, timeoutMs: 100, maxTimeoutMs: 100, halfOpenPermits: 1, clock, random: () => 0.5 });
+  b.failure('w1');
+  await clock.advance(200);
+  const firstPeriod = b.ticket('w1');
+  expect(firstPeriod.kind).toBe('half-open');
+  expect(b.acquire('w1')).toBe(true); // probe A holds the only permit of the first period
+  expect(b.failure('w1', b.ticket('w1'))).toBe(true); // another probe outcome reopens it
+  await clock.advance(200);
+  const secondPeriod = b.ticket('w1');
+  expect(secondPeriod.kind).toBe('half-open');
+  expect(b.acquire('w1')).toBe(true); // probe C holds the only permit of the second period
+  // Probe A ends late: it must not free C's permit, nor close the breaker.
+  b.release('w1', firstPeriod);
+  expect(b.allows('w1')).toBe(false);
+  b.success('w1', firstPeriod);
+  expect(b.state('w1').kind).toBe('half-open');
+  b.success('w1', secondPeriod);
+  expect(b.state('w1').kind).toBe('closed');
+});
