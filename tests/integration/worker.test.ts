@@ -1,0 +1,145 @@
+/**
+ * A worker process on the wire (protocol v1), spoken to directly over a real nats-server: the
+ * contract a worker in any language must keep (docs/protocol.md).
+ */
+import { connect, createInbox, type Msg, type NatsConnection } from '@nats-io/transport-node';
+import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
+import { decode, encode, makeSubjects, requestHeaders, type Heartbeat, type WireReply } from '../../src/protocol';
+import { MODEL, spawnWorker, waitFor, type WorkerOptions, type WorkerProcess } from '../helpers/cluster';
+
+const subjects = makeSubjects();
+let nats: NatsServerHandle;
+let nc: NatsConnection;
+const heartbeats: Heartbeat[] = [];
+const byes: string[] = [];
+const workers: WorkerProcess[] = [];
+
+beforeAll(async () => {
+  nats = await startNatsServer();
+  nc = await connect({ servers: nats.url });
+  nc.subscribe(subjects.heartbeat, { callback: (_e, m) => void heartbeats.push(decode<Heartbeat>(m.data)!) });
+  nc.subscribe(subjects.bye, { callback: (_e, m) => void byes.push(decode<{ id: string }>(m.data)!.id) });
+  await nc.flush();
+});
+
+afterAll(async () => {
+  for (const w of workers) if (w.process.exitCode === null && w.process.signalCode === null) w.kill('SIGKILL');
+  await Promise.all(workers.map((w) => w.exited));
+  await nc?.close();
+  await nats?.stop();
+});
+
+async function worker(id: string, extra: Partial<WorkerOptions> = {}): Promise<WorkerProcess> {
+  const w = spawnWorker(nats.url, { id, heartbeatMs: 100, ...extra });
+  workers.push(w);
+  await waitFor(() => heartbeats.some((h) => h.id === id), `heartbeat from ${id}`);
+  return w;
+}
+
+/** Sends one request and collects replies until `end`, `result` or `error` (or `ms` passes). */
+async function ask(id: string, body: Record<string, unknown>, opts: { deadlineMs?: number; attempt?: number; ms?: number; requestId?: string } = {}) {
+  const inbox = createInbox();
+  const replies: WireReply[] = [];
+  const sub = nc.subscribe(inbox);
+  const done = (async () => {
+    for await (const m of sub as AsyncIterable<Msg>) {
+      if (m.data.length === 0) {
+        replies.push({ type: 'error', code: 'NO_RESPONDERS', outcome: 'not_delivered', message: String(m.headers?.code) });
+        break;
+      }
+      const r = decode<WireReply>(m.data)!;
+      replies.push(r);
+      if (r.type !== 'chunk') break;
+    }
+  })();
+  const stream = body.stream === true;
+  nc.publish(subjects.infer(id), encode({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], ...body }), {
+    reply: inbox,
+    headers: requestHeaders({ requestId: opts.requestId ?? 'r1', attempt: opts.attempt ?? 1, deadlineMs: opts.deadlineMs ?? 10_000, stream }),
+  });
+  const timer = setTimeout(() => sub.unsubscribe(), opts.ms ?? 3000);
+  await done;
+  clearTimeout(timer);
+  sub.unsubscribe();
+  return replies;
+}
+
+test('worker - heartbeats carry models, capacity, in-flight count and state, and it answers discovery at once', async () => {
+  await worker('hb', { maxConcurrent: 3 });
+  const hb = heartbeats.find((h) => h.id === 'hb')!;
+  expect(hb).toMatchObject({ type: 'heartbeat', version: 1, models: [MODEL], engine: 'synthetic', max_concurrent: 3, in_flight: 0, state: 'ready', continuation: true });
+  const before = heartbeats.filter((h) => h.id === 'hb').length;
+  nc.publish(subjects.discover, encode({ type: 'discover' }));
+  await waitFor(() => heartbeats.filter((h) => h.id === 'hb').length > before, 'a heartbeat after discover', 1000, 2);
+});
+
+test('worker - buffered and streamed answers carry the same text; chunks are numbered from 0 and end with usage', async () => {
+  await worker('ans');
+  const [result] = await ask('ans', { max_tokens: 6 });
+  expect(result).toMatchObject({ type: 'result', finish_reason: 'length', usage: { completion_tokens: 6 } });
+  const streamed = await ask('ans', { max_tokens: 6, stream: true });
+  const chunks = streamed.filter((r) => r.type === 'chunk');
+  expect(chunks.map((c) => (c as { seq: number }).seq)).toEqual(chunks.map((_, i) => i));
+  const end = streamed.at(-1)!;
+  expect(end).toMatchObject({ type: 'end', seq: chunks.length, finish_reason: 'length', usage: { completion_tokens: 6 } });
+  expect(chunks.map((c) => (c as { text: string }).text).join('')).toBe((result as { text: string }).text);
+});
+
+test('worker - beyond max concurrency it rejects at once with WORKER_OVERLOADED, never queues', async () => {
+  await worker('busy', { maxConcurrent: 2, ttftMs: 800 });
+  const slow = [ask('busy', { max_tokens: 2 }, { requestId: 'a' }), ask('busy', { max_tokens: 2 }, { requestId: 'b' })];
+  await waitFor(() => heartbeats.some((h) => h.id === 'busy' && h.in_flight === 2), 'two in flight');
+  const started = performance.now();
+  const [rejected] = await ask('busy', { max_tokens: 2 }, { requestId: 'c' });
+  expect(performance.now() - started).toBeLessThan(300);
+  expect(rejected).toMatchObject({ type: 'error', code: 'WORKER_OVERLOADED', outcome: 'rejected' });
+  expect((rejected as { retry_after_ms?: number }).retry_after_ms).toBeGreaterThan(0);
+  const done = await Promise.all(slow);
+  expect(done.map((r) => r[0].type)).toEqual(['result', 'result']);
+});
+
+test('worker - a cancel stops generation and frees the slot; expired deadlines are dropped unanswered', async () => {
+  await worker('cxl', { maxConcurrent: 1, tokenMs: 20 });
+  const pending = ask('cxl', { max_tokens: 1000, stream: true }, { requestId: 'long', ms: 1500 });
+  await waitFor(() => heartbeats.some((h) => h.id === 'cxl' && h.in_flight === 1), 'busy');
+  nc.publish(subjects.cancel('cxl'), encode({ request_id: 'long', attempt: 1 }));
+  await waitFor(() => heartbeats.filter((h) => h.id === 'cxl').at(-1)?.in_flight === 0, 'slot freed', 1000);
+  const replies = await pending;
+  expect(replies.every((r) => r.type === 'chunk')).toBe(true); // no end: the worker stopped
+  expect(replies.length).toBeLessThan(1000);
+  // A request whose deadline already passed gets no answer and takes no slot.
+  const dropped = await ask('cxl', { max_tokens: 2 }, { deadlineMs: 0, ms: 300 });
+  expect(dropped).toEqual([]);
+  const [ok] = await ask('cxl', { max_tokens: 2 });
+  expect(ok.type).toBe('result');
+});
+
+test('worker - a bad request is a caller error, an unknown model MODEL_NOT_FOUND', async () => {
+  await worker('strict');
+  const [bad] = await ask('strict', { messages: 'nope' });
+  expect(bad).toMatchObject({ type: 'error', code: 'REQUEST_VALIDATION_FAILED', outcome: 'caller' });
+  const [unknown] = await ask('strict', { model: 'other' });
+  expect(unknown).toMatchObject({ type: 'error', code: 'MODEL_NOT_FOUND', outcome: 'caller' });
+});
+
+test('worker - SIGTERM finishes in-flight requests, says bye and exits 0', async () => {
+  const w = await worker('drain', { ttftMs: 400 });
+  const inFlight = ask('drain', { max_tokens: 3 }, { requestId: 'last' });
+  await waitFor(() => heartbeats.some((h) => h.id === 'drain' && h.in_flight === 1), 'in flight');
+  w.kill('SIGTERM');
+  const [answer] = await inFlight;
+  expect(answer.type).toBe('result');
+  expect(await w.exited).toEqual({ code: 0, signal: null });
+  expect(byes).toContain('drain');
+  expect(heartbeats.some((h) => h.id === 'drain' && h.state === 'draining')).toBe(true);
+  // Gone: the server answers "no responders" for it now.
+  const [none] = await ask('drain', { max_tokens: 1 });
+  expect(none).toMatchObject({ code: 'NO_RESPONDERS' });
+});
+
+test('worker - bad flags exit 2 with a message naming the flag', async () => {
+  const w = spawnWorker(nats.url, { id: 'x', maxConcurrent: 0 });
+  workers.push(w);
+  expect((await w.exited).code).toBe(2);
+  expect(w.output()).toMatch(/--max-concurrent/);
+});
