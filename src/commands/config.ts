@@ -11,7 +11,7 @@ export async function printConfig(flags: Flags): Promise<number> {
   const { config, file } = configFromFlags(flags);
   process.stdout.write(`# config file: ${file ?? '(none; defaults)'}\n`);
   for (const key of describeKeys()) {
-    const value = /pass|token/i.test(key.key) && valueAt(config, key.key) ? '***' : valueAt(config, key.key);
+    const value = /pass|token|apikey/i.test(key.key) && valueAt(config, key.key) ? '***' : valueAt(config, key.key);
     process.stdout.write(`${key.key} = ${JSON.stringify(value)}    # ${key.doc} (default ${JSON.stringify(key.default)}; env ${key.env})\n`);
   }
   return 0;

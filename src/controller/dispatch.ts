@@ -6,7 +6,7 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { createInbox } from '@nats-io/transport-node';
 import type { Middleware, RouteContext } from '../context';
-import { isErrorCode, isRouterError, RouterError, type OutcomeClass } from '../errors';
+import { isErrorCode, isRouterError, OUTCOME_CLASSES, RouterError, type OutcomeClass } from '../errors';
 import {
   decode,
   encode,
@@ -65,11 +65,18 @@ export interface DispatchDeps {
   registry: WorkerRegistry;
 }
 
+function knownFailureClass(outcome: unknown): OutcomeClass | undefined {
+  return typeof outcome === 'string' && outcome !== 'success' && (OUTCOME_CLASSES as readonly string[]).includes(outcome)
+    ? (outcome as OutcomeClass)
+    : undefined;
+}
+
 /** A worker's wire error as a RouterError; unknown codes become WORKER_ERROR. */
 export function fromWireError(reply: WireError, worker: string): RouterError {
   const code = isErrorCode(reply.code) ? reply.code : 'WORKER_ERROR';
   return new RouterError(code, `worker ${worker}: ${String(reply.message ?? 'error')}`, {
-    outcome: reply.outcome as OutcomeClass | undefined,
+    // A peer's class is trusted only when it is a real failure class; else the code's own class.
+    outcome: knownFailureClass(reply.outcome),
     worker,
     retryAfterMs: typeof reply.retry_after_ms === 'number' ? reply.retry_after_ms : undefined,
   });

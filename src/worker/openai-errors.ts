@@ -25,6 +25,8 @@ export function parseRetryAfter(value: string | null | undefined, nowMs: number 
   const v = value?.trim();
   if (!v) return undefined;
   if (/^\d+(\.\d+)?$/.test(v)) return Math.round(Number(v) * 1000);
+  // Every HTTP date form starts with the day's name; Date.parse alone takes "-5" for a year.
+  if (!/^[A-Za-z]{3,9},? /.test(v)) return undefined;
   const at = Date.parse(v);
   return Number.isFinite(at) ? Math.max(0, at - nowMs) : undefined;
 }

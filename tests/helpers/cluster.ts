@@ -334,3 +334,39 @@ export async function chatStream(
   }
   return { status: res.status, headers: res.headers, events, text };
 }
+
+/** A worker process fronting an OpenAI-compatible engine (`--engine openai`). */
+export interface EngineWorkerOptions {
+  id: string;
+  /** --engine-url, with the /v1 path. */
+  engineUrl: string;
+  /** --model values; none: the worker advertises what the engine lists at GET /models. */
+  models?: string[];
+  heartbeatMs?: number;
+  /** Extra MLX_ROUTER_* settings (e.g. MLX_ROUTER_WORKER_OPENAI_PROBE_INTERVAL_MS). */
+  env?: Record<string, string>;
+}
+
+/** Spawns an `--engine openai` worker into `cluster` (stopped by `cluster.stop()`) and waits until it is online. */
+export async function addEngineWorker(cluster: Cluster, options: EngineWorkerOptions): Promise<WorkerProcess> {
+  const args = [CLI, 'worker', '--nats', cluster.natsUrl, '--id', options.id, '--heartbeat-ms', String(options.heartbeatMs ?? 100)];
+  args.push('--engine', 'openai', '--engine-url', options.engineUrl);
+  for (const m of options.models ?? []) args.push('--model', m);
+  const child = spawn(process.execPath, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn', ...options.env },
+  });
+  let out = '';
+  const collect = (d: Buffer): void => {
+    if (out.length < 200_000) out += d.toString();
+  };
+  child.stdout?.on('data', collect);
+  child.stderr?.on('data', collect);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => {
+    child.once('exit', (code, signal) => res({ code, signal }));
+  });
+  const proc: WorkerProcess = { id: options.id, process: child, output: () => out, exited, kill: (sig = 'SIGTERM') => void child.kill(sig) };
+  cluster.workers.set(options.id, proc);
+  await waitFor(() => cluster.controller.deps.registry.online().some((w) => w.id === options.id), `engine worker ${options.id} online`);
+  return proc;
+}

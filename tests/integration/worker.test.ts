@@ -65,12 +65,13 @@ async function ask(id: string, body: Record<string, unknown>, opts: { deadlineMs
 }
 
 test('worker - heartbeats carry models, capacity, in-flight count and state, and it answers discovery at once', async () => {
-  await worker('hb', { maxConcurrent: 3 });
+  // A 10 s heartbeat period: any heartbeat soon after discovery is the answer to it.
+  await worker('hb', { maxConcurrent: 3, heartbeatMs: 10_000 });
   const hb = heartbeats.find((h) => h.id === 'hb')!;
   expect(hb).toMatchObject({ type: 'heartbeat', version: 1, models: [MODEL], engine: 'synthetic', max_concurrent: 3, in_flight: 0, state: 'ready', continuation: true });
   const before = heartbeats.filter((h) => h.id === 'hb').length;
   nc.publish(subjects.discover, encode({ type: 'discover' }));
-  await waitFor(() => heartbeats.filter((h) => h.id === 'hb').length > before, 'a heartbeat after discover', 1000, 2);
+  await waitFor(() => heartbeats.filter((h) => h.id === 'hb').length > before, 'a heartbeat after discover', 500, 2);
 });
 
 test('worker - buffered and streamed answers carry the same text; chunks are numbered from 0 and end with usage', async () => {
