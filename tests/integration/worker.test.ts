@@ -65,8 +65,8 @@ async function ask(id: string, body: Record<string, unknown>, opts: { deadlineMs
 }
 
 test('worker - heartbeats carry models, capacity, in-flight count and state, and it answers discovery at once', async () => {
-  // A 10 s heartbeat period: any heartbeat soon after discovery is the answer to it.
-  await worker('hb', { maxConcurrent: 3, heartbeatMs: 10_000 });
+  // A 5 s heartbeat period: a heartbeat soon after discovery is the answer to it.
+  await worker('hb', { maxConcurrent: 3, heartbeatMs: 5000 });
   const hb = heartbeats.find((h) => h.id === 'hb')!;
   expect(hb).toMatchObject({ type: 'heartbeat', version: 1, models: [MODEL], engine: 'synthetic', max_concurrent: 3, in_flight: 0, state: 'ready', continuation: true });
   const before = heartbeats.filter((h) => h.id === 'hb').length;
