@@ -28,7 +28,8 @@ export function health(options: HealthOptions, deps: HealthDeps): Middleware {
     const ticket = options.breakerEnabled ? deps.breakers.ticket(id) : undefined;
     if (options.breakerEnabled && !deps.breakers.acquire(id)) {
       // Another request took the last half-open permit between filter and dispatch.
-      throw new RouterError('CIRCUIT_BREAKER_OPEN', `worker ${id} is half-open and its probe permits are taken`, {
+      // Never delivered: retried at once on another worker, and not counted against this one.
+      throw new RouterError('WORKER_UNAVAILABLE', `worker ${id} is half-open and its probe permits are taken`, {
         outcome: 'not_delivered',
         worker: id,
       });

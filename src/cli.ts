@@ -77,6 +77,11 @@ export function numberFlag(flags: Flags, name: string, opts: { min?: number; max
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // `mlx-router config | head` closes the pipe early: that is not an error.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
   const [command, ...rest] = argv;
   if (!command || command === '--help' || command === '-h' || command === 'help') {
     process.stdout.write(USAGE);

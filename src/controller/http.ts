@@ -53,6 +53,11 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
     // Ctrl-C must not wait for idle keep-alive sockets.
     forceCloseConnections: 'idle',
     return503OnClosing: true,
+    // The client's x-request-id when it is sane, else ours: every answer, errors included, carries it.
+    genReqId: (raw) => {
+      const given = raw.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : newId('req');
+    },
   });
 
   app.removeAllContentTypeParsers();
@@ -73,7 +78,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   });
 
   app.setNotFoundHandler((request, reply) =>
-    sendError(reply, new RouterError('NOT_FOUND', `no route for ${request.method} ${request.url.split('?')[0]}`)),
+    sendError(reply, new RouterError('NOT_FOUND', `no route for ${request.method} ${request.url.split('?')[0]}`), { 'x-request-id': String(request.id) }),
   );
 
   app.get('/health', async () => ({ status: 'ok' }));
@@ -98,8 +103,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   const env = { config, deps, pipeline, log };
 
   app.post('/v1/chat/completions', async (req, reply) => {
-    const given = req.headers['x-request-id'];
-    const requestId = typeof given === 'string' && REQUEST_ID.test(given) ? given : newId('req');
+    const requestId = String(req.id);
     const chat = validateChatRequest(req.body);
     checkModel(deps, chat.request.model);
     const created = Math.floor(Date.now() / 1000);

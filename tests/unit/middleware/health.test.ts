@@ -145,7 +145,7 @@ test.each([1, 2])('health - half-open admits exactly %i probe(s); the next is re
   for (const p of probes) expect(p.next).toHaveBeenCalledTimes(1);
   const extra = await s.attempt(null);
   expect(extra.next).not.toHaveBeenCalled();
-  expect(extra.outcome).toMatchObject({ code: 'CIRCUIT_BREAKER_OPEN', outcome: 'not_delivered', worker: 'w1' });
+  expect(extra.outcome).toMatchObject({ code: 'WORKER_UNAVAILABLE', outcome: 'not_delivered', worker: 'w1' });
   for (const release of releases) release();
   await Promise.all(probes.map((p) => p.done));
   // successThreshold 1: the probes closed it.

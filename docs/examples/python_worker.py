@@ -1,0 +1,129 @@
+"""A minimal mlx-router worker in Python with nats-py (protocol v1, docs/protocol.md).
+
+    pip install nats-py        # Python >= 3.11
+    NATS_URL=nats://127.0.0.1:4222 WORKER_ID=py-1 python3 python_worker.py
+
+Replace generate() with a real engine (mlx_lm, llama.cpp, an HTTP server...).
+"""
+import asyncio, json, os, signal
+import nats
+
+PREFIX = "mlx.v1"                      # must equal the controllers' nats.subjectPrefix
+WORKER_ID = os.environ.get("WORKER_ID", "py-1")   # [A-Za-z0-9_-]{1,64}, unique in the cluster
+MODELS = ["mlx-community/Llama-3.2-3B-Instruct-4bit"]
+MAX_CONCURRENT = 4
+HEARTBEAT_S = 2.0                      # keep well under the controllers' discovery.offlineAfterMs
+
+in_flight: dict[str, asyncio.Task] = {}   # "request_id:attempt" -> task
+state = "ready"
+
+
+async def generate(req):
+    """Your engine: yields pieces of text. This one echoes the last message, word by word."""
+    words = req["messages"][-1]["content"].split() or ["(empty)"]
+    for i, word in enumerate(words[: req.get("max_tokens", 64)]):
+        await asyncio.sleep(0.01)
+        yield word if i == 0 else " " + word
+
+
+async def main():
+    global state
+    nc = await nats.connect(servers=[os.environ.get("NATS_URL", "nats://127.0.0.1:4222")])
+
+    async def send(to, body, seq=None):
+        await nc.publish(to, json.dumps(body).encode(), headers=None if seq is None else {"Mlx-Seq": str(seq)})
+
+    async def heartbeat():
+        await nc.publish(f"{PREFIX}.heartbeat", json.dumps({
+            "type": "heartbeat", "version": 1, "id": WORKER_ID, "models": MODELS, "engine": "python-echo",
+            "max_concurrent": MAX_CONCURRENT, "in_flight": len(in_flight), "state": state,
+            "interval_ms": int(HEARTBEAT_S * 1000), "continuation": False}).encode())
+
+    async def serve(reply, req, deadline_s, key):
+        stream, seq, text, n = req["stream"], 0, "", 0
+        try:
+            async with asyncio.timeout(deadline_s):          # the controller's Mlx-Deadline-Ms
+                async for piece in generate(req):
+                    n += 1
+                    if stream:
+                        await send(reply, {"type": "chunk", "seq": seq, "text": piece}, seq)
+                        seq += 1
+                    else:
+                        text += piece
+            finish = "length" if n == req.get("max_tokens") else "stop"
+            usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": 1 + n}
+            if stream:
+                await send(reply, {"type": "end", "seq": seq, "finish_reason": finish, "usage": usage}, seq)
+            else:
+                await send(reply, {"type": "result", "text": text, "finish_reason": finish, "usage": usage})
+        except (asyncio.CancelledError, TimeoutError):
+            pass                                             # cancelled or expired: answer nothing
+        except Exception as e:                               # engine failure
+            err = {"type": "error", "code": "WORKER_ERROR", "message": str(e),
+                   "outcome": "committed" if seq > 0 else "worker_failure"}
+            if stream:
+                err["seq"] = seq
+            await send(reply, err, seq if stream else None)
+        finally:
+            in_flight.pop(key, None)
+
+    async def on_infer(msg):
+        if not msg.reply:
+            return
+        h = msg.headers or {}
+        deadline_ms = float(h.get("Mlx-Deadline-Ms", "inf"))
+        if deadline_ms <= 0:
+            return                                           # the controller gave up already
+        def fail(code, outcome, message, **extra):
+            return send(msg.reply, {"type": "error", "code": code, "outcome": outcome, "message": message, **extra})
+        if state != "ready":
+            return await fail("WORKER_UNAVAILABLE", "not_delivered", f"worker {WORKER_ID} is shutting down")
+        try:
+            req = json.loads(msg.data)
+            assert isinstance(req["messages"], list) and req["messages"]
+        except Exception:
+            return await fail("REQUEST_VALIDATION_FAILED", "caller", "body must be a chat request")
+        if req.get("model") not in MODELS:
+            return await fail("MODEL_NOT_FOUND", "caller", f"worker {WORKER_ID} does not serve {req.get('model')}")
+        if len(in_flight) >= MAX_CONCURRENT:
+            return await fail("WORKER_OVERLOADED", "rejected", "at capacity", retry_after_ms=100)
+        key = f"{h.get('Mlx-Request-Id', 'unknown')}:{h.get('Mlx-Attempt', '1')}"
+        deadline_s = None if deadline_ms == float("inf") else deadline_ms / 1000
+        in_flight[key] = asyncio.create_task(serve(msg.reply, req, deadline_s, key))
+
+    async def on_cancel(msg):
+        c = json.loads(msg.data)
+        task = in_flight.get(f"{c['request_id']}:{c['attempt']}")
+        if task:
+            task.cancel()
+
+    async def on_discover(msg):
+        await heartbeat()
+
+    await nc.subscribe(f"{PREFIX}.worker.{WORKER_ID}.infer", cb=on_infer)
+    await nc.subscribe(f"{PREFIX}.worker.{WORKER_ID}.cancel", cb=on_cancel)
+    await nc.subscribe(f"{PREFIX}.discover", cb=on_discover)
+    await nc.flush()                                         # subscribed before anyone hears of us
+    await heartbeat()
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), HEARTBEAT_S)
+        except TimeoutError:
+            await heartbeat()
+
+    state = "draining"                                       # no new work is routed to us
+    await heartbeat()
+    if in_flight:
+        await asyncio.wait(list(in_flight.values()), timeout=10)
+    for task in list(in_flight.values()):
+        task.cancel()
+    await nc.publish(f"{PREFIX}.bye", json.dumps({"type": "bye", "id": WORKER_ID}).encode())
+    await nc.drain()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
