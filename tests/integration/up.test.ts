@@ -1,0 +1,81 @@
+/**
+ * `mlx-router up`, as a user runs it: a whole local cluster from one command, answering from
+ * curl-like clients, and Ctrl-C (SIGINT to the process group) leaves no process behind.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { dirname } from 'node:path';
+import { CLI, MODEL, waitFor } from '../helpers/cluster';
+
+function childrenOf(pid: number): number[] {
+  const out = spawnSync('ps', ['-eo', 'pid=,ppid='], { encoding: 'utf8' }).stdout;
+  return out
+    .trim()
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/).map(Number))
+    .filter(([, ppid]) => ppid === pid)
+    .map(([p]) => p);
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+test('up - starts nats-server, workers and the controller, answers, and Ctrl-C leaves nothing behind', async () => {
+  // Port 1 never answers, so `up` must start its own nats-server on a free port.
+  const up = spawn(process.execPath, [CLI, 'up', '--nats', 'nats://127.0.0.1:1', '--port', '0', '--workers', '2'], {
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn' },
+  });
+  let out = '';
+  up.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  up.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((resolve) => up.once('exit', (code) => resolve(code)));
+  try {
+    const url = await waitFor(() => /mlx-router is up: (http:\/\/[0-9.:]+)/.exec(out)?.[1], 'the "is up" line', 20_000);
+    expect(out).toMatch(/curl .*\/v1\/chat\/completions/);
+    const children = childrenOf(up.pid!);
+    // nats-server and two workers.
+    expect(children).toHaveLength(3);
+    await waitFor(async () => (await fetch(`${url}/ready`)).status === 200, 'ready', 10_000);
+    const res = await fetch(`${url}/v1/chat/completions`, {
+      method: 'POST',
+      body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_tokens: 3 }),
+    });
+    expect(res.status).toBe(200);
+    expect(((await res.json()) as any).choices[0].message.content.split(' ')).toHaveLength(3);
+
+    // Ctrl-C: the terminal sends SIGINT to the whole foreground process group.
+    process.kill(-up.pid!, 'SIGINT');
+    expect(await exited).toBe(0);
+    await waitFor(() => children.every((p) => !alive(p)), 'every child gone', 5000);
+  } finally {
+    if (up.exitCode === null) process.kill(-up.pid!, 'SIGKILL');
+    await exited;
+  }
+}, 40_000);
+
+test('up - with no NATS reachable and no nats-server binary it says how to install one and exits 1', async () => {
+  // A PATH holding only node: no nats-server to start.
+  const child = spawn(process.execPath, [CLI, 'up', '--nats', 'nats://127.0.0.1:1', '--port', '0'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, PATH: dirname(process.execPath), MLX_ROUTER_LOG_LEVEL: 'silent' },
+  });
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  expect(code).toBe(1);
+  expect(err).toMatch(/apt-get install nats-server/);
+  expect(err).toMatch(/brew install nats-server/);
+});
+
+test('up - a bad flag exits 2 naming it', async () => {
+  const r = spawnSync(process.execPath, [CLI, 'up', '--workers', 'many'], { encoding: 'utf8' });
+  expect(r.status).toBe(2);
+  expect(r.stderr).toMatch(/--workers/);
+});
