@@ -2,6 +2,7 @@ import type { Clock } from '../src/clock';
 import type { Middleware, RouteContext } from '../src/context';
 import type { RetryBudget } from '../src/controller/retry-budget';
 import type { RouterMetrics } from '../src/controller/metrics';
+import type { WorkerRegistry } from '../src/controller/registry';
 import { isRetryableOutcome, RouterError, toRouterError } from '../src/errors';
 
 export interface RetryOptions {
@@ -29,6 +30,8 @@ export interface RetryDeps {
   metrics?: RouterMetrics;
   /** Random source in [0, 1) for jitter (default Math.random). */
   random?: () => number;
+  /** A stream is resumed only while some known worker can continue it. */
+  registry?: Pick<WorkerRegistry, 'knowsContinuation'>;
 }
 
 /** Full-jitter exponential backoff (AWS architecture blog): uniform in [0, min(cap, base·2ⁿ)]. */
@@ -66,10 +69,12 @@ export function finalError(ctx: RouteContext, last: RouterError): RouterError {
 }
 
 /** A broken stream may continue elsewhere: resume on, budget left, the client still there. */
-function canResume(ctx: RouteContext, err: RouterError, options: RetryOptions): boolean {
+function canResume(ctx: RouteContext, err: RouterError, options: RetryOptions, deps: RetryDeps): boolean {
   if (!options.enabled || !options.resume || ctx.signal.aborted) return false;
   if (err.outcome === 'cancelled' || err.outcome === 'caller' || err.code === 'REQUEST_TIMEOUT') return false;
-  return ctx.metrics.resumes < (options.maxResumes ?? 0) && ctx.deadline - ctx.clock.now() >= options.minAttemptMs;
+  if (ctx.metrics.resumes >= (options.maxResumes ?? 0) || ctx.deadline - ctx.clock.now() < options.minAttemptMs) return false;
+  // No known engine can continue a partial answer: say so now rather than wait for one.
+  return !deps.registry || deps.registry.knowsContinuation(ctx.request.model);
 }
 
 /**
@@ -96,7 +101,7 @@ export function retry(options: RetryOptions, deps: RetryDeps): Middleware {
       if (classRetryable || err.outcome === 'committed') deps.budget.onFailure();
       if (ctx.sink?.committed) {
         // After the commit point nothing is retried blindly: only resumed, where allowed (DESIGN §5).
-        if (!canResume(ctx, err, options)) throw finalError(ctx, err);
+        if (!canResume(ctx, err, options, deps)) throw finalError(ctx, err);
         ctx.continuation = ctx.sink.streamed;
         ctx.metrics.resumes++;
         ctx.log.warn({ code: err.code, worker: err.worker, deliveredChars: ctx.continuation.length }, 'resuming stream on another worker');

@@ -147,6 +147,12 @@ export class WorkerRegistry {
     return false;
   }
 
+  /** Some known worker (online or recently seen) serves `model` and can continue a partial answer. */
+  knowsContinuation(model: string): boolean {
+    for (const w of this.workers.values()) if (w.continuation && w.models.includes(model)) return true;
+    return false;
+  }
+
   get(id: string): WorkerInfo | undefined {
     return this.workers.get(id);
   }

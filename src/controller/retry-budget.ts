@@ -4,7 +4,7 @@
  * tokens remain, so in an outage retries stop multiplying the load.
  */
 export interface RetryBudgetOptions {
-  /** Bucket size (default 10). */
+  /** Bucket size (default 100; 0 turns retries off). */
   maxTokens: number;
   /** Tokens a success gives back (default 0.1). */
   tokenRatio: number;

@@ -221,12 +221,13 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
   };
 
   const updateModels = (body: string): void => {
+    // Stamped even when unreadable, so a bad list is retried (and logged) once per refresh period.
+    modelsAt = clock.now();
     const ids = modelIds(body);
     if (!ids) {
       log?.warn({ engine: base }, 'engine GET /models answer is not an OpenAI model list; keeping the models advertised');
       return;
     }
-    modelsAt = clock.now();
     if (ids.join('\n') !== models.join('\n')) log?.info({ engine: base, models: ids }, 'models from the engine');
     models = ids;
   };
@@ -234,8 +235,12 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
   const probeOnce = async (): Promise<boolean> => {
     const timeout = new AbortController();
     const t = setTimeout(() => timeout.abort(new Error(`no answer within ${probeTimeoutMs} ms`)), probeTimeoutMs);
+    // A listener removed in finally, not AbortSignal.any: a probe every few seconds for weeks
+    // must not pile dependent signals onto the engine's lifetime signal.
+    const onClose = (): void => timeout.abort(lifetime.signal.reason);
+    lifetime.signal.addEventListener('abort', onClose, { once: true });
     try {
-      const res = await fetch(`${base}/models`, { headers: headers('application/json'), signal: AbortSignal.any([timeout.signal, lifetime.signal]) });
+      const res = await fetch(`${base}/models`, { headers: headers('application/json'), signal: timeout.signal });
       const body = await res.text();
       if (!res.ok) {
         setHealthy(false, `GET /models answered ${res.status}`);
@@ -250,6 +255,7 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
       return false;
     } finally {
       clearTimeout(t);
+      lifetime.signal.removeEventListener('abort', onClose);
     }
   };
 

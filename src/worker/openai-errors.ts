@@ -9,8 +9,9 @@ import { EngineError } from './engine';
 const MAX_QUOTE = 300;
 
 // vLLM: "This model's maximum context length is 4096 tokens"; llama-server: "exceeds the available
-// context size" / type exceed_context_size_error; OpenAI: code context_length_exceeded.
-const CONTEXT_TOO_LONG = /context[ _-]?(length|window|size)|maximum context|max_model_len|n_ctx|prompt is too long|too many tokens/i;
+// context size" / type exceed_context_size_error; OpenAI: code context_length_exceeded;
+// mlx_lm.server (a 500): "Prompt exceeds max prompt token limit".
+const CONTEXT_TOO_LONG = /context[ _-]?(length|window|size)|maximum context|max_model_len|n_ctx|prompt is too long|prompt exceeds|too many tokens/i;
 // vLLM: "The model `x` does not exist."; Ollama: 'model "x" not found, try pulling it first'.
 const UNKNOWN_MODEL = /model[^.]{0,120}?(not found|does not exist|is not (loaded|available))|unknown model|model_not_found/i;
 
@@ -67,10 +68,10 @@ export function httpError(status: number, body: string, retryAfter: string | nul
   const message = `engine answered ${status}: ${text}`;
   if (status === 429 || status === 503) return new EngineError('WORKER_OVERLOADED', message, parseRetryAfter(retryAfter));
   if (status === 404) return new EngineError('MODEL_NOT_FOUND', message);
-  if (status === 400 || status === 413 || status === 422) {
-    if (CONTEXT_TOO_LONG.test(text)) return new EngineError('CONTEXT_LENGTH_EXCEEDED', message);
-    return new EngineError(UNKNOWN_MODEL.test(text) ? 'MODEL_NOT_FOUND' : 'REQUEST_VALIDATION_FAILED', message);
-  }
+  const callerStatus = status === 400 || status === 413 || status === 422;
+  // Some engines answer a too-long prompt with a 500; another worker would refuse it too.
+  if ((callerStatus || status >= 500) && CONTEXT_TOO_LONG.test(text)) return new EngineError('CONTEXT_LENGTH_EXCEEDED', message);
+  if (callerStatus) return new EngineError(UNKNOWN_MODEL.test(text) ? 'MODEL_NOT_FOUND' : 'REQUEST_VALIDATION_FAILED', message);
   return new EngineError('WORKER_ERROR', message);
 }
 

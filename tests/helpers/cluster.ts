@@ -370,3 +370,10 @@ export async function addEngineWorker(cluster: Cluster, options: EngineWorkerOpt
   await waitFor(() => cluster.controller.deps.registry.online().some((w) => w.id === options.id), `engine worker ${options.id} online`);
   return proc;
 }
+
+/**
+ * Config for clusters whose tests never detect a worker's death by heartbeat silence (bye and
+ * "no responders" are immediate): offline after 5 s of silence instead of the 600 ms test default,
+ * because on a loaded 2-core machine a worker can be starved that long and dropped mid-request.
+ */
+export const STEADY: Record<string, unknown> = { 'discovery.offlineAfterMs': 5000 };

@@ -50,6 +50,8 @@ interface HarnessOptions {
   random?: () => number;
   sink?: StreamSink;
   signal?: AbortSignal;
+  /** Whether some known worker can continue a partial answer (stream resume). */
+  canContinue?: boolean;
 }
 
 function harness(h: HarnessOptions): Harness {
@@ -81,7 +83,8 @@ function harness(h: HarnessOptions): Harness {
       throw err;
     }
   };
-  const mw = retry({ ...DEFAULTS, ...h.options }, { clock, budget, random: h.random ?? (() => 0.5) });
+  const registry = h.canContinue === undefined ? undefined : { knowsContinuation: () => h.canContinue === true };
+  const mw = retry({ ...DEFAULTS, ...h.options }, { clock, budget, random: h.random ?? (() => 0.5), registry });
   return { ctx, clock, budget, run: () => mw(ctx, () => Promise.resolve()), workers: () => ctx.attempts.map((a) => a.worker) };
 }
 
@@ -285,6 +288,62 @@ describe('retry - what is retried', () => {
     expect(h.workers()).toEqual(['w1']);
     expect(err).toMatchObject({ code: 'STREAM_INTERRUPTED', outcome: 'committed' });
     expect(toRouterError(err.cause).code).toBe('WORKER_UNAVAILABLE');
+  });
+
+  function committingSink(): StreamSink {
+    let streamed = '';
+    return {
+      get committed() {
+        return streamed.length > 0;
+      },
+      get streamed() {
+        return streamed;
+      },
+      write: (text) => {
+        streamed += text;
+        return true;
+      },
+    };
+  }
+  const breaksAfterHello: Behaviour = (ctx) => {
+    ctx.sink!.write('Hello');
+    throw new RouterError('WORKER_UNAVAILABLE', 'worker vanished mid-stream');
+  };
+
+  test('retry - with resume, a stream broken after commit continues on another worker after the delivered text', async () => {
+    let continuation: string | undefined;
+    const h = harness({
+      options: { resume: true, maxResumes: 2 },
+      sink: committingSink(),
+      canContinue: true,
+      pool: three,
+      script: { w1: [breaksAfterHello], w2: [(ctx) => void (continuation = ctx.continuation)] },
+    });
+    await h.run();
+    expect(h.workers()).toEqual(['w1', 'w2']);
+    expect(continuation).toBe('Hello');
+    expect(h.ctx.metrics.resumes).toBe(1);
+  });
+
+  test('retry - with resume but no known worker able to continue, the stream ends at once', async () => {
+    const h = harness({ options: { resume: true, maxResumes: 2 }, sink: committingSink(), canContinue: false, pool: three, script: { w1: [breaksAfterHello] } });
+    const err = await failure(h.run());
+    expect(h.workers()).toEqual(['w1']);
+    expect(err).toMatchObject({ code: 'STREAM_INTERRUPTED', outcome: 'committed' });
+    expect(h.ctx.metrics.resumes).toBe(0);
+  });
+
+  test('retry - resumes stop at maxResumes', async () => {
+    const h = harness({
+      options: { resume: true, maxResumes: 1 },
+      sink: committingSink(),
+      canContinue: true,
+      pool: three,
+      script: { w1: [breaksAfterHello], w2: [fail('WORKER_TIMEOUT')] },
+    });
+    const err = await failure(h.run());
+    expect(h.workers()).toEqual(['w1', 'w2']);
+    expect(err).toMatchObject({ code: 'STREAM_INTERRUPTED', outcome: 'committed' });
   });
 
   test('retry - the same failure before the first chunk of a stream is retried', async () => {

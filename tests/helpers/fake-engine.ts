@@ -1,0 +1,289 @@
+/**
+ * A small OpenAI-compatible engine (node:http) on a free port, with switchable behaviour, for the
+ * openai engine's tests. It answers `POST /v1/chat/completions` (buffered or SSE) and
+ * `GET /v1/models`, records every request, and counts connections the client dropped mid-answer.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+/**
+ * normal: deterministic answer with usage. slow-first-token: waits `firstTokenDelayMs` first.
+ * cut-stream: streams `cutAfterChunks` content chunks, then drops the connection (buffered: drops
+ * it after half the body). end-early: like cut-stream, but the body ends properly (no finish_reason,
+ * no [DONE]): a clean close in the middle of the answer. rate-limited: 429 with `retryAfter`. overloaded: 503 with `retryAfter`.
+ * server-error: 500. status: `status` with `errorMessage`. hang: never answers. no-usage: normal
+ * without any usage. in-band-error: streams two chunks, then `data: {"error": ...}`.
+ */
+export type FakeMode =
+  | 'normal'
+  | 'slow-first-token'
+  | 'cut-stream'
+  | 'end-early'
+  | 'rate-limited'
+  | 'overloaded'
+  | 'server-error'
+  | 'status'
+  | 'hang'
+  | 'no-usage'
+  | 'in-band-error';
+
+export interface FakeBehaviour {
+  mode: FakeMode;
+  /** Ids listed at GET /v1/models. */
+  models: string[];
+  /** GET /v1/models: answer, hang, or 500. */
+  modelsMode: 'normal' | 'hang' | 'error';
+  /** Retry-After header of rate-limited / overloaded (omitted when undefined). */
+  retryAfter?: string;
+  /** Status and message of mode `status`. */
+  status: number;
+  errorMessage: string;
+  firstTokenDelayMs: number;
+  tokenDelayMs: number;
+  cutAfterChunks: number;
+}
+
+export interface RecordedRequest {
+  method: string;
+  path: string;
+  headers: IncomingMessage['headers'];
+  body: any;
+}
+
+export interface FakeEngine {
+  /** Base URL with /v1, as a worker's --engine-url. */
+  readonly url: string;
+  readonly port: number;
+  readonly requests: RecordedRequest[];
+  /** Chat requests only. */
+  chatRequests(): RecordedRequest[];
+  /** Connections the client closed before the answer was complete. */
+  aborted(): number;
+  /** Answers in flight now (a hung request counts until its connection closes). */
+  open(): number;
+  behave(change: Partial<FakeBehaviour>): void;
+  /** Back to normal behaviour, records cleared. */
+  reset(): void;
+  /** Stops listening and drops every connection: the port refuses connections. */
+  close(): Promise<void>;
+  /** Listens again on the same port. */
+  reopen(): Promise<void>;
+}
+
+/** The words of every answer; an answer is the first max_tokens of them. */
+export const FAKE_WORDS = ['The', ' fake', ' engine', ' answers', ' every', ' request', ' with', ' these', ' same', ' twelve', ' words', ' exactly'];
+/** prompt_tokens the fake reports: deliberately unlike any estimate. */
+export const FAKE_PROMPT_TOKENS = 17;
+
+/** The answer for `maxTokens` (all twelve words, finish "stop", when absent or large enough). */
+export function fakeAnswer(maxTokens?: number): { pieces: string[]; text: string; finish: 'stop' | 'length' } {
+  const n = maxTokens === undefined ? FAKE_WORDS.length : Math.min(maxTokens, FAKE_WORDS.length);
+  const pieces = FAKE_WORDS.slice(0, n);
+  return { pieces, text: pieces.join(''), finish: n < FAKE_WORDS.length ? 'length' : 'stop' };
+}
+
+const DEFAULTS: FakeBehaviour = {
+  mode: 'normal',
+  models: ['fake-model'],
+  modelsMode: 'normal',
+  retryAfter: '2',
+  status: 400,
+  errorMessage: 'bad request',
+  firstTokenDelayMs: 1500,
+  tokenDelayMs: 0,
+  cutAfterChunks: 3,
+};
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (ms <= 0 || signal.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+function write(res: ServerResponse, data: string): Promise<void> {
+  return new Promise((resolve) => {
+    if (res.destroyed) return resolve();
+    res.write(data, () => resolve());
+  });
+}
+
+function readBody(req: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (d: string) => (body += d));
+    req.on('end', () => resolve(body));
+    req.on('error', reject);
+  });
+}
+
+function usageOf(completion: number): Record<string, number> {
+  return { prompt_tokens: FAKE_PROMPT_TOKENS, completion_tokens: completion, total_tokens: FAKE_PROMPT_TOKENS + completion };
+}
+
+/** Starts a fake engine on 127.0.0.1 and a free port. */
+export async function startFakeEngine(initial: Partial<FakeBehaviour> = {}): Promise<FakeEngine> {
+  let b: FakeBehaviour = { ...DEFAULTS, ...initial };
+  const requests: RecordedRequest[] = [];
+  let aborted = 0;
+  let open = 0;
+  let closing = false;
+
+  const sendJson = (res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void => {
+    res.writeHead(status, { 'content-type': 'application/json', ...headers });
+    res.end(JSON.stringify(value));
+  };
+  const sendError = (res: ServerResponse, status: number, message: string, headers: Record<string, string> = {}): void =>
+    sendJson(res, status, { error: { message, type: status >= 500 ? 'server_error' : 'invalid_request_error', code: null } }, headers);
+
+  async function chat(req: IncomingMessage, res: ServerResponse, body: any, gone: AbortSignal): Promise<void> {
+    const behaviour = b;
+    const retryHeaders: Record<string, string> = behaviour.retryAfter !== undefined ? { 'retry-after': behaviour.retryAfter } : {};
+    switch (behaviour.mode) {
+      case 'hang':
+        return; // never answers; the connection stays until the client or close() drops it
+      case 'rate-limited':
+        return sendError(res, 429, 'too many requests, slow down', retryHeaders);
+      case 'overloaded':
+        return sendError(res, 503, 'server busy', retryHeaders);
+      case 'server-error':
+        return sendError(res, 500, 'internal failure in the fake engine');
+      case 'status':
+        return sendError(res, behaviour.status, behaviour.errorMessage);
+      default:
+        break;
+    }
+    const model = String(body?.model ?? '');
+    const answer = fakeAnswer(typeof body?.max_tokens === 'number' ? body.max_tokens : undefined);
+    const withUsage = behaviour.mode !== 'no-usage';
+    if (behaviour.mode === 'slow-first-token') await sleep(behaviour.firstTokenDelayMs, gone);
+    if (gone.aborted) return;
+    if (body?.stream !== true) {
+      const full = JSON.stringify({
+        id: 'chatcmpl-fake',
+        object: 'chat.completion',
+        created: 0,
+        model,
+        choices: [{ index: 0, message: { role: 'assistant', content: answer.text }, finish_reason: answer.finish }],
+        ...(withUsage ? { usage: usageOf(answer.pieces.length) } : {}),
+      });
+      if (behaviour.mode === 'cut-stream') {
+        // Promise the whole body, send half, drop the connection.
+        res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(full)) });
+        await write(res, full.slice(0, Math.floor(full.length / 2)));
+        res.destroy();
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(full);
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    const event = (choices: unknown[], extra: Record<string, unknown> = {}): string =>
+      `data: ${JSON.stringify({ id: 'chatcmpl-fake', object: 'chat.completion.chunk', created: 0, model, choices, ...extra })}\n\n`;
+    await write(res, event([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }]));
+    for (let i = 0; i < answer.pieces.length; i++) {
+      if (i > 0) await sleep(behaviour.tokenDelayMs, gone);
+      if (gone.aborted) return;
+      if (behaviour.mode === 'cut-stream' && i === behaviour.cutAfterChunks) {
+        res.destroy();
+        return;
+      }
+      if (behaviour.mode === 'end-early' && i === behaviour.cutAfterChunks) {
+        res.end();
+        return;
+      }
+      if (behaviour.mode === 'in-band-error' && i === 2) {
+        await write(res, `data: ${JSON.stringify({ error: { message: 'the fake engine ran out of memory', code: 500 } })}\n\n`);
+        res.end();
+        return;
+      }
+      await write(res, event([{ index: 0, delta: { content: answer.pieces[i] }, finish_reason: null }]));
+    }
+    await write(res, event([{ index: 0, delta: {}, finish_reason: answer.finish }]));
+    const includeUsage = body?.stream_options?.include_usage === true;
+    if (withUsage && includeUsage) await write(res, event([], { usage: usageOf(answer.pieces.length) }));
+    res.end('data: [DONE]\n\n');
+  }
+
+  const server: Server = createServer((req, res) => {
+    open++;
+    const gone = new AbortController();
+    let cut = false;
+    res.on('close', () => {
+      open--;
+      if (!res.writableFinished && !cut && !closing) aborted++;
+      gone.abort();
+    });
+    const destroy = res.destroy.bind(res);
+    // A deliberate cut is the fake's fault, not an abort by the client.
+    res.destroy = ((err?: Error) => {
+      cut = true;
+      return destroy(err);
+    }) as typeof res.destroy;
+    void (async () => {
+      const raw = await readBody(req).catch(() => '');
+      let body: any;
+      try {
+        body = raw ? JSON.parse(raw) : undefined;
+      } catch {
+        body = raw;
+      }
+      const path = (req.url ?? '').split('?')[0];
+      requests.push({ method: req.method ?? '', path, headers: req.headers, body });
+      if (req.method === 'GET' && path === '/v1/models') {
+        if (b.modelsMode === 'hang') return;
+        if (b.modelsMode === 'error') return sendError(res, 500, 'models unavailable');
+        return sendJson(res, 200, { object: 'list', data: b.models.map((id) => ({ id, object: 'model', created: 0, owned_by: 'fake' })) });
+      }
+      if (req.method === 'POST' && path === '/v1/chat/completions') return chat(req, res, body, gone.signal);
+      sendError(res, 404, `no route ${req.method} ${path}`);
+    })().catch(() => res.destroy());
+  });
+
+  const listen = (port: number): Promise<void> =>
+    new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, '127.0.0.1', () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  await listen(0);
+  const port = (server.address() as AddressInfo).port;
+
+  return {
+    url: `http://127.0.0.1:${port}/v1`,
+    port,
+    requests,
+    chatRequests: () => requests.filter((r) => r.path === '/v1/chat/completions'),
+    aborted: () => aborted,
+    open: () => open,
+    behave(change) {
+      b = { ...b, ...change };
+    },
+    reset() {
+      b = { ...DEFAULTS, ...initial };
+      requests.length = 0;
+      aborted = 0;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        if (!server.listening) return resolve();
+        closing = true;
+        server.close(() => {
+          closing = false;
+          resolve();
+        });
+        server.closeAllConnections();
+      }),
+    reopen: () => (server.listening ? Promise.resolve() : listen(port)),
+  };
+}

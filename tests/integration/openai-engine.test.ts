@@ -1,0 +1,161 @@
+/**
+ * The whole path with a real engine adapter: controller → NATS → worker process
+ * (`--engine openai`) → a fake OpenAI-compatible server. The same checks a synthetic cluster
+ * passes (buffered, streamed, usage, models, errors), then each engine fault and its answer.
+ * The tests run in order: worker oa2 joins half-way, for the retry-elsewhere and engine-down cases.
+ */
+import { addEngineWorker, chat, MODEL, parseSse, startCluster, streamedText, waitFor, type Cluster } from '../helpers/cluster';
+import { FAKE_PROMPT_TOKENS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
+
+/** A model only oa1's engine lists: oa1 is its only worker. */
+const EXTRA = 'fake-extra';
+const PROBE_ENV = { MLX_ROUTER_WORKER_OPENAI_PROBE_INTERVAL_MS: '100', MLX_ROUTER_WORKER_OPENAI_CONNECT_TIMEOUT_MS: '500' };
+
+let cluster: Cluster;
+let fake1: FakeEngine;
+let fake2: FakeEngine;
+
+beforeAll(async () => {
+  [cluster, fake1, fake2] = await Promise.all([
+    startCluster({
+      config: {
+        // Round robin makes "which worker first" deterministic for the retry-elsewhere case.
+        'cluster.requestRouting.strategy': 'round-robin',
+        // No openai worker can continue a partial answer; resume would only wait for one to appear.
+        'cluster.streaming.resume': false,
+      },
+    }),
+    startFakeEngine({ models: [MODEL, EXTRA] }),
+    startFakeEngine({ models: ['unrelated'] }),
+  ]);
+  // No --model: oa1 advertises what fake1 lists.
+  await addEngineWorker(cluster, { id: 'oa1', engineUrl: fake1.url, env: PROBE_ENV });
+});
+
+afterAll(async () => {
+  await cluster?.stop();
+  await Promise.all([fake1?.close(), fake2?.close()]);
+});
+
+beforeEach(async () => {
+  await Promise.all([fake1.reopen(), fake2.reopen()]);
+  fake1.reset();
+  fake2.reset();
+});
+
+test('openai worker - buffered completion carries the engine text, finish_reason and usage', async () => {
+  const res = await chat(cluster.url, { maxTokens: 5, content: 'Say hi' });
+  expect(res.status).toBe(200);
+  expect(res.json.choices[0].message.content).toBe(fakeAnswer(5).text);
+  expect(res.json.choices[0].finish_reason).toBe('length');
+  expect(res.json.usage).toEqual({ prompt_tokens: FAKE_PROMPT_TOKENS, completion_tokens: 5, total_tokens: FAKE_PROMPT_TOKENS + 5 });
+  const sent = fake1.chatRequests();
+  expect(sent).toHaveLength(1);
+  expect(sent[0].body).toMatchObject({ model: MODEL, messages: [{ role: 'user', content: 'Say hi' }], max_tokens: 5, stream: false });
+});
+
+test('openai worker - streamed completion relays the engine text, its usage and [DONE]', async () => {
+  const res = await chat(cluster.url, { stream: true, maxTokens: 50, body: { stream_options: { include_usage: true } } });
+  expect(res.status).toBe(200);
+  expect(streamedText(res.text)).toBe(fakeAnswer(50).text);
+  const events = parseSse(res.text);
+  expect(events[events.length - 1].data).toBe('[DONE]');
+  const chunks = events.filter((e) => e.event === 'message' && e.data !== '[DONE]').map((e) => JSON.parse(e.data));
+  expect(chunks.map((c) => c.choices?.[0]?.finish_reason).filter(Boolean)).toEqual(['stop']);
+  expect(chunks.find((c) => c.usage)?.usage).toEqual({ prompt_tokens: FAKE_PROMPT_TOKENS, completion_tokens: 12, total_tokens: FAKE_PROMPT_TOKENS + 12 });
+  // The worker always asks the engine for usage on streams.
+  expect(fake1.chatRequests()[0].body.stream_options).toEqual({ include_usage: true });
+});
+
+test('openai worker - /v1/models lists the models the engine lists', async () => {
+  const res = await fetch(`${cluster.url}/v1/models`);
+  const body = (await res.json()) as { data: Array<{ id: string }> };
+  expect(body.data.map((m) => m.id)).toEqual([EXTRA, MODEL].sort());
+  expect(cluster.controller.deps.registry.get('oa1')?.engine).toBe('openai');
+});
+
+test('openai worker - engine 429 on the only worker ends in 503 WORKER_OVERLOADED with its Retry-After', async () => {
+  fake1.behave({ mode: 'rate-limited', retryAfter: '1' });
+  const res = await chat(cluster.url);
+  expect(res.status).toBe(503);
+  expect(res.json.error.code).toBe('WORKER_OVERLOADED');
+  expect(res.headers.get('retry-after')).toBe('1');
+  // Overload is retryable: the first attempt and both retries reached the engine.
+  expect(fake1.chatRequests()).toHaveLength(1 + cluster.config.cluster.requestRouting.retry.maxRetries);
+});
+
+test('openai worker - engine 400 is a 400 REQUEST_VALIDATION_FAILED, never retried', async () => {
+  fake1.behave({ mode: 'status', status: 400, errorMessage: 'unsupported value for logit_bias' });
+  const res = await chat(cluster.url);
+  expect(res.status).toBe(400);
+  expect(res.json.error.code).toBe('REQUEST_VALIDATION_FAILED');
+  expect(res.json.error.message).toContain('unsupported value for logit_bias');
+  expect(fake1.chatRequests()).toHaveLength(1);
+});
+
+test('openai worker - engine 400 about context length is a 400 CONTEXT_LENGTH_EXCEEDED, never retried', async () => {
+  fake1.behave({ mode: 'status', status: 400, errorMessage: "This model's maximum context length is 4096 tokens." });
+  const res = await chat(cluster.url);
+  expect(res.status).toBe(400);
+  expect(res.json.error.code).toBe('CONTEXT_LENGTH_EXCEEDED');
+  expect(fake1.chatRequests()).toHaveLength(1);
+});
+
+test.each([
+  ['drops', 'cut-stream' as const],
+  ['closes cleanly, without finish_reason or [DONE],', 'end-early' as const],
+])('openai worker - a stream the engine %s mid-answer ends in an SSE error event, never [DONE]', async (_how, mode) => {
+  fake1.behave({ mode, cutAfterChunks: 3 });
+  const res = await chat(cluster.url, { stream: true, maxTokens: 50 });
+  expect(res.status).toBe(200);
+  const events = parseSse(res.text);
+  expect(streamedText(res.text)).toBe(fakeAnswer(50).pieces.slice(0, 3).join(''));
+  expect(events.some((e) => e.event === 'error')).toBe(true);
+  expect(events.some((e) => e.data === '[DONE]')).toBe(false);
+  // Committed: the engine is not asked again for an answer the client has half-seen.
+  expect(fake1.chatRequests()).toHaveLength(1);
+});
+
+test('openai worker - a client that goes away closes the HTTP request to the engine', async () => {
+  fake1.behave({ mode: 'hang' });
+  const client = new AbortController();
+  const pending = chat(cluster.url, { signal: client.signal }).catch((e: unknown) => e);
+  await waitFor(() => fake1.open() === 1, 'the request to reach the engine', 5000);
+  client.abort();
+  await pending;
+  await waitFor(() => fake1.aborted() === 1, 'the engine to see its request closed', 3000);
+  expect(fake1.open()).toBe(0);
+});
+
+test('openai worker - engine 429 with another worker is retried there and succeeds', async () => {
+  await addEngineWorker(cluster, { id: 'oa2', engineUrl: fake2.url, models: [MODEL], env: PROBE_ENV });
+  fake1.behave({ mode: 'rate-limited', retryAfter: '1' });
+  const answers = [await chat(cluster.url, { maxTokens: 3 }), await chat(cluster.url, { maxTokens: 3 })];
+  expect(answers.map((a) => a.status)).toEqual([200, 200]);
+  expect(answers.map((a) => a.json.choices[0].message.content)).toEqual([fakeAnswer(3).text, fakeAnswer(3).text]);
+  // Round robin sends one of the two first attempts to oa1; its 429 moves that request to oa2.
+  expect(fake1.chatRequests()).toHaveLength(1);
+  expect(fake2.chatRequests()).toHaveLength(2);
+});
+
+test('openai worker - an engine that goes down makes its worker unhealthy and unselected, until it is back', async () => {
+  await fake1.close();
+  const registry = cluster.controller.deps.registry;
+  await waitFor(() => registry.get('oa1')?.state === 'unhealthy', 'oa1 reported unhealthy', 5000);
+  // Still online (heartbeating), still listing its models, but never selected.
+  expect(registry.online().map((w) => w.id)).toContain('oa1');
+  // The controller first waits (workerWaitTimeoutMs) for a worker of the model to come back.
+  const only = await chat(cluster.url, { body: { model: EXTRA } });
+  expect(only.status).toBe(503);
+  expect(only.json.error.code).toBe('NO_WORKERS_AVAILABLE');
+  const shared = await chat(cluster.url, { maxTokens: 2 });
+  expect(shared.status).toBe(200);
+  expect(shared.json.choices[0].message.content).toBe(fakeAnswer(2).text);
+  expect(fake2.chatRequests()).toHaveLength(1);
+
+  await fake1.reopen();
+  await waitFor(() => registry.get('oa1')?.state === 'ready', 'oa1 ready again', 5000);
+  const back = await chat(cluster.url, { body: { model: EXTRA }, maxTokens: 2 });
+  expect(back.status).toBe(200);
+  expect(fake1.chatRequests()).toHaveLength(1);
+});
