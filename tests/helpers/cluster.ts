@@ -51,7 +51,12 @@ export function spawnWorker(natsUrl: string, options: WorkerOptions): WorkerProc
   if (options.maxConcurrent !== undefined) args.push('--max-concurrent', String(options.maxConcurrent));
   args.push('--ttft-ms', String(options.ttftMs ?? 0), '--token-ms', String(options.tokenMs ?? 0));
   if (options.failRate !== undefined) args.push('--fail-rate', String(options.failRate));
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn' } });
+  return spawnCli(options.id, args);
+}
+
+/** Runs the built CLI with `args` as a worker process whose output is kept for diagnostics. */
+export function spawnCli(id: string, args: string[], env: Record<string, string> = {}): WorkerProcess {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn', ...env } });
   let out = '';
   const collect = (d: Buffer): void => {
     if (out.length < 200_000) out += d.toString();
@@ -61,7 +66,7 @@ export function spawnWorker(natsUrl: string, options: WorkerOptions): WorkerProc
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => {
     child.once('exit', (code, signal) => res({ code, signal }));
   });
-  return { id: options.id, process: child, output: () => out, exited, kill: (sig = 'SIGTERM') => void child.kill(sig) };
+  return { id, process: child, output: () => out, exited, kill: (sig = 'SIGTERM') => void child.kill(sig) };
 }
 
 export interface ClusterOptions {
@@ -352,20 +357,7 @@ export async function addEngineWorker(cluster: Cluster, options: EngineWorkerOpt
   const args = [CLI, 'worker', '--nats', cluster.natsUrl, '--id', options.id, '--heartbeat-ms', String(options.heartbeatMs ?? 100)];
   args.push('--engine', 'openai', '--engine-url', options.engineUrl);
   for (const m of options.models ?? []) args.push('--model', m);
-  const child = spawn(process.execPath, args, {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn', ...options.env },
-  });
-  let out = '';
-  const collect = (d: Buffer): void => {
-    if (out.length < 200_000) out += d.toString();
-  };
-  child.stdout?.on('data', collect);
-  child.stderr?.on('data', collect);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => {
-    child.once('exit', (code, signal) => res({ code, signal }));
-  });
-  const proc: WorkerProcess = { id: options.id, process: child, output: () => out, exited, kill: (sig = 'SIGTERM') => void child.kill(sig) };
+  const proc = spawnCli(options.id, args, options.env);
   cluster.workers.set(options.id, proc);
   await waitFor(() => cluster.controller.deps.registry.online().some((w) => w.id === options.id), `engine worker ${options.id} online`);
   return proc;

@@ -88,6 +88,27 @@ function harness(h: HarnessOptions): Harness {
   return { ctx, clock, budget, run: () => mw(ctx, () => Promise.resolve()), workers: () => ctx.attempts.map((a) => a.worker) };
 }
 
+/** A sink that commits at its first write and remembers what it delivered. */
+function committingSink(): StreamSink {
+  let streamed = '';
+  return {
+    get committed() {
+      return streamed.length > 0;
+    },
+    get streamed() {
+      return streamed;
+    },
+    write: (text) => {
+      streamed += text;
+      return true;
+    },
+  };
+}
+const breaksAfterHello: Behaviour = (ctx) => {
+  ctx.sink!.write('Hello');
+  throw new RouterError('WORKER_UNAVAILABLE', 'worker vanished mid-stream');
+};
+
 const three = (): WorkerInfo[] => [makeWorker('w1'), makeWorker('w2'), makeWorker('w3')];
 
 async function failure(p: Promise<unknown>): Promise<RouterError> {
@@ -257,19 +278,7 @@ describe('retry - what is retried', () => {
   });
 
   test('retry - no blind retry after a stream committed its first chunk: the stream is interrupted', async () => {
-    let streamed = '';
-    const sink: StreamSink = {
-      get committed() {
-        return streamed.length > 0;
-      },
-      get streamed() {
-        return streamed;
-      },
-      write: (text) => {
-        streamed += text;
-        return true;
-      },
-    };
+    const sink = committingSink();
     const h = harness({
       options: { resume: false },
       sink,
@@ -289,26 +298,6 @@ describe('retry - what is retried', () => {
     expect(err).toMatchObject({ code: 'STREAM_INTERRUPTED', outcome: 'committed' });
     expect(toRouterError(err.cause).code).toBe('WORKER_UNAVAILABLE');
   });
-
-  function committingSink(): StreamSink {
-    let streamed = '';
-    return {
-      get committed() {
-        return streamed.length > 0;
-      },
-      get streamed() {
-        return streamed;
-      },
-      write: (text) => {
-        streamed += text;
-        return true;
-      },
-    };
-  }
-  const breaksAfterHello: Behaviour = (ctx) => {
-    ctx.sink!.write('Hello');
-    throw new RouterError('WORKER_UNAVAILABLE', 'worker vanished mid-stream');
-  };
 
   test('retry - with resume, a stream broken after commit continues on another worker after the delivered text', async () => {
     let continuation: string | undefined;
