@@ -33,11 +33,14 @@ export function p2cScore(w: WorkerInfo): number {
   return (w.outstanding + 1) * Math.max(1, w.latencyMs);
 }
 
+/** Load as DESIGN §6 counts it: this controller's in-flight requests plus other controllers'. */
+function load(w: WorkerInfo): number {
+  return w.outstanding + w.foreignInFlight;
+}
+
 function leastOutstanding(pool: WorkerInfo[]): WorkerInfo {
   let best = pool[0];
-  for (const w of pool) {
-    if (w.outstanding < best.outstanding || (w.outstanding === best.outstanding && w.reportedInFlight < best.reportedInFlight)) best = w;
-  }
+  for (const w of pool) if (load(w) < load(best)) best = w;
   return best;
 }
 

@@ -23,6 +23,8 @@ export interface NatsServerOptions {
   /** Own process group, so a terminal's Ctrl-C does not kill it before the workers say bye. */
   detached?: boolean;
   timeoutMs?: number;
+  /** More server flags, e.g. `--user a --pass b` or `--auth TOKEN`. */
+  args?: string[];
 }
 
 /** True when a `nats-server` binary can be run. */
@@ -33,7 +35,7 @@ export function natsServerAvailable(binary = 'nats-server'): boolean {
 
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServerHandle> {
   const dir = mkdtempSync(join(tmpdir(), 'mlx-nats-'));
-  const args = ['-a', '127.0.0.1', '-p', String(options.port ?? -1), '--ports_file_dir', dir];
+  const args = ['-a', '127.0.0.1', '-p', String(options.port ?? -1), '--ports_file_dir', dir, ...(options.args ?? [])];
   const child = spawn(options.binary ?? 'nats-server', args, { stdio: ['ignore', 'ignore', 'pipe'], detached: options.detached ?? false });
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => {

@@ -52,9 +52,10 @@ describe('least-outstanding', () => {
     expect(await pick(mw, pool)).toBe('w2');
   });
 
-  test('select - least-outstanding breaks a tie by the load the worker reported', async () => {
+  test("select - least-outstanding counts other controllers' requests as of the last heartbeat", async () => {
     const mw = select({ strategy: 'least-outstanding' });
-    const pool = [makeWorker('w1', { outstanding: 1, reportedInFlight: 4 }), makeWorker('w2', { outstanding: 1, reportedInFlight: 2 })];
+    // Own counts alone would pick w1 (1 < 2); with the others' 3 requests w1 carries 4.
+    const pool = [makeWorker('w1', { outstanding: 1, foreignInFlight: 3 }), makeWorker('w2', { outstanding: 2, foreignInFlight: 0 })];
     expect(await pick(mw, pool)).toBe('w2');
   });
 });
