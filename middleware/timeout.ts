@@ -22,14 +22,17 @@ export function timeout(options: TimeoutOptions): Middleware {
     const attempt = ctx.attempt;
     const worker = ctx.worker?.id ?? 'unknown';
     const left = (): number => Math.max(0, ctx.deadline - ctx.clock.now());
-    const first = Math.min(ctx.stream ? options.firstChunkTimeoutMs : options.attemptTimeoutMs, left());
+    const configured = ctx.stream ? options.firstChunkTimeoutMs : options.attemptTimeoutMs;
+    const first = Math.min(configured, left());
+    // When the request's deadline is the shorter limit, that deadline is what passed.
+    const cutByDeadline = first < configured;
     let phase: 'first' | 'idle' = 'first';
     let limit = first;
     const fire = (): void => {
       const what = !ctx.stream ? 'answer' : phase === 'first' ? 'send its first chunk' : 'send the next chunk';
       // Each deadline has its own code: the idle one can only fire after the stream committed.
-      const code = phase === 'idle' ? 'STREAM_IDLE_TIMEOUT' : 'WORKER_TIMEOUT';
-      attempt.abort(new RouterError(code, `worker ${worker} did not ${what} within ${Math.round(limit)} ms`, { worker }));
+      const code = phase === 'idle' ? 'STREAM_IDLE_TIMEOUT' : cutByDeadline ? 'REQUEST_TIMEOUT' : 'WORKER_TIMEOUT';
+      attempt.abort(new RouterError(code, `worker ${worker} did not ${what} within ${Math.round(limit)} ms${cutByDeadline && phase === 'first' ? ' (the request deadline)' : ''}`, { worker }));
     };
     let timer = setTimeout(fire, first);
     if (ctx.stream) {
