@@ -155,11 +155,12 @@ export interface RequestHeaders {
 }
 
 export function requestHeaders(h: RequestHeaders): MsgHdrs {
+  // append, not set: the headers are new, and set() first searches them for the key to delete.
   const hdrs = natsHeaders();
-  hdrs.set(HDR_REQUEST_ID, h.requestId);
-  hdrs.set(HDR_ATTEMPT, String(h.attempt));
-  hdrs.set(HDR_DEADLINE_MS, String(Math.max(0, Math.floor(h.deadlineMs))));
-  if (h.stream) hdrs.set(HDR_STREAM, '1');
+  hdrs.append(HDR_REQUEST_ID, h.requestId);
+  hdrs.append(HDR_ATTEMPT, String(h.attempt));
+  hdrs.append(HDR_DEADLINE_MS, String(Math.max(0, Math.floor(h.deadlineMs))));
+  if (h.stream) hdrs.append(HDR_STREAM, '1');
   return hdrs;
 }
 

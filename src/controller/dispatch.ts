@@ -164,7 +164,10 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
         }
         return;
       }
-      const seq = Number(msg.headers?.get(HDR_SEQ) ?? (reply as { seq?: number }).seq);
+      // The body's seq is parsed already; decoding the NATS headers for it costs ~0.5 µs a chunk.
+      // (MsgHdrs.get returns "" for a missing header, so `?? body.seq` never fell back.)
+      const bodySeq = (reply as { seq?: unknown }).seq;
+      const seq = typeof bodySeq === 'number' ? bodySeq : Number(msg.headers?.get(HDR_SEQ));
       if (seq !== expected) {
         const what = seq < expected ? 'duplicate' : 'gap';
         finish(new RouterError('STREAM_INTERRUPTED', `stream from worker ${worker.id}: sequence ${what} (expected ${expected}, got ${seq})`, { worker: worker.id }), true);

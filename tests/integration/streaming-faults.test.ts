@@ -169,6 +169,18 @@ describe('wire faults from a scripted worker', () => {
     expect(s.errors[0].message).toMatch(/sequence gap \(expected 1, got 2\)/);
   });
 
+  test('streaming - chunks numbered only in the body (no Mlx-Seq header) are read in order', async () => {
+    fake = startFakeWorker(cluster.nc, 'bodyseq', ['bodyseq-model'], (reply) => {
+      reply({ type: 'chunk', seq: 0, text: 'one' });
+      reply({ type: 'chunk', seq: 1, text: ' two' });
+      reply({ type: 'end', seq: 2, finish_reason: 'stop', usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } });
+    });
+    const s = await streamFrom('bodyseq-model');
+    expect(s.errors).toEqual([]);
+    expect(s.done).toBe(true);
+    expect(s.content).toBe('one two');
+  });
+
   test('streaming - a duplicate chunk ends the stream with an error event', async () => {
     fake = startFakeWorker(cluster.nc, 'dup', ['dup-model'], (reply) => {
       reply({ type: 'chunk', seq: 0, text: 'one' }, 0);

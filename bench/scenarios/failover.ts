@@ -1,0 +1,163 @@
+/**
+ * Scenario 4: what a failure of the chosen worker costs a request. Each case pairs a request that
+ * fails over (first to the bad worker, then to the good one) with a baseline request sent straight
+ * to the good worker (a sticky session), alternately, so both see the same machine. The bad worker
+ * is the first in the registry, so least-outstanding picks it first whenever it is a candidate.
+ * Breaker threshold and retry budget are raised: this measures one failover, not their limits.
+ */
+import { encode, makeSubjects, type Heartbeat } from '../../src/protocol';
+import { Lab, type ChildHandle } from '../lab';
+import type { Target } from '../load';
+import type { BenchRun } from '../measure';
+import { MODEL } from '../payload';
+import { progress } from '../progress';
+import { summarize } from '../stats';
+import { routerTarget, verify } from './targets';
+
+/** The attempt limit in the hang case (ms): small, so the case runs quickly. */
+const HANG_LIMIT_MS = 250;
+const MECHANISM_TARGET_MS = 5;
+
+const FAILOVER_CONFIG = {
+  'discovery.offlineAfterMs': 600_000,
+  'cluster.requestRouting.circuitBreaker.failureThreshold': 1_000_000,
+  'cluster.requestRouting.retry.budget.maxTokens': 1_000_000,
+  'cluster.requestRouting.attemptTimeoutMs': HANG_LIMIT_MS,
+  'cluster.requestRouting.firstChunkTimeoutMs': HANG_LIMIT_MS,
+};
+const NO_DELAY = { 'cluster.requestRouting.retry.retryDelayMs': 0 };
+
+interface Pairs {
+  failover: number[];
+  baseline: number[];
+  /** Failover requests that did not fail over (the bad worker was not a candidate at that moment). */
+  missed: number;
+}
+
+/** Alternates failover and baseline requests; `before` runs ahead of each failover request. */
+async function pairs(run: BenchRun, label: string, n: number, failover: Target, baseline: Target, good: string, before?: () => Promise<void>): Promise<Pairs> {
+  const out: Pairs = { failover: [], baseline: [], missed: 0 };
+  const bar = progress(label);
+  for (let i = 0; i < n; i++) {
+    if (i % 5 === 0) bar.update(i / n, `${out.failover.length} failovers`);
+    await before?.();
+    const a = await run.client.send(failover);
+    if (a.status !== 200) throw new Error(`${label}: failover request answered HTTP ${a.status}: ${a.body.slice(0, 300)}`);
+    if (a.headers['x-mlx-worker'] !== good) throw new Error(`${label}: answered by ${String(a.headers['x-mlx-worker'])}, expected ${good}`);
+    if (Number(a.headers['x-mlx-retries']) >= 1) out.failover.push(a.ms);
+    else out.missed++;
+    const b = await run.client.send(baseline);
+    if (b.status !== 200 || b.headers['x-mlx-retries'] !== '0' || b.headers['x-mlx-worker'] !== good) {
+      throw new Error(`${label}: baseline request went wrong: HTTP ${b.status}, worker ${String(b.headers['x-mlx-worker'])}, retries ${String(b.headers['x-mlx-retries'])}`);
+    }
+    out.baseline.push(b.ms);
+  }
+  const f = summarize(out.failover);
+  const base = summarize(out.baseline);
+  bar.done(`${out.failover.length} failovers: p50 ${f.p50.toFixed(2)} ms, p99 ${f.p99.toFixed(2)} ms · baseline p50 ${base.p50.toFixed(2)} ms, p99 ${base.p99.toFixed(2)} ms${out.missed ? ` · ${out.missed} did not fail over` : ''}`);
+  if (out.failover.length === 0) throw new Error(`${label}: no request failed over`);
+  return out;
+}
+
+function report(run: BenchRun, name: string, p: Pairs, target?: { text: string; maxExtraP99: number }, note?: string): void {
+  const f = summarize(p.failover);
+  const b = summarize(p.baseline);
+  const notes = [`${p.failover.length} failovers`, p.missed ? `${p.missed} requests did not fail over and are left out` : '', note ?? ''].filter(Boolean).join('; ');
+  run.add({ scenario: 4, name: `${name}: latency p50`, value: f.p50, unit: 'ms', baseline: { label: 'no failure', value: b.p50 } });
+  run.add({
+    scenario: 4,
+    name: `${name}: latency p99`,
+    value: f.p99,
+    unit: 'ms',
+    baseline: { label: 'no failure', value: b.p99 },
+    target: target?.text,
+    met: target ? f.p99 - b.p99 <= target.maxExtraP99 : undefined,
+    note: notes,
+  });
+}
+
+/** A router child started first, then the bad worker, then the good one (registry order). */
+async function setup(lab: Lab, routers: ChildHandle[], bad: () => Promise<void> | void): Promise<void> {
+  await bad();
+  for (const r of routers) await lab.waitOnline(r, 1);
+  lab.worker({ id: 'good' });
+  for (const r of routers) await lab.waitOnline(r, 2);
+}
+
+/** Sends the first request of a session: it fails over once and then sticks to the good worker. */
+async function stickySession(run: BenchRun, url: string, stream: boolean): Promise<Target> {
+  const target = routerTarget(url, stream, { 'x-session-id': `baseline-${stream ? 's' : 'b'}` });
+  const a = await run.client.send(target);
+  if (a.status !== 200 || a.headers['x-mlx-worker'] !== 'good') throw new Error(`session set-up: HTTP ${a.status} from ${String(a.headers['x-mlx-worker'])}: ${a.body.slice(0, 200)}`);
+  return target;
+}
+
+async function gone(run: BenchRun): Promise<void> {
+  const lab = await Lab.start();
+  try {
+    const router = await lab.child({ role: 'router', overrides: FAILOVER_CONFIG });
+    const subjects = makeSubjects();
+    // A ghost: it heartbeats but never subscribes, so every request to it gets "no responders".
+    const hb: Heartbeat = { type: 'heartbeat', version: 1, id: 'a-ghost', models: [MODEL], engine: 'synthetic', max_concurrent: 1024, in_flight: 0, state: 'ready', interval_ms: 1000 };
+    const haunt = async (): Promise<void> => {
+      lab.nc.publish(subjects.heartbeat, encode(hb));
+      await lab.nc.flush();
+    };
+    await setup(lab, [router], haunt);
+    await verify(run.client, routerTarget(router.url, false), 'router');
+    const baseline = await stickySession(run, router.url, false);
+    await haunt();
+    const p = await pairs(run, '4 · worker gone (no responders)', run.pick(300, 40), routerTarget(router.url, false), baseline, 'good', haunt);
+    run.raw.failoverGone = p;
+    report(run, 'worker gone (no responders)', p, { text: `≤ +${MECHANISM_TARGET_MS} ms`, maxExtraP99: MECHANISM_TARGET_MS }, 'retried at once, no backoff');
+  } finally {
+    await lab.stop();
+  }
+}
+
+async function failsFast(run: BenchRun): Promise<void> {
+  const lab = await Lab.start();
+  try {
+    const paced = await lab.child({ role: 'router', overrides: FAILOVER_CONFIG }, 'router (default backoff)');
+    const quick = await lab.child({ role: 'router', overrides: { ...FAILOVER_CONFIG, ...NO_DELAY } }, 'router (no backoff)');
+    await setup(lab, [paced, quick], () => void lab.worker({ id: 'a-failing', failRate: 1 }));
+    const base = { paced: await stickySession(run, paced.url, false), quick: await stickySession(run, quick.url, false) };
+    const p1 = await pairs(run, '4 · worker errors fast, default backoff', run.pick(60, 10), routerTarget(paced.url, false), base.paced, 'good');
+    const p2 = await pairs(run, '4 · worker errors fast, no backoff     ', run.pick(300, 40), routerTarget(quick.url, false), base.quick, 'good');
+    run.raw.failoverErrors = { defaultBackoff: p1, noBackoff: p2 };
+    report(run, 'worker errors fast, default backoff', p1, { text: '≤ +105 ms (backoff cap + 5)', maxExtraP99: 105 }, 'backoff before the retry is uniform in [0, 100 ms] (retryDelayMs, full jitter)');
+    report(run, 'worker errors fast, retryDelayMs 0', p2, { text: `≤ +${MECHANISM_TARGET_MS} ms`, maxExtraP99: MECHANISM_TARGET_MS }, 'the mechanism alone');
+  } finally {
+    await lab.stop();
+  }
+}
+
+async function hangs(run: BenchRun): Promise<void> {
+  const lab = await Lab.start();
+  try {
+    const router = await lab.child({ role: 'router', overrides: { ...FAILOVER_CONFIG, ...NO_DELAY } });
+    let hung: ReturnType<Lab['worker']> | undefined;
+    await setup(lab, [router], () => {
+      hung = lab.worker({ id: 'a-hung' });
+    });
+    // Stopped, not dead: its connection stays open, so requests are delivered and never answered.
+    hung?.process.kill('SIGSTOP');
+    const n = run.pick(12, 2);
+    const limit = `≤ +${HANG_LIMIT_MS + MECHANISM_TARGET_MS} ms (limit + ${MECHANISM_TARGET_MS})`;
+    for (const stream of [false, true]) {
+      const baseline = await stickySession(run, router.url, stream);
+      const p = await pairs(run, `4 · worker hangs (SIGSTOP), ${stream ? 'streamed' : 'buffered'}`, n, routerTarget(router.url, stream), baseline, 'good');
+      run.raw[`failoverHang${stream ? 'Streamed' : 'Buffered'}`] = p;
+      report(run, `worker hangs (SIGSTOP), ${stream ? 'streamed' : 'buffered'}`, p, { text: limit, maxExtraP99: HANG_LIMIT_MS + MECHANISM_TARGET_MS },
+        `${stream ? 'firstChunkTimeoutMs' : 'attemptTimeoutMs'} = ${HANG_LIMIT_MS} ms here (default 10000), retryDelayMs 0`);
+    }
+  } finally {
+    await lab.stop();
+  }
+}
+
+export async function failoverCost(run: BenchRun): Promise<void> {
+  await gone(run);
+  await failsFast(run);
+  await hangs(run);
+}
