@@ -27,6 +27,7 @@ export class SseSink implements StreamSink {
   private isCommitted = false;
   private closed = false;
   private text = '';
+  private corked = false;
   private readonly prefix: string;
   private readonly suffix = '},"finish_reason":null}]}\n\n';
 
@@ -52,6 +53,7 @@ export class SseSink implements StreamSink {
 
   write(text: string): boolean {
     if (this.done) return false;
+    this.batch();
     if (!this.isCommitted) this.commit();
     if (this.options.keepText) this.text += text;
     this.options.res.write(this.prefix + JSON.stringify(text) + this.suffix);
@@ -81,6 +83,22 @@ export class SseSink implements StreamSink {
     }
     this.closed = true;
   }
+
+  /**
+   * Chunks that arrive in one event-loop turn (one NATS read often carries several) leave in one
+   * socket write: cork now, uncork once this turn's work is done.
+   */
+  private batch(): void {
+    if (this.corked) return;
+    this.corked = true;
+    this.options.res.cork();
+    process.nextTick(this.uncork);
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.options.res.uncork();
+  };
 
   private commit(): void {
     this.isCommitted = true;
