@@ -11,6 +11,11 @@ export default tseslint.config(
     },
   },
   {
+    // CommonJS files run by Node itself (the Jest reporter, examples).
+    files: ['**/*.js'],
+    languageOptions: { sourceType: 'commonjs', globals: { module: 'writable', require: 'readonly', process: 'readonly', console: 'readonly' } },
+  },
+  {
     // Tests read JSON answers of arbitrary shape.
     files: ['tests/**/*.ts'],
     rules: { '@typescript-eslint/no-explicit-any': 'off' },

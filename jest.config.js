@@ -7,4 +7,5 @@ module.exports = {
   // Integration tests spawn real nats-server and worker processes; two cores do not like many at once.
   maxWorkers: 2,
   testTimeout: 30000,
+  reporters: ['default', '<rootDir>/tests/summary-reporter.js'],
 };

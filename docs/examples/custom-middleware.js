@@ -1,4 +1,3 @@
-/* global module */
 /**
  * A custom middleware for cluster.pipeline (docs/middleware.md, "Writing your own").
  *
