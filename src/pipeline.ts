@@ -98,7 +98,6 @@ export function assemblePipeline(config: RouterConfig, deps: RouterDeps, baseDir
   const attemptPart = boundary >= 0 ? built.slice(boundary + 1) : built;
   const attemptChain = compose<RouteContext>([...attemptPart, dispatch(deps)]);
   const requestChain = compose<RouteContext>(requestPart);
-  const runOnce = (ctx: RouteContext): Promise<void> => ctx.runAttempt();
   const waitMs = config.cluster.requestRouting.workerWaitTimeoutMs;
 
   return {
@@ -106,12 +105,11 @@ export function assemblePipeline(config: RouterConfig, deps: RouterDeps, baseDir
     run(ctx: RouteContext): Promise<void> {
       ctx.runAttempt = () => runAttempt(ctx, attemptChain, deps, waitMs);
       // With retry, it is the last of the request part and never calls next; without, run once.
-      return requestChain(ctx, boundary >= 0 ? undefined : () => runOnce(ctx));
+      return requestChain(ctx, boundary >= 0 ? undefined : () => ctx.runAttempt());
     },
   };
 }
 
-/** One attempt: fresh state, candidates from the registry, the attempt chain, one record. */
 /** Online candidates for this attempt (resumes need engines that continue a partial answer). */
 function candidatesFor(ctx: RouteContext, deps: RouterDeps) {
   const all = deps.registry.forModel(ctx.request.model);
@@ -134,6 +132,7 @@ async function waitForCandidates(ctx: RouteContext, deps: RouterDeps, signal: Ab
   return candidates;
 }
 
+/** One attempt: fresh state, candidates from the registry, the attempt chain, one record. */
 async function runAttempt(ctx: RouteContext, chain: (ctx: RouteContext) => Promise<void>, deps: RouterDeps, waitMs: number): Promise<void> {
   const started = deps.clock.now();
   const controller = new AbortController();
