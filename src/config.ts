@@ -76,6 +76,7 @@ export interface RouterConfig {
       modelsRefreshMs: number;
       probeIntervalMs: number;
       connectTimeoutMs: number;
+      continuation: 'off' | 'vllm' | 'prefill';
     };
   };
   discovery: { offlineAfterMs: number };
@@ -218,6 +219,11 @@ const schema = {
       modelsRefreshMs: { doc: 'OpenAI engine: how often the listed models are re-read from the engine, on a health probe (ms).', format: 'nat', default: 60000 },
       probeIntervalMs: { doc: 'OpenAI engine: period of the health probe, GET /models; while it fails the worker reports unhealthy (ms).', format: 'nat', default: 5000 },
       connectTimeoutMs: { doc: 'OpenAI engine: longest wait for the engine to answer a probe; slower counts as down (ms).', format: 'nat', default: 5000 },
+      continuation: {
+        doc: "OpenAI engine: stream resume, opt-in: 'vllm' (continue_final_message) or 'prefill' (a final assistant message); 'off' never takes resumes.",
+        format: ['off', 'vllm', 'prefill'],
+        default: 'off',
+      },
     },
   },
   discovery: {

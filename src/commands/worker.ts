@@ -22,6 +22,7 @@ async function startEngine(config: RouterConfig, log: Logger): Promise<Engine> {
       modelsRefreshMs: o.modelsRefreshMs,
       probeIntervalMs: o.probeIntervalMs,
       connectTimeoutMs: o.connectTimeoutMs,
+      continuation: o.continuation,
       log,
     });
     await engine.start();

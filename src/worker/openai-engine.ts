@@ -27,6 +27,14 @@ export interface OpenAIEngineOptions {
   probeIntervalMs?: number;
   /** A probe unanswered this long counts as a failure (ms, default 5000). */
   connectTimeoutMs?: number;
+  /**
+   * Stream resume (opt-in, default 'off'): how this engine continues a partial assistant message.
+   * 'vllm' sends it as the final assistant message with `continue_final_message: true` and
+   * `add_generation_prompt: false`; 'prefill' sends it as the final assistant message alone
+   * (engines that treat that as a prefill, e.g. llama-server). Only switch it on after checking
+   * on the real engine that the continuation neither repeats nor drops text at the seam.
+   */
+  continuation?: ContinuationMode;
   log?: Logger;
   clock?: Clock;
 }
@@ -41,6 +49,9 @@ export interface OpenAIEngine extends Engine {
   probe(): Promise<boolean>;
   close(): Promise<void>;
 }
+
+export type ContinuationMode = 'off' | 'vllm' | 'prefill';
+export const CONTINUATION_MODES: readonly ContinuationMode[] = ['off', 'vllm', 'prefill'];
 
 /** Largest single SSE event accepted from an engine (characters); beyond it the stream fails. */
 const MAX_EVENT_CHARS = 1024 * 1024;
@@ -69,6 +80,11 @@ function result(request: WireRequest, text: string, finish: unknown, usage: unkn
   // Our protocol knows stop and length; tool_calls and content_filter also end the answer normally.
   const finishReason = finish === 'length' ? 'length' : 'stop';
   const reported = readUsage(usage);
+  if (reported && request.continuation) {
+    // The engine counted only what it added; the answer also holds the text another worker sent.
+    const completion = reported.completion_tokens + estimateTokens(request.continuation);
+    return { finishReason, usage: { ...reported, completion_tokens: completion, total_tokens: reported.prompt_tokens + completion }, usageEstimated: true };
+  }
   if (reported) return { finishReason, usage: reported };
   const prompt = promptTokens(request);
   const completion = estimateTokens(text);
@@ -76,13 +92,20 @@ function result(request: WireRequest, text: string, finish: unknown, usage: unkn
 }
 
 /** The body sent to the engine: the protocol's fields only, usage always asked for on streams. */
-export function engineBody(request: WireRequest): Record<string, unknown> {
+export function engineBody(request: WireRequest, continuation: ContinuationMode = 'off'): Record<string, unknown> {
+  const messages = request.messages.map((m) => ({ role: m.role, content: m.content }));
+  const resuming = request.continuation !== undefined && continuation !== 'off';
+  if (resuming) messages.push({ role: 'assistant', content: request.continuation as string });
+  // max_tokens bounds the whole answer; the engine only sees what is left of it (estimated).
+  const maxTokens =
+    request.max_tokens !== undefined && resuming ? Math.max(1, request.max_tokens - estimateTokens(request.continuation as string)) : request.max_tokens;
   return {
     model: request.model,
-    messages: request.messages.map((m) => ({ role: m.role, content: m.content })),
+    messages,
     stream: request.stream,
+    ...(resuming && continuation === 'vllm' ? { continue_final_message: true, add_generation_prompt: false } : {}),
     ...(request.stream ? { stream_options: { include_usage: true } } : {}),
-    ...(request.max_tokens !== undefined ? { max_tokens: request.max_tokens } : {}),
+    ...(maxTokens !== undefined ? { max_tokens: maxTokens } : {}),
     ...(request.temperature !== undefined ? { temperature: request.temperature } : {}),
     ...(request.stop !== undefined && request.stop.length > 0 ? { stop: request.stop } : {}),
   };
@@ -199,6 +222,7 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
   const probeTimeoutMs = options.connectTimeoutMs ?? 5_000;
   const clock = options.clock ?? systemClock;
   const log = options.log;
+  const continuation = options.continuation ?? 'off';
   const lifetime = new AbortController();
   let models: readonly string[] = configured ?? [];
   let modelsAt = Number.NEGATIVE_INFINITY;
@@ -264,6 +288,7 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
 
   return {
     name: 'openai',
+    supportsContinuation: continuation !== 'off',
     url: base,
     models: () => models,
     healthy: () => healthy,
@@ -286,8 +311,10 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
     },
 
     async generate(request, onText, signal): Promise<EngineResult> {
-      // Stream resume is not advertised (supportsContinuation unset), so this is a protocol mistake.
-      if (request.continuation !== undefined) throw new EngineError('WORKER_ERROR', 'the openai engine cannot continue a partial answer');
+      // Without a continuation mode, resume is not advertised, so this is a protocol mistake.
+      if (request.continuation !== undefined && continuation === 'off') {
+        throw new EngineError('WORKER_ERROR', 'this engine is not configured to continue a partial answer (worker.openai.continuation)');
+      }
       signal.throwIfAborted();
       let res: Response;
       try {
@@ -295,7 +322,7 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
         res = await fetch(`${base}/chat/completions`, {
           method: 'POST',
           headers: headers(request.stream ? 'text/event-stream' : 'application/json'),
-          body: JSON.stringify(engineBody(request)),
+          body: JSON.stringify(engineBody(request, continuation)),
           signal,
         });
       } catch (err) {

@@ -82,6 +82,19 @@ export function fakeAnswer(maxTokens?: number): { pieces: string[]; text: string
   return { pieces, text: pieces.join(''), finish: n < FAKE_WORDS.length ? 'length' : 'stop' };
 }
 
+/**
+ * Continues a partial answer as vLLM does with `continue_final_message`: the words after
+ * `prefix` (which must be a prefix of the answer), `maxTokens` of them at most.
+ */
+export function fakeContinuation(prefix: string, maxTokens?: number): { pieces: string[]; text: string; finish: 'stop' | 'length' } {
+  let k = 0;
+  while (k < FAKE_WORDS.length && FAKE_WORDS.slice(0, k).join('') !== prefix) k++;
+  if (FAKE_WORDS.slice(0, k).join('') !== prefix) k = 0;
+  const end = maxTokens === undefined ? FAKE_WORDS.length : Math.min(FAKE_WORDS.length, k + maxTokens);
+  const pieces = FAKE_WORDS.slice(k, end);
+  return { pieces, text: pieces.join(''), finish: end < FAKE_WORDS.length ? 'length' : 'stop' };
+}
+
 const DEFAULTS: FakeBehaviour = {
   mode: 'normal',
   models: ['fake-model'],
@@ -161,7 +174,13 @@ export async function startFakeEngine(initial: Partial<FakeBehaviour> = {}): Pro
         break;
     }
     const model = String(body?.model ?? '');
-    const answer = fakeAnswer(typeof body?.max_tokens === 'number' ? body.max_tokens : undefined);
+    const maxTokens = typeof body?.max_tokens === 'number' ? body.max_tokens : undefined;
+    const messages: Array<{ role?: unknown; content?: unknown }> = Array.isArray(body?.messages) ? body.messages : [];
+    const last = messages[messages.length - 1];
+    const answer =
+      body?.continue_final_message === true && last?.role === 'assistant'
+        ? fakeContinuation(String(last.content ?? ''), maxTokens)
+        : fakeAnswer(maxTokens);
     const withUsage = behaviour.mode !== 'no-usage';
     if (behaviour.mode === 'slow-first-token') await sleep(behaviour.firstTokenDelayMs, gone);
     if (gone.aborted) return;

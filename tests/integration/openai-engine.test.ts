@@ -21,7 +21,7 @@ beforeAll(async () => {
       config: {
         // Round robin makes "which worker first" deterministic for the retry-elsewhere case.
         'cluster.requestRouting.strategy': 'round-robin',
-        // No openai worker can continue a partial answer; resume would only wait for one to appear.
+        // These openai workers cannot continue a partial answer (continuation off): no resume.
         'cluster.streaming.resume': false,
       },
     }),

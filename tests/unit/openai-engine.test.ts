@@ -4,7 +4,7 @@
  * cancellation closing the HTTP request, model listing and the health probe.
  */
 import { EngineError } from '../../src/worker/engine';
-import { openaiEngine, type OpenAIEngine, type OpenAIEngineOptions } from '../../src/worker/openai-engine';
+import { engineBody, openaiEngine, type OpenAIEngine, type OpenAIEngineOptions } from '../../src/worker/openai-engine';
 import { parseRetryAfter } from '../../src/worker/openai-errors';
 import { promptTokens } from '../../src/worker/synthetic';
 import { estimateTokens, type WireRequest } from '../../src/protocol';
@@ -112,9 +112,9 @@ describe('generation', () => {
     }
   });
 
-  test('openai engine - a continuation is refused, since the engine does not advertise resume', async () => {
+  test('openai engine - with continuation off a resume request is refused, and resume is not advertised', async () => {
     const e = engine();
-    expect(e.supportsContinuation).toBeUndefined();
+    expect(e.supportsContinuation).toBe(false);
     const { error } = await run(e, request({ stream: true, continuation: 'The fake' }));
     expect(engineError(error).code).toBe('WORKER_ERROR');
     expect(fake.chatRequests()).toHaveLength(0);
@@ -315,5 +315,30 @@ describe('parseRetryAfter', () => {
     expect(parseRetryAfter('soon', now)).toBeUndefined();
     expect(parseRetryAfter('-5', now)).toBeUndefined();
     expect(parseRetryAfter(null, now)).toBeUndefined();
+  });
+});
+
+describe('engineBody and stream resume', () => {
+  const request: WireRequest = { model: 'm', messages: [{ role: 'user', content: 'hi' }], stream: true, max_tokens: 20, continuation: 'The fake engine' };
+
+  test('openai engine - continuation off sends no partial answer', () => {
+    const body = engineBody({ ...request, continuation: undefined });
+    expect(body.messages).toEqual([{ role: 'user', content: 'hi' }]);
+    expect(body.continue_final_message).toBeUndefined();
+    expect(body.max_tokens).toBe(20);
+  });
+
+  test("openai engine - 'vllm' sends the delivered text as the final assistant message with continue_final_message", () => {
+    const body = engineBody(request, 'vllm');
+    expect(body.messages).toEqual([{ role: 'user', content: 'hi' }, { role: 'assistant', content: 'The fake engine' }]);
+    expect(body).toMatchObject({ continue_final_message: true, add_generation_prompt: false });
+    // max_tokens bounds the whole answer: what is left of it goes to the engine.
+    expect(body.max_tokens).toBe(20 - estimateTokens('The fake engine'));
+  });
+
+  test("openai engine - 'prefill' sends the final assistant message alone", () => {
+    const body = engineBody(request, 'prefill');
+    expect((body.messages as unknown[]).at(-1)).toEqual({ role: 'assistant', content: 'The fake engine' });
+    expect(body.continue_final_message).toBeUndefined();
   });
 });
