@@ -76,6 +76,15 @@ export function numberFlag(flags: Flags, name: string, opts: { min?: number; max
   return n;
 }
 
+/** A one-line message for failures a user causes and can fix; undefined for real bugs. */
+function runtimeMessage(e: Error & { code?: string; address?: string; port?: number }): string | undefined {
+  if (e.code === 'EADDRINUSE') return `port ${e.port} on ${e.address} is already in use: pick another with --port`;
+  if (e.code === 'EACCES' && e.port !== undefined) return `no permission to listen on port ${e.port}: pick one above 1023 with --port`;
+  // nats.js connection failures (no server, refused, bad auth) carry their cause in the message.
+  if (e.name === 'ConnectionError' || e.name === 'AuthorizationError' || e.code === 'ECONNREFUSED') return `cannot connect to NATS: ${e.message}`;
+  return undefined;
+}
+
 export async function main(argv: string[]): Promise<number> {
   // `mlx-router config | head` closes the pipe early: that is not an error.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
@@ -111,7 +120,8 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`mlx-router ${command}: ${e.message}\n`);
       return 2;
     }
-    process.stderr.write(`mlx-router ${command}: ${e.stack ?? e.message}\n`);
+    const known = runtimeMessage(e);
+    process.stderr.write(`mlx-router ${command}: ${known ?? e.stack ?? e.message}\n`);
     return 1;
   }
 }

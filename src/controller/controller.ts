@@ -46,7 +46,8 @@ export class Controller {
     const nc = options.nc ?? (await connectNats(config.nats, 'mlx-router-controller'));
     const ownsConnection = !options.nc;
     const subjects = makeSubjects(config.nats.subjectPrefix);
-    const registry = new WorkerRegistry({ clock, offlineAfterMs: config.discovery.offlineAfterMs, log });
+    // Worker ids churn (hostname-pid by default): forgetting one must drop its breaker too.
+    const registry = new WorkerRegistry({ clock, offlineAfterMs: config.discovery.offlineAfterMs, log, onForget: (id) => breakers.forget(id) });
     const cb = config.cluster.requestRouting.circuitBreaker;
     const breakers = new BreakerBook({
       ...cb,

@@ -43,6 +43,8 @@ export interface RegistryOptions {
   log: Logger;
   /** Peak-EWMA decay time constant (ms, default 10000). */
   latencyDecayMs?: number;
+  /** Called when a long-silent worker is forgotten, so per-worker state elsewhere goes too. */
+  onForget?: (id: string) => void;
 }
 
 export class WorkerRegistry {
@@ -51,6 +53,7 @@ export class WorkerRegistry {
   private readonly offlineAfterMs: number;
   private readonly log: Logger;
   private readonly decayMs: number;
+  private readonly onForget?: (id: string) => void;
   private readonly wasOnline = new Map<string, boolean>();
   private readonly watchers = new Map<string, Set<OfflineWatcher>>();
   private readonly capacityWaiters = new Set<() => void>();
@@ -60,6 +63,7 @@ export class WorkerRegistry {
     this.offlineAfterMs = options.offlineAfterMs;
     this.log = options.log;
     this.decayMs = options.latencyDecayMs ?? 10_000;
+    this.onForget = options.onForget;
   }
 
   onHeartbeat(hb: Heartbeat): void {
@@ -248,6 +252,7 @@ export class WorkerRegistry {
       if (now - w.lastSeen > this.offlineAfterMs * 10 && w.outstanding === 0) {
         this.workers.delete(id);
         this.wasOnline.delete(id);
+        this.onForget?.(id);
       }
     }
   }

@@ -79,3 +79,9 @@ test('up - a bad flag exits 2 naming it', async () => {
   expect(r.status).toBe(2);
   expect(r.stderr).toMatch(/--workers/);
 });
+
+test('controller - an unreachable NATS is one clear line and exit 1, not a stack trace', () => {
+  const r = spawnSync(process.execPath, [CLI, 'controller', '--nats', 'nats://127.0.0.1:1', '--port', '0'], { encoding: 'utf8' });
+  expect(r.status).toBe(1);
+  expect(r.stderr.trim()).toBe('mlx-router controller: cannot connect to NATS: connection refused');
+});

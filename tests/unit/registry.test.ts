@@ -199,3 +199,30 @@ test('registry - sweep forgets workers silent for ten times the offline limit, w
   expect(registry.get('busy')).toBeDefined();
   expect(registry.knowsModel(M1)).toBe(true);
 });
+
+test('registry - forgetting a worker tells its owner, so per-worker state (breakers) goes too', async () => {
+  const clock = new FakeClock();
+  const forgotten: string[] = [];
+  const registry = new WorkerRegistry({ clock, offlineAfterMs: 1000, log: silentLogger(), onForget: (id) => forgotten.push(id) });
+  registry.onHeartbeat(hb('old'));
+  await clock.advance(5000);
+  registry.sweep();
+  expect(forgotten).toEqual([]);
+  await clock.advance(5001);
+  registry.sweep();
+  expect(forgotten).toEqual(['old']);
+});
+
+test('registry - a worker that goes offline ends the attempts watching it; a NATS loss ends them all', () => {
+  const { registry } = setup(1000);
+  registry.onHeartbeat(hb('w1'));
+  registry.onHeartbeat(hb('w2'));
+  const seen: string[] = [];
+  const stop1 = registry.watch(registry.get('w1')!, (reason, source) => seen.push(`w1 ${source} ${reason}`));
+  registry.watch(registry.get('w2')!, (_reason, source) => seen.push(`w2 ${source}`));
+  registry.onBye('w1');
+  expect(seen).toEqual(['w1 worker bye']);
+  stop1();
+  registry.interruptAll('NATS connection lost');
+  expect(seen).toEqual(['w1 worker bye', 'w2 transport']);
+});
