@@ -39,8 +39,10 @@ export function health(options: HealthOptions, deps: HealthDeps): Middleware {
       if (options.breakerEnabled) deps.breakers.success(id, ticket);
     } catch (e) {
       const err = toRouterError(e);
-      // Never delivered (no responders, draining): it is not there for anyone, so say so now.
-      if (err.outcome === 'not_delivered') deps.registry.markOffline(id, `not delivered: ${err.message}`);
+      // No responders: nobody listens on its subject any more, so it is offline for everyone now.
+      // A refusal the worker sent itself (draining, engine down) is not that: it is alive and
+      // finishing other work, and its heartbeat already takes it out of selection.
+      if (err.outcome === 'not_delivered' && !err.fromWorker) deps.registry.markOffline(id, `not delivered: ${err.message}`);
       if (options.breakerEnabled) {
         if (countsAgainstWorker(err.outcome)) {
           if (deps.breakers.failure(id, ticket)) {

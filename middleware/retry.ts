@@ -53,7 +53,14 @@ export function finalError(ctx: RouteContext, last: RouterError): RouterError {
     // A resume attempt failed before its own first chunk: to the client the stream still broke.
     return new RouterError('STREAM_INTERRUPTED', `stream broke and could not be resumed: ${last.message}`, { outcome: 'committed', attempts, cause: last });
   }
-  if (attempts.length <= 1 || last.outcome === 'no_capacity' || last.outcome === 'caller' || last.outcome === 'committed' || last.outcome === 'cancelled') {
+  if (
+    attempts.length <= 1 ||
+    last.code === 'REQUEST_TIMEOUT' ||
+    last.outcome === 'no_capacity' ||
+    last.outcome === 'caller' ||
+    last.outcome === 'committed' ||
+    last.outcome === 'cancelled'
+  ) {
     last.attempts = attempts;
     return last;
   }
@@ -73,6 +80,8 @@ function canResume(ctx: RouteContext, err: RouterError, options: RetryOptions, d
   if (!options.enabled || !options.resume || ctx.signal.aborted) return false;
   if (err.outcome === 'cancelled' || err.outcome === 'caller' || err.code === 'REQUEST_TIMEOUT') return false;
   if (ctx.metrics.resumes >= (options.maxResumes ?? 0) || ctx.deadline - ctx.clock.now() < options.minAttemptMs) return false;
+  // A resume is a retry too: the budget keeps resumes from multiplying load in an outage.
+  if (!deps.budget.canRetry()) return false;
   // No known engine can continue a partial answer: say so now rather than wait for one.
   return !deps.registry || deps.registry.knowsContinuation(ctx.request.model);
 }
@@ -131,7 +140,14 @@ export function retry(options: RetryOptions, deps: RetryDeps): Middleware {
       if (ctx.deadline - ctx.clock.now() - delay < options.minAttemptMs) throw finalError(ctx, err);
       ctx.log.debug({ attempt: ctx.attempts.length, code: err.code, worker: err.worker, delayMs: Math.round(delay) }, 'retrying');
       deps.metrics?.retries.inc();
-      if (delay > 0) await deps.clock.sleep(delay, ctx.signal);
+      if (delay > 0) {
+        try {
+          await deps.clock.sleep(delay, ctx.signal);
+        } catch (e) {
+          // The deadline passed, or the client left, during the backoff: still one honest answer.
+          throw finalError(ctx, toRouterError(e));
+        }
+      }
     }
   };
 }

@@ -7,6 +7,7 @@ import convict from 'convict';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
+import { isErrorCode } from './errors';
 
 convict.addParser({ extension: ['yml', 'yaml'], parse: parseYaml });
 convict.addParser({ extension: 'json', parse: JSON.parse });
@@ -199,7 +200,11 @@ const schema = {
   controller: {
     host: { doc: 'HTTP listen address.', format: String, default: '127.0.0.1' },
     port: { doc: 'HTTP port (0: any free port).', format: 'port', default: 8080 },
-    bodyLimitBytes: { doc: 'Largest request body accepted (bytes); larger gets 413.', format: 'nat', default: 1048576 },
+    bodyLimitBytes: {
+      doc: "Largest request body accepted (bytes); larger gets 413. Every request must fit one NATS message: keep it 8 KiB below the server's max_payload (1 MiB by default).",
+      format: 'nat',
+      default: 1040384,
+    },
   },
   worker: {
     id: { doc: 'Worker id, one subject token ([A-Za-z0-9_-]); empty: hostname and pid.', format: String, default: '' },
@@ -316,6 +321,12 @@ function checkSemantics(cfg: RouterConfig): void {
     fail('cluster.requestRouting.retry.maxRetryDelayMs', 'must be >= cluster.requestRouting.retry.retryDelayMs');
   }
   if (rr.timeoutMs < 1) fail('cluster.requestRouting.timeoutMs', 'must be at least 1');
+  for (const key of ['attemptTimeoutMs', 'firstChunkTimeoutMs', 'idleTimeoutMs'] as const) {
+    if (rr[key] < 1) fail(`cluster.requestRouting.${key}`, 'must be at least 1 (every attempt would time out at once)');
+  }
+  const unknownCode = rr.retry.retryOnErrors.find((c) => !isErrorCode(c));
+  if (unknownCode !== undefined) fail('cluster.requestRouting.retry.retryOnErrors', `unknown error code '${unknownCode}' (see docs/errors.md)`);
+  if (cfg.cluster.streaming.maxBufferedBytes < 1024) fail('cluster.streaming.maxBufferedBytes', 'must be at least 1024 (smaller cancels streams at their first chunk)');
   if (rr.streamingTimeoutMs < 1) fail('cluster.requestRouting.streamingTimeoutMs', 'must be at least 1');
   if (cfg.cluster.pipeline.length === 0) fail('cluster.pipeline', 'must name at least one middleware');
   if (cfg.nats.servers.length === 0) fail('nats.servers', 'must list at least one server');

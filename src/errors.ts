@@ -72,6 +72,8 @@ export interface RouterErrorOptions {
   /** When the client should come back; becomes a `Retry-After` header (whole seconds, rounded up). */
   retryAfterMs?: number;
   worker?: string;
+  /** The worker itself said so (a wire error reply), as opposed to the router or NATS. */
+  fromWorker?: boolean;
   attempts?: AttemptRecord[];
   cause?: unknown;
 }
@@ -87,6 +89,7 @@ export class RouterError extends Error {
   readonly param: string | null;
   readonly retryAfterMs?: number;
   readonly worker?: string;
+  readonly fromWorker: boolean;
   attempts?: AttemptRecord[];
 
   constructor(code: ErrorCode, message: string, options: RouterErrorOptions = {}) {
@@ -100,6 +103,7 @@ export class RouterError extends Error {
     this.param = options.param ?? null;
     this.retryAfterMs = options.retryAfterMs;
     this.worker = options.worker;
+    this.fromWorker = options.fromWorker ?? false;
     this.attempts = options.attempts;
   }
 

@@ -129,6 +129,11 @@ export interface Bye {
 export interface CancelMessage {
   request_id: string;
   attempt: number;
+  /**
+   * The reply subject of the attempt to cancel: unique per attempt, where request ids come from
+   * clients and may repeat. Workers match it first, then request_id + attempt.
+   */
+  reply?: string;
 }
 
 const encoder = new TextEncoder();

@@ -87,13 +87,15 @@ async def main():
             return await fail("MODEL_NOT_FOUND", "caller", f"worker {WORKER_ID} does not serve {req.get('model')}")
         if len(in_flight) >= MAX_CONCURRENT:
             return await fail("WORKER_OVERLOADED", "rejected", "at capacity", retry_after_ms=100)
-        key = f"{h.get('Mlx-Request-Id', 'unknown')}:{h.get('Mlx-Attempt', '1')}"
+        key = msg.reply  # unique per attempt; request ids come from clients and may repeat
+        if key in in_flight:
+            return await fail("REQUEST_VALIDATION_FAILED", "caller", "reply subject already in flight")
         deadline_s = None if deadline_ms == float("inf") else deadline_ms / 1000
         in_flight[key] = asyncio.create_task(serve(msg.reply, req, deadline_s, key))
 
     async def on_cancel(msg):
         c = json.loads(msg.data)
-        task = in_flight.get(f"{c['request_id']}:{c['attempt']}")
+        task = in_flight.get(c.get("reply", ""))
         if task:
             task.cancel()
 

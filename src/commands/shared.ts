@@ -9,7 +9,7 @@ export function configFromFlags(flags: Flags, overrides: Record<string, unknown>
   return { config: loadConfig({ file, overrides: all }), file };
 }
 
-/** Resolves with the first SIGINT or SIGTERM, removing its listeners. */
+/** Resolves with the first SIGINT, SIGTERM or SIGHUP (a closed terminal), removing its listeners. */
 export function waitForSignal(): { promise: Promise<NodeJS.Signals>; cancel: () => void } {
   let cancel = (): void => undefined;
   const promise = new Promise<NodeJS.Signals>((resolve) => {
@@ -19,11 +19,14 @@ export function waitForSignal(): { promise: Promise<NodeJS.Signals>; cancel: () 
     };
     const onInt = (): void => on('SIGINT');
     const onTerm = (): void => on('SIGTERM');
+    const onHup = (): void => on('SIGHUP');
     process.on('SIGINT', onInt);
     process.on('SIGTERM', onTerm);
+    process.on('SIGHUP', onHup);
     cancel = () => {
       process.off('SIGINT', onInt);
       process.off('SIGTERM', onTerm);
+      process.off('SIGHUP', onHup);
     };
   });
   return { promise, cancel };

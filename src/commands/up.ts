@@ -96,8 +96,19 @@ export async function runUp(flags: Flags): Promise<number> {
         `Ctrl-C stops everything.\n\n`,
     );
     const sig = await signal.promise;
-    log.info({ signal: sig }, 'stopping the cluster');
-    await shutdown();
+    log.info({ signal: sig }, 'stopping the cluster (again to force)');
+    // A second signal during the drain (an impatient Ctrl-C) must still leave nothing behind.
+    const force = waitForSignal();
+    void force.promise.then(() => {
+      log.warn('forced stop');
+      onExit();
+      process.exit(130);
+    });
+    try {
+      await shutdown();
+    } finally {
+      force.cancel();
+    }
     return 0;
   } catch (err) {
     signal.cancel();

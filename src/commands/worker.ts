@@ -75,7 +75,15 @@ export async function runWorker(flags: Flags): Promise<number> {
     heartbeatIntervalMs: config.worker.heartbeatIntervalMs,
     subjectPrefix: config.nats.subjectPrefix,
   });
-  await worker.start();
+  try {
+    await worker.start();
+  } catch (err) {
+    // Nothing may keep the process alive after a failed start: it must exit non-zero.
+    signal.cancel();
+    await engine.close?.();
+    await nc.close();
+    throw err;
+  }
   const ended = await Promise.race([signal.promise, nc.closed().then(() => 'nats-closed' as const)]);
   signal.cancel();
   if (ended === 'nats-closed') {

@@ -78,6 +78,7 @@ export function fromWireError(reply: WireError, worker: string): RouterError {
     // A peer's class is trusted only when it is a real failure class; else the code's own class.
     outcome: knownFailureClass(reply.outcome),
     worker,
+    fromWorker: true,
     retryAfterMs: typeof reply.retry_after_ms === 'number' ? reply.retry_after_ms : undefined,
   });
 }
@@ -133,7 +134,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       unwatch();
       signal.removeEventListener('abort', onAbort);
       if (cancelWorker && !deps.nc.isClosed()) {
-        deps.nc.publish(deps.subjects.cancel(worker.id), encode({ request_id: ctx.requestId, attempt: ctx.attempt.number }));
+        deps.nc.publish(deps.subjects.cancel(worker.id), encode({ request_id: ctx.requestId, attempt: ctx.attempt.number, reply: reg.subject }));
       }
       if (err) reject(ctx.sink?.committed && ctx.attempt.chunks > 0 ? committed(err, worker.id) : err);
       else resolve();
@@ -210,7 +211,13 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
         headers: requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream }),
       });
     } catch (err) {
-      finish(new RouterError('WORKER_UNAVAILABLE', `cannot publish to worker ${worker.id}: ${(err as Error).message}`, { worker: worker.id, cause: err }));
+      // A local failure says nothing about the worker: never "worker gone".
+      const message = (err as Error).message;
+      finish(
+        /max_payload/.test(message)
+          ? new RouterError('REQUEST_TOO_LARGE', `the request is larger than the NATS server's max_payload: ${message}`, { param: 'messages', cause: err })
+          : new RouterError('NATS_DISCONNECTED', `cannot publish to worker ${worker.id}: ${message}`, { worker: worker.id, cause: err }),
+      );
     }
   });
 }

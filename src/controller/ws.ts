@@ -80,6 +80,8 @@ export function registerWebSocket(app: FastifyInstance, env: ChatEnv): void {
       socket.on('close', () => {
         for (const cb of goneCallbacks) cb();
       });
+      // A broken socket emits 'error' then 'close': without a listener the error would throw.
+      socket.on('error', (err) => req.log.debug({ err }, 'websocket error'));
       socket.on('message', (data, isBinary) => {
         if (busy) {
           sendError(socket, new RouterError('REQUEST_VALIDATION_FAILED', 'one request at a time per socket: wait for done or error'));

@@ -52,6 +52,8 @@ const estimated = (r: EngineResult): { usage_estimated?: true } => (r.usageEstim
 interface InFlight {
   controller: AbortController;
   done: Promise<void>;
+  requestId: string;
+  attempt: number;
 }
 
 export class Worker {
@@ -148,8 +150,7 @@ export class Worker {
   private onCancel(msg: Msg): void {
     const cancel = decode<CancelMessage>(msg.data);
     if (!cancel || typeof cancel.request_id !== 'string') return;
-    const key = `${cancel.request_id}:${cancel.attempt}`;
-    const flight = this.inFlight.get(key);
+    const flight = typeof cancel.reply === 'string' ? this.inFlight.get(cancel.reply) : this.findFlight(cancel.request_id, cancel.attempt);
     if (flight) {
       this.log.debug({ requestId: cancel.request_id, attempt: cancel.attempt }, 'cancelled by controller');
       flight.controller.abort(new Error('cancelled'));
@@ -192,11 +193,16 @@ export class Worker {
       fail('MODEL_NOT_FOUND', `worker ${this.id} does not serve model ${parsed.model}`);
       return;
     }
+    if (this.inFlight.has(reply)) {
+      fail('REQUEST_VALIDATION_FAILED', `reply subject ${reply} is already in use by a request in flight`);
+      return;
+    }
     if (this.inFlight.size >= this.maxConcurrent) {
       fail('WORKER_OVERLOADED', `worker ${this.id} is at its limit of ${this.maxConcurrent} requests`, { retry_after_ms: 100 });
       return;
     }
-    const key = `${meta.requestId}:${meta.attempt}`;
+    // Keyed by the reply subject: unique per attempt, where request ids come from clients.
+    const key = reply;
     const controller = new AbortController();
     const deadline = Number.isFinite(meta.deadlineMs)
       ? setTimeout(() => controller.abort(new Error('deadline passed')), meta.deadlineMs)
@@ -205,7 +211,13 @@ export class Worker {
       if (deadline) clearTimeout(deadline);
       this.inFlight.delete(key);
     });
-    this.inFlight.set(key, { controller, done });
+    this.inFlight.set(key, { controller, done, requestId: meta.requestId, attempt: meta.attempt });
+  }
+
+  /** A cancel without a reply subject (older controllers): by request id and attempt. */
+  private findFlight(requestId: string, attempt: number): InFlight | undefined {
+    for (const f of this.inFlight.values()) if (f.requestId === requestId && f.attempt === attempt) return f;
+    return undefined;
   }
 
   private async serve(

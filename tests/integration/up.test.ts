@@ -60,6 +60,43 @@ test('up - starts nats-server, workers and the controller, answers, and Ctrl-C l
   }
 }, 40_000);
 
+test('up - a second Ctrl-C during a long drain forces the stop, still leaving nothing behind', async () => {
+  const up = spawn(process.execPath, [CLI, 'up', '--nats', 'nats://127.0.0.1:1', '--port', '0', '--workers', '1'], {
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn' },
+  });
+  let out = '';
+  up.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  up.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((resolve) => up.once('exit', (code) => resolve(code)));
+  const abort = new AbortController();
+  try {
+    const url = await waitFor(() => /mlx-router is up: (http:\/\/[0-9.:]+)/.exec(out)?.[1], 'the "is up" line', 20_000);
+    await waitFor(async () => (await fetch(`${url}/ready`)).status === 200, 'ready', 10_000);
+    const children = childrenOf(up.pid!);
+    // A stream of 2,000 tokens at 5 ms each keeps the drain busy for about 10 s.
+    const res = await fetch(`${url}/v1/chat/completions`, {
+      method: 'POST',
+      body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'long' }], max_tokens: 2000, stream: true }),
+      signal: abort.signal,
+    });
+    expect(res.status).toBe(200);
+    // Keep reading, so the stream stays open and the drain has to wait for it.
+    const reading = res.text().catch(() => 'cut');
+    process.kill(-up.pid!, 'SIGINT');
+    await new Promise((r) => setTimeout(r, 200));
+    process.kill(-up.pid!, 'SIGINT');
+    expect(await exited).toBe(130);
+    await waitFor(() => children.every((p) => !alive(p)), 'every child gone', 5000);
+    await reading;
+  } finally {
+    abort.abort();
+    if (up.exitCode === null) process.kill(-up.pid!, 'SIGKILL');
+    await exited;
+  }
+}, 40_000);
+
 test('up - with no NATS reachable and no nats-server binary it says how to install one and exits 1', async () => {
   // A PATH holding only node: no nats-server to start.
   const child = spawn(process.execPath, [CLI, 'up', '--nats', 'nats://127.0.0.1:1', '--port', '0'], {

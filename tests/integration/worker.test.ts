@@ -37,8 +37,8 @@ async function worker(id: string, extra: Partial<WorkerOptions> = {}): Promise<W
 }
 
 /** Sends one request and collects replies until `end`, `result` or `error` (or `ms` passes). */
-async function ask(id: string, body: Record<string, unknown>, opts: { deadlineMs?: number; attempt?: number; ms?: number; requestId?: string } = {}) {
-  const inbox = createInbox();
+async function ask(id: string, body: Record<string, unknown>, opts: { deadlineMs?: number; attempt?: number; ms?: number; requestId?: string; inbox?: string } = {}) {
+  const inbox = opts.inbox ?? createInbox();
   const replies: WireReply[] = [];
   const sub = nc.subscribe(inbox);
   const done = (async () => {
@@ -113,6 +113,18 @@ test('worker - a cancel stops generation and frees the slot; expired deadlines a
   expect(dropped).toEqual([]);
   const [ok] = await ask('cxl', { max_tokens: 2 });
   expect(ok.type).toBe('result');
+});
+
+test('worker - two attempts with the same client request id are told apart by reply subject: a cancel stops only its own', async () => {
+  await worker('twins', { tokenMs: 20 });
+  const [inboxA, inboxB] = [createInbox(), createInbox()];
+  const a = ask('twins', { max_tokens: 30, stream: true }, { requestId: 'same', inbox: inboxA, ms: 3000 });
+  const b = ask('twins', { max_tokens: 30, stream: true }, { requestId: 'same', inbox: inboxB, ms: 3000 });
+  await waitFor(() => heartbeats.some((h) => h.id === 'twins' && h.in_flight === 2), 'both in flight');
+  nc.publish(subjects.cancel('twins'), encode({ request_id: 'same', attempt: 1, reply: inboxA }));
+  const [ra, rb] = await Promise.all([a, b]);
+  expect(ra.at(-1)?.type).toBe('chunk'); // cut off: no end
+  expect(rb.at(-1)).toMatchObject({ type: 'end', finish_reason: 'length' });
 });
 
 test('worker - a bad request is a caller error, an unknown model MODEL_NOT_FOUND', async () => {

@@ -123,6 +123,10 @@ test.each<[string, string]>([
   ['cluster.pipeline', 'cluster:\n  pipeline: []\n'],
   ['discovery.offlineAfterMs', 'worker:\n  heartbeatIntervalMs: 5000\ndiscovery:\n  offlineAfterMs: 4000\n'],
   ['worker.synthetic.failRate', 'worker:\n  synthetic:\n    failRate: 1.5\n'],
+  ['cluster.requestRouting.attemptTimeoutMs', 'cluster:\n  requestRouting:\n    attemptTimeoutMs: 0\n'],
+  ['cluster.requestRouting.idleTimeoutMs', 'cluster:\n  requestRouting:\n    idleTimeoutMs: 0\n'],
+  ['cluster.requestRouting.retry.retryOnErrors', 'cluster:\n  requestRouting:\n    retry:\n      retryOnErrors: [WORKER_TIMOUT]\n'],
+  ['cluster.streaming.maxBufferedBytes', 'cluster:\n  streaming:\n    maxBufferedBytes: 10\n'],
 ])('config - %s out of range is a ConfigError naming that key', (key, text) => {
   const err = configError(() => loadConfig({ file: yamlFile(text), env: {} }));
   expect(err.message).toContain(key);

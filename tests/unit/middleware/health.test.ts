@@ -183,3 +183,15 @@ test('health - without a selected worker it only passes through', async () => {
   ).rejects.toBe(err);
   expect(s.breakers.snapshot()).toEqual([]);
 });
+
+test("health - a refusal the worker sent itself (draining) does not mark it offline: it is alive and finishing other work", async () => {
+  const s = setup();
+  const ctx = makeCtx({ clock: s.clock });
+  ctx.worker = s.registry.get('w1');
+  const interrupted: string[] = [];
+  s.registry.watch(ctx.worker!, (reason) => interrupted.push(reason));
+  const refusal = new RouterError('WORKER_UNAVAILABLE', 'worker w1 is shutting down', { worker: 'w1', fromWorker: true });
+  await expect(s.mw(ctx, async () => Promise.reject(refusal))).rejects.toBe(refusal);
+  expect(s.registry.online().map((w) => w.id)).toEqual(['w1']);
+  expect(interrupted).toEqual([]);
+});

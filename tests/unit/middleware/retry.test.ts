@@ -361,6 +361,29 @@ describe('retry - what is retried', () => {
   });
 });
 
+test('retry - a deadline that passes during the backoff ends in one REQUEST_TIMEOUT that lists the attempts', async () => {
+  class DeadlineDuringBackoff extends InstantClock {
+    override sleep(ms: number): Promise<void> {
+      this.sleeps.push(ms);
+      return Promise.reject(new RouterError('REQUEST_TIMEOUT', 'request deadline passed'));
+    }
+  }
+  const h = harness({ clock: new DeadlineDuringBackoff(), pool: three, script: { w1: [fail('WORKER_ERROR')] } });
+  const err = await failure(h.run());
+  expect(err).toMatchObject({ code: 'REQUEST_TIMEOUT', status: 504 });
+  expect(err.attempts?.map((a) => a.code)).toEqual(['WORKER_ERROR']);
+});
+
+test('retry - a spent budget stops resumes too', async () => {
+  const budget = new RetryBudget({ maxTokens: 10, tokenRatio: 0.1 });
+  for (let i = 0; i < 5; i++) budget.onFailure();
+  const h = harness({ options: { resume: true, maxResumes: 2 }, sink: committingSink(), canContinue: true, budget, pool: three, script: { w1: [breaksAfterHello] } });
+  const err = await failure(h.run());
+  expect(h.workers()).toEqual(['w1']);
+  expect(err).toMatchObject({ code: 'STREAM_INTERRUPTED' });
+  expect(h.ctx.metrics.resumes).toBe(0);
+});
+
 describe('retry - budget', () => {
   test('retry - the budget stops retries during an outage (RETRY_BUDGET_EXHAUSTED)', async () => {
     const budget = new RetryBudget({ maxTokens: 10, tokenRatio: 0.1 });
