@@ -25,9 +25,9 @@ function alive(pid: number): boolean {
   }
 }
 
-test('up - starts nats-server, workers and the controller, answers, and Ctrl-C leaves nothing behind', async () => {
-  // Port 1 never answers, so `up` must start its own nats-server on a free port.
-  const up = spawn(process.execPath, [CLI, 'up', '--nats', 'nats://127.0.0.1:1', '--port', '0', '--workers', '2'], {
+/** `mlx-router up` in its own process group, as a terminal runs it; port 1 never answers, so it starts its own nats-server. */
+function startUp(workers: number) {
+  const up = spawn(process.execPath, [CLI, 'up', '--nats', 'nats://127.0.0.1:1', '--port', '0', '--workers', String(workers)], {
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn' },
@@ -36,45 +36,53 @@ test('up - starts nats-server, workers and the controller, answers, and Ctrl-C l
   up.stdout.on('data', (d: Buffer) => (out += d.toString()));
   up.stderr.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | null>((resolve) => up.once('exit', (code) => resolve(code)));
+  return {
+    up,
+    exited,
+    output: () => out,
+    /** The URL from the "is up" line, once the cluster is ready. */
+    async ready(): Promise<string> {
+      const url = await waitFor(() => /mlx-router is up: (http:\/\/[0-9.:]+)/.exec(out)?.[1], 'the "is up" line', 20_000);
+      await waitFor(async () => (await fetch(`${url}/ready`)).status === 200, 'ready', 10_000);
+      return url;
+    },
+    /** Ctrl-C: the terminal sends SIGINT to the whole foreground process group. */
+    ctrlC: () => process.kill(-up.pid!, 'SIGINT'),
+    async kill(): Promise<void> {
+      if (up.exitCode === null) process.kill(-up.pid!, 'SIGKILL');
+      await exited;
+    },
+  };
+}
+
+test('up - starts nats-server, workers and the controller, answers, and Ctrl-C leaves nothing behind', async () => {
+  const cluster = startUp(2);
   try {
-    const url = await waitFor(() => /mlx-router is up: (http:\/\/[0-9.:]+)/.exec(out)?.[1], 'the "is up" line', 20_000);
-    expect(out).toMatch(/curl .*\/v1\/chat\/completions/);
-    const children = childrenOf(up.pid!);
+    const url = await cluster.ready();
+    expect(cluster.output()).toMatch(/curl .*\/v1\/chat\/completions/);
+    const children = childrenOf(cluster.up.pid!);
     // nats-server and two workers.
     expect(children).toHaveLength(3);
-    await waitFor(async () => (await fetch(`${url}/ready`)).status === 200, 'ready', 10_000);
     const res = await fetch(`${url}/v1/chat/completions`, {
       method: 'POST',
       body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_tokens: 3 }),
     });
     expect(res.status).toBe(200);
     expect(((await res.json()) as any).choices[0].message.content.split(' ')).toHaveLength(3);
-
-    // Ctrl-C: the terminal sends SIGINT to the whole foreground process group.
-    process.kill(-up.pid!, 'SIGINT');
-    expect(await exited).toBe(0);
+    cluster.ctrlC();
+    expect(await cluster.exited).toBe(0);
     await waitFor(() => children.every((p) => !alive(p)), 'every child gone', 5000);
   } finally {
-    if (up.exitCode === null) process.kill(-up.pid!, 'SIGKILL');
-    await exited;
+    await cluster.kill();
   }
 }, 40_000);
 
 test('up - a second Ctrl-C during a long drain forces the stop, still leaving nothing behind', async () => {
-  const up = spawn(process.execPath, [CLI, 'up', '--nats', 'nats://127.0.0.1:1', '--port', '0', '--workers', '1'], {
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn' },
-  });
-  let out = '';
-  up.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  up.stderr.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | null>((resolve) => up.once('exit', (code) => resolve(code)));
+  const cluster = startUp(1);
   const abort = new AbortController();
   try {
-    const url = await waitFor(() => /mlx-router is up: (http:\/\/[0-9.:]+)/.exec(out)?.[1], 'the "is up" line', 20_000);
-    await waitFor(async () => (await fetch(`${url}/ready`)).status === 200, 'ready', 10_000);
-    const children = childrenOf(up.pid!);
+    const url = await cluster.ready();
+    const children = childrenOf(cluster.up.pid!);
     // A stream of 2,000 tokens at 5 ms each keeps the drain busy for about 10 s.
     const res = await fetch(`${url}/v1/chat/completions`, {
       method: 'POST',
@@ -84,16 +92,15 @@ test('up - a second Ctrl-C during a long drain forces the stop, still leaving no
     expect(res.status).toBe(200);
     // Keep reading, so the stream stays open and the drain has to wait for it.
     const reading = res.text().catch(() => 'cut');
-    process.kill(-up.pid!, 'SIGINT');
+    cluster.ctrlC();
     await new Promise((r) => setTimeout(r, 200));
-    process.kill(-up.pid!, 'SIGINT');
-    expect(await exited).toBe(130);
+    cluster.ctrlC();
+    expect(await cluster.exited).toBe(130);
     await waitFor(() => children.every((p) => !alive(p)), 'every child gone', 5000);
     await reading;
   } finally {
     abort.abort();
-    if (up.exitCode === null) process.kill(-up.pid!, 'SIGKILL');
-    await exited;
+    await cluster.kill();
   }
 }, 40_000);
 
