@@ -76,7 +76,11 @@ export async function runUp(flags: Flags): Promise<number> {
     for (let i = 1; i <= workers; i++) {
       const args = [cli, 'worker', '--nats', servers.join(','), '--id', `worker-${i}`];
       if (file) args.push('--config', file);
-      const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'] });
+      // Own process group, so Ctrl-C reaches only `up`, which stops the controller first (its
+      // streams finish) and then the workers. The IPC channel ties each worker to this process:
+      // if `up` dies without stopping them, the channel closes and they stop themselves.
+      const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
+      child.channel?.unref();
       child.on('exit', (code, sig) => {
         if (!stopping) log.error({ worker: `worker-${i}`, code, signal: sig }, 'worker exited');
       });

@@ -33,6 +33,17 @@ async function startEngine(config: RouterConfig, log: Logger): Promise<Engine> {
   return syntheticEngine({ models: config.worker.models, ttftMs: syn.ttftMs, tokenMs: syn.tokenMs, failRate: syn.failRate, clock: systemClock });
 }
 
+/**
+ * Started by `mlx-router up` with an IPC channel: resolves when that parent goes away, so a
+ * worker never outlives the cluster that started it. Never resolves for a standalone worker.
+ */
+function parentGone(): Promise<'parent-gone'> {
+  if (!process.send) return new Promise(() => undefined);
+  // The channel must not keep the worker alive once it has stopped; 'disconnect' still fires.
+  process.channel?.unref();
+  return new Promise((resolve) => process.once('disconnect', () => resolve('parent-gone')));
+}
+
 /** `mlx-router worker`: one worker with the configured engine until SIGINT/SIGTERM. */
 export async function runWorker(flags: Flags): Promise<number> {
   const overrides: Record<string, unknown> = {
@@ -84,7 +95,7 @@ export async function runWorker(flags: Flags): Promise<number> {
     await nc.close();
     throw err;
   }
-  const ended = await Promise.race([signal.promise, nc.closed().then(() => 'nats-closed' as const)]);
+  const ended = await Promise.race([signal.promise, nc.closed().then(() => 'nats-closed' as const), parentGone()]);
   signal.cancel();
   if (ended === 'nats-closed') {
     log.error('NATS connection closed for good');

@@ -16,13 +16,14 @@ function childrenOf(pid: number): number[] {
     .map(([p]) => p);
 }
 
+function commandOf(pid: number): string {
+  return spawnSync('ps', ['-o', 'args=', '-p', String(pid)], { encoding: 'utf8' }).stdout.trim();
+}
+
+/** Running (a zombie whose parent is gone, waiting for init to reap it, has stopped). */
 function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
+  const stat = spawnSync('ps', ['-o', 'stat=', '-p', String(pid)], { encoding: 'utf8' }).stdout.trim();
+  return stat !== '' && !stat.startsWith('Z');
 }
 
 /** `mlx-router up` in its own process group, as a terminal runs it; port 1 never answers, so it starts its own nats-server. */
@@ -49,7 +50,7 @@ function startUp(workers: number) {
     /** Ctrl-C: the terminal sends SIGINT to the whole foreground process group. */
     ctrlC: () => process.kill(-up.pid!, 'SIGINT'),
     async kill(): Promise<void> {
-      if (up.exitCode === null) process.kill(-up.pid!, 'SIGKILL');
+      if (up.exitCode === null && up.signalCode === null) process.kill(-up.pid!, 'SIGKILL');
       await exited;
     },
   };
@@ -73,6 +74,46 @@ test('up - starts nats-server, workers and the controller, answers, and Ctrl-C l
     expect(await cluster.exited).toBe(0);
     await waitFor(() => children.every((p) => !alive(p)), 'every child gone', 5000);
   } finally {
+    await cluster.kill();
+  }
+}, 40_000);
+
+test('up - Ctrl-C lets a running stream finish before the workers stop', async () => {
+  const cluster = startUp(1);
+  try {
+    const url = await cluster.ready();
+    // 300 tokens at 5 ms each: about 1.5 s of stream still to come when Ctrl-C arrives.
+    const res = await fetch(`${url}/v1/chat/completions`, {
+      method: 'POST',
+      body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'finish me' }], max_tokens: 300, stream: true }),
+    });
+    expect(res.status).toBe(200);
+    const body = res.text();
+    cluster.ctrlC();
+    const text = await body;
+    expect(text.trimEnd().endsWith('data: [DONE]')).toBe(true);
+    expect(text).not.toContain('event: error');
+    expect(await cluster.exited).toBe(0);
+  } finally {
+    await cluster.kill();
+  }
+}, 40_000);
+
+test('up - workers stop by themselves when up dies without stopping them', async () => {
+  const cluster = startUp(2);
+  let children: number[] = [];
+  try {
+    await cluster.ready();
+    children = childrenOf(cluster.up.pid!);
+    const workers = children.filter((p) => /cli\.js worker/.test(commandOf(p)));
+    expect(workers).toHaveLength(2);
+    // SIGKILL to `up` alone: no chance to stop anything. Its workers see the IPC channel close.
+    cluster.up.kill('SIGKILL');
+    await cluster.exited;
+    await waitFor(() => workers.every((p) => !alive(p)), 'the workers gone', 10_000);
+  } finally {
+    // The nats-server child cannot watch its parent: clean it up here.
+    for (const p of children) if (alive(p)) process.kill(p, 'SIGKILL');
     await cluster.kill();
   }
 }, 40_000);
