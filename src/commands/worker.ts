@@ -41,6 +41,7 @@ function parentGone(): Promise<'parent-gone'> {
   if (!process.send) return new Promise(() => undefined);
   // The channel must not keep the worker alive once it has stopped; 'disconnect' still fires.
   process.channel?.unref();
+  if (!process.connected) return Promise.resolve('parent-gone');
   return new Promise((resolve) => process.once('disconnect', () => resolve('parent-gone')));
 }
 
@@ -65,6 +66,8 @@ export async function runWorker(flags: Flags): Promise<number> {
   if (!WORKER_ID_PATTERN.test(id)) throw new UsageError(`--id must be 1 to 64 of [A-Za-z0-9_-], got '${id}'`);
   const log = createLogger('mlx-router-worker', config.log.level);
   const signal = waitForSignal();
+  // Listen from the start: `up` may die while this worker is still connecting.
+  const parent = parentGone();
   const nc = await connectNats(config.nats, `mlx-router-worker-${id}`).catch((err) => {
     signal.cancel();
     throw err;
@@ -95,7 +98,7 @@ export async function runWorker(flags: Flags): Promise<number> {
     await nc.close();
     throw err;
   }
-  const ended = await Promise.race([signal.promise, nc.closed().then(() => 'nats-closed' as const), parentGone()]);
+  const ended = await Promise.race([signal.promise, nc.closed().then(() => 'nats-closed' as const), parent]);
   signal.cancel();
   if (ended === 'nats-closed') {
     log.error('NATS connection closed for good');

@@ -103,7 +103,8 @@ test('up - workers stop by themselves when up dies without stopping them', async
   const cluster = startUp(2);
   let children: number[] = [];
   try {
-    await cluster.ready();
+    const url = await cluster.ready();
+    await waitFor(async () => ((await (await fetch(`${url}/ready`)).json()) as any).workersOnline === 2, 'both workers online');
     children = childrenOf(cluster.up.pid!);
     const workers = children.filter((p) => /cli\.js worker/.test(commandOf(p)));
     expect(workers).toHaveLength(2);
