@@ -103,9 +103,12 @@ export async function runUp(flags: Flags): Promise<number> {
     log.info({ signal: sig }, 'stopping the cluster (again to force)');
     // A second signal during the drain (an impatient Ctrl-C) must still leave nothing behind.
     const force = waitForSignal();
-    void force.promise.then(() => {
+    void force.promise.then(async () => {
       log.warn('forced stop');
       onExit();
+      // Reap what was just killed (briefly), so nothing is left even as a zombie.
+      const procs = [...children, ...(nats ? [nats.process] : [])].filter((c) => c.exitCode === null && c.signalCode === null);
+      await Promise.race([Promise.all(procs.map((c) => new Promise((r) => c.once('exit', r)))), new Promise((r) => setTimeout(r, 1000))]);
       process.exit(130);
     });
     try {

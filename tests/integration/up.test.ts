@@ -4,6 +4,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { dirname } from 'node:path';
+import { startNatsServer } from '../../src/nats-server';
 import { CLI, MODEL, waitFor } from '../helpers/cluster';
 
 function childrenOf(pid: number): number[] {
@@ -14,10 +15,6 @@ function childrenOf(pid: number): number[] {
     .map((l) => l.trim().split(/\s+/).map(Number))
     .filter(([, ppid]) => ppid === pid)
     .map(([p]) => p);
-}
-
-function commandOf(pid: number): string {
-  return spawnSync('ps', ['-o', 'args=', '-p', String(pid)], { encoding: 'utf8' }).stdout.trim();
 }
 
 /** Running (a zombie whose parent is gone, waiting for init to reap it, has stopped). */
@@ -99,25 +96,29 @@ test('up - Ctrl-C lets a running stream finish before the workers stop', async (
   }
 }, 40_000);
 
-test('up - workers stop by themselves when up dies without stopping them', async () => {
-  const cluster = startUp(2);
-  let children: number[] = [];
+test('up - a worker started by up (IPC channel) stops by itself, exit 0, when up goes away', async () => {
+  // What `up` does, with this test as the parent: when the channel closes (the parent died or let
+  // go), the worker must drain and exit. Done here rather than by killing `up`, whose orphans this
+  // sandbox's init would leave as zombies.
+  const nats = await startNatsServer();
+  const worker = spawn(process.execPath, [CLI, 'worker', '--nats', nats.url, '--id', 'ipc-w', '--heartbeat-ms', '100'], {
+    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+    env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'info' },
+  });
+  let out = '';
+  worker.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((resolve) => worker.once('exit', (code) => resolve(code)));
   try {
-    const url = await cluster.ready();
-    await waitFor(async () => ((await (await fetch(`${url}/ready`)).json()) as any).workersOnline === 2, 'both workers online');
-    children = childrenOf(cluster.up.pid!);
-    const workers = children.filter((p) => /cli\.js worker/.test(commandOf(p)));
-    expect(workers).toHaveLength(2);
-    // SIGKILL to `up` alone: no chance to stop anything. Its workers see the IPC channel close.
-    cluster.up.kill('SIGKILL');
-    await cluster.exited;
-    await waitFor(() => workers.every((p) => !alive(p)), 'the workers gone', 10_000);
+    await waitFor(() => out.includes('worker ready'), 'the worker ready');
+    worker.disconnect();
+    expect(await exited).toBe(0);
+    expect(out).toMatch(/"signal":"parent-gone"/);
   } finally {
-    // The nats-server child cannot watch its parent: clean it up here.
-    for (const p of children) if (alive(p)) process.kill(p, 'SIGKILL');
-    await cluster.kill();
+    if (worker.exitCode === null) worker.kill('SIGKILL');
+    await exited;
+    await nats.stop();
   }
-}, 40_000);
+});
 
 test('up - a second Ctrl-C during a long drain forces the stop, still leaving nothing behind', async () => {
   const cluster = startUp(1);
