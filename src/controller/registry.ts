@@ -219,11 +219,6 @@ export class WorkerRegistry {
     for (const set of [...this.watchers.values()]) for (const fn of [...set]) fn(reason, 'transport');
   }
 
-  /** Requests waiting for capacity now. */
-  get waiting(): number {
-    return this.capacityWaiters.size;
-  }
-
   private notifyCapacity(): void {
     if (this.capacityWaiters.size === 0) return;
     for (const wake of [...this.capacityWaiters]) wake();

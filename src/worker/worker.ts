@@ -83,11 +83,6 @@ export class Worker {
     this.clock = options.clock ?? systemClock;
   }
 
-  /** Requests being served now. */
-  get load(): number {
-    return this.inFlight.size;
-  }
-
   async start(): Promise<void> {
     if (this.state !== 'new') throw new Error('worker already started');
     const on = (subject: string, handle: (msg: Msg) => void): void => {
