@@ -67,7 +67,7 @@ export class SseSink implements StreamSink {
     const base = { id: this.options.completionId, object: 'chat.completion.chunk', created: this.options.created, model: this.options.model };
     this.send({ ...base, choices: [{ index: 0, delta: {}, finish_reason: finishReason }], metadata });
     if (includeUsage && usage) this.send({ ...base, choices: [], usage });
-    this.options.res.end('data: [DONE]\n\n');
+    this.end('data: [DONE]\n\n');
     this.closed = true;
   }
 
@@ -77,9 +77,9 @@ export class SseSink implements StreamSink {
     const res = this.options.res;
     if (!this.isCommitted) {
       res.writeHead(err.status, { ...headers, 'content-type': 'application/json; charset=utf-8' });
-      res.end(JSON.stringify(err.toJSON()));
+      this.end(JSON.stringify(err.toJSON()));
     } else {
-      res.end(`event: error\ndata: ${JSON.stringify(err.toJSON())}\n\n`);
+      this.end(`event: error\ndata: ${JSON.stringify(err.toJSON())}\n\n`);
     }
     this.closed = true;
   }
@@ -96,9 +96,20 @@ export class SseSink implements StreamSink {
   }
 
   private readonly uncork = (): void => {
+    if (!this.corked) return;
     this.corked = false;
     this.options.res.uncork();
   };
+
+  /**
+   * Ends the response after flushing the batch. On Node 22, `end()` on a corked response writes the
+   * chunked terminator ahead of the corked chunks: the client sees the body end before the finish
+   * chunk and `[DONE]`, and they are lost. So the batch is always uncorked before `end()`.
+   */
+  private end(last: string): void {
+    this.uncork();
+    this.options.res.end(last);
+  }
 
   private commit(): void {
     this.isCommitted = true;
