@@ -255,11 +255,11 @@ function withEnv(node: SchemaNode, path: string[] = []): SchemaNode {
 const fullSchema = withEnv(schema as unknown as SchemaNode);
 
 /** Every leaf key with its doc and default, for docs and `mlx-router config`. */
-export function describeKeys(): Array<{ key: string; env: string; doc: string; default: unknown }> {
-  const out: Array<{ key: string; env: string; doc: string; default: unknown }> = [];
+export function describeKeys(): Array<{ key: string; env: string; doc: string; default: unknown; sensitive: boolean }> {
+  const out: Array<{ key: string; env: string; doc: string; default: unknown; sensitive: boolean }> = [];
   const walk = (node: SchemaNode, path: string[]): void => {
     if (isLeaf(node)) {
-      out.push({ key: path.join('.'), env: node.env as string, doc: node.doc as string, default: node.default });
+      out.push({ key: path.join('.'), env: node.env as string, doc: node.doc as string, default: node.default, sensitive: node.sensitive === true });
       return;
     }
     for (const [k, v] of Object.entries(node)) walk(v as SchemaNode, [...path, k]);
