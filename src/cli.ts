@@ -20,8 +20,10 @@ export class UsageError extends Error {
 const USAGE = `mlx-router: route OpenAI-style requests over NATS to inference workers
 
 Usage:
-  mlx-router up [--workers N] [--port P] [--nats URL] [--config FILE]
-      a local cluster: NATS (started when none answers), N synthetic workers, the controller
+  mlx-router up [--workers N] [--port P] [--nats URL|local] [--config FILE]
+      a local cluster: NATS, N synthetic workers, the controller. Without --nats it uses the
+      configured NATS, or starts nats-server when that does not answer; --nats URL must answer;
+      --nats local always starts a private nats-server
   mlx-router controller [--nats URL] [--port P] [--host H] [--config FILE]
   mlx-router worker [--nats URL] [--id ID] [--model NAME]... [--max-concurrent N]
                     [--ttft-ms N] [--token-ms N] [--fail-rate F] [--heartbeat-ms N] [--config FILE]

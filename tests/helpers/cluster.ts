@@ -12,6 +12,8 @@ import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
 import { makeSubjects } from '../../src/protocol';
 
 export const MODEL = 'mlx-community/Llama-3.2-3B-Instruct-4bit';
+/** How long a test waits for spawned workers to come online (within Jest's 30 s hook limit). */
+export const STARTUP_MS = 25_000;
 export const CLI = resolve(__dirname, '../../dist/src/cli.js');
 
 export interface WorkerOptions {
@@ -144,6 +146,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         await waitFor(
           () => ids.every((id) => ctl.deps.registry.forModel(MODEL).some((w) => w.id === id) || ctl.deps.registry.online().some((w) => w.id === id)),
           `workers ${ids.join(', ')} online`,
+          // Starting node processes on a loaded two-core machine can take many seconds.
+          STARTUP_MS,
         );
       },
       async stop() {
@@ -359,7 +363,7 @@ export async function addEngineWorker(cluster: Cluster, options: EngineWorkerOpt
   for (const m of options.models ?? []) args.push('--model', m);
   const proc = spawnCli(options.id, args, options.env);
   cluster.workers.set(options.id, proc);
-  await waitFor(() => cluster.controller.deps.registry.online().some((w) => w.id === options.id), `engine worker ${options.id} online`);
+  await waitFor(() => cluster.controller.deps.registry.online().some((w) => w.id === options.id), `engine worker ${options.id} online`, STARTUP_MS);
   return proc;
 }
 

@@ -68,8 +68,9 @@ describe('stream resume off', () => {
     expect(s.errors).toHaveLength(1);
     expect(s.errors[0].code).toBe('STREAM_INTERRUPTED');
     expect(s.errors[0].message).toMatch(/went offline/);
-    // Detected by heartbeat silence (offlineAfterMs 600, swept every 150 ms), not by a 30 s idle limit.
-    expect(elapsed).toBeLessThan(2000);
+    // Detected by heartbeat silence (offlineAfterMs 600, swept every 150 ms), not by a 30 s idle
+    // limit; the bound leaves room for a loaded machine.
+    expect(elapsed).toBeLessThan(10_000);
     await waitFor(() => cluster.controller.deps.mux.size === 0, 'no pending replies');
   });
 });
