@@ -19,7 +19,7 @@ export interface SelectDeps {
   /** Random source in [0, 1) for p2c (default Math.random). */
   random?: () => number;
   /** Wakes waiters when capacity may have freed (needed when workerWaitTimeoutMs > 0). */
-  registry?: Pick<WorkerRegistry, 'waitForChange'>;
+  registry?: Pick<WorkerRegistry, 'waitForChange'> & Partial<Pick<WorkerRegistry, 'unhealthyFor'>>;
   metrics?: RouterMetrics;
 }
 
@@ -76,7 +76,9 @@ export function select(options: SelectOptions, deps: SelectDeps = {}): Middlewar
 
   return async function select(ctx: RouteContext, next): Promise<void> {
     if (ctx.candidates.length === 0) {
-      throw new RouterError('NO_WORKERS_AVAILABLE', `no online worker serves model ${ctx.request.model}`, { retryAfterMs: 1000 });
+      const down = deps.registry?.unhealthyFor?.(ctx.request.model).length ?? 0;
+      const why = down > 0 ? `${down} worker(s) serve model ${ctx.request.model}, but their engines are unhealthy (down or not answering)` : `no online worker serves model ${ctx.request.model}`;
+      throw new RouterError('NO_WORKERS_AVAILABLE', why, { retryAfterMs: 1000 });
     }
     const tried = new Set<string>();
     for (const a of ctx.attempts) if (a.worker) tried.add(a.worker);

@@ -42,6 +42,15 @@ function parseJson(_req: FastifyRequest, body: string, done: (err: Error | null,
   }
 }
 
+/** Why /ready says 503, in words an operator can act on. */
+function notReadyReason(nats: boolean, online: number, unhealthy: number): string {
+  if (!nats) return 'not connected to NATS';
+  if (online === 0) return 'no worker is online';
+  if (unhealthy === online) return `${online} worker(s) online, but every one reports its engine unhealthy (down or not answering)`;
+  if (unhealthy > 0) return `${online} worker(s) online: ${unhealthy} with an unhealthy engine, the others draining`;
+  return `${online} worker(s) online, all draining`;
+}
+
 export function buildHttpServer(options: HttpOptions): FastifyInstance {
   const { config, deps, pipeline, log } = options;
   const app = Fastify({
@@ -85,9 +94,19 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
 
   app.get('/ready', async (_req, reply) => {
     const nats = options.natsConnected();
-    const workers = deps.registry.online().length;
-    const ready = nats && workers > 0;
-    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready', nats: nats ? 'connected' : 'disconnected', workersOnline: workers });
+    const online = deps.registry.online();
+    const workersReady = online.filter((w) => w.state === 'ready').length;
+    const enginesUnhealthy = online.filter((w) => w.state === 'unhealthy').length;
+    const ready = nats && workersReady > 0;
+    const body: Record<string, unknown> = {
+      status: ready ? 'ready' : 'not ready',
+      nats: nats ? 'connected' : 'disconnected',
+      workersOnline: online.length,
+      workersReady,
+      enginesUnhealthy,
+    };
+    if (!ready) body.reason = notReadyReason(nats, online.length, enginesUnhealthy);
+    return reply.code(ready ? 200 : 503).send(body);
   });
 
   app.get('/v1/models', async () => ({

@@ -133,6 +133,12 @@ export class WorkerRegistry {
     return out;
   }
 
+  /** Online workers that serve `model` but report their engine unhealthy (so take no work). */
+  unhealthyFor(model: string): WorkerInfo[] {
+    const now = this.clock.now();
+    return [...this.workers.values()].filter((w) => w.state === 'unhealthy' && this.isOnline(w, now) && w.models.includes(model));
+  }
+
   online(): WorkerInfo[] {
     const now = this.clock.now();
     return [...this.workers.values()].filter((w) => this.isOnline(w, now));

@@ -15,6 +15,8 @@ export interface EngineResult {
  */
 export interface Engine {
   readonly name: string;
+  /** Where the engine answers, for engines behind HTTP (named in the worker's logs). */
+  readonly url?: string;
   /** True when the engine honours `continuation` (stream resume); advertised in heartbeats. */
   readonly supportsContinuation?: boolean;
   models(): readonly string[];

@@ -96,7 +96,12 @@ export class Worker {
     this.state = 'ready';
     this.heartbeat();
     this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatIntervalMs);
-    this.log.info({ worker: this.id, models: this.engine.models(), maxConcurrent: this.maxConcurrent }, 'worker ready');
+    const engine = { worker: this.id, engine: this.engine.name, engineUrl: this.engine.url, models: this.engine.models(), maxConcurrent: this.maxConcurrent };
+    if (this.engine.healthy?.() === false) {
+      this.log.warn(engine, `worker online, but its engine${this.engine.url ? ` at ${this.engine.url}` : ''} does not answer: it reports unhealthy and takes no work`);
+    } else {
+      this.log.info(engine, `worker ready, engine ${this.engine.name}${this.engine.url ? ` at ${this.engine.url}` : ''}`);
+    }
   }
 
   /** Stops taking work, waits for in-flight requests (bounded), cancels the rest, says bye. */

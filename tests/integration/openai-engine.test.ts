@@ -164,3 +164,33 @@ test('openai worker - an engine that goes down makes its worker unhealthy and un
   expect(back.status).toBe(200);
   expect(fake1.chatRequests()).toHaveLength(1);
 });
+
+test('openai worker - with every engine down, /ready is 503 saying the workers are there but their engines are not, and the worker log names the engine URL', async () => {
+  const registry = cluster.controller.deps.registry;
+  // Nothing listens on port 1: this worker's engine is down from the start.
+  const down = 'http://127.0.0.1:1/v1';
+  const oa3 = await addEngineWorker(cluster, { id: 'oa3', engineUrl: down, models: [MODEL], env: PROBE_ENV });
+  await waitFor(() => oa3.output().includes(down), 'the worker log naming its engine URL', 5000);
+  expect(oa3.output()).toMatch(/does not answer/);
+  expect(oa3.output()).not.toMatch(/"msg":"worker ready"/);
+
+  await Promise.all([fake1.close(), fake2.close()]);
+  await waitFor(() => ['oa1', 'oa2', 'oa3'].every((id) => registry.get(id)?.state === 'unhealthy'), 'every engine reported unhealthy', 5000);
+  const ready = await fetch(`${cluster.url}/ready`);
+  expect(ready.status).toBe(503);
+  const body = (await ready.json()) as { reason: string };
+  expect(body).toMatchObject({ status: 'not ready', nats: 'connected', workersOnline: 3, workersReady: 0, enginesUnhealthy: 3 });
+  expect(body.reason).toMatch(/3 worker\(s\) online, but every one reports its engine unhealthy/);
+  // A request for their model says the same, instead of "no worker".
+  const r = await chat(cluster.url, { maxTokens: 2 });
+  expect(r.status).toBe(503);
+  expect(r.json.error.code).toBe('NO_WORKERS_AVAILABLE');
+  expect(r.json.error.message).toMatch(/3 worker\(s\) serve model .* but their engines are unhealthy/);
+
+  // One engine back: ready again.
+  await fake2.reopen();
+  await waitFor(() => registry.get('oa2')?.state === 'ready', 'oa2 ready again', 5000);
+  const again = await fetch(`${cluster.url}/ready`);
+  expect(again.status).toBe(200);
+  expect(await again.json()).toMatchObject({ status: 'ready', workersReady: 1, enginesUnhealthy: 2 });
+});

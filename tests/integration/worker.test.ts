@@ -5,7 +5,7 @@
 import { connect, createInbox, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
 import { decode, encode, makeSubjects, requestHeaders, type Heartbeat, type WireReply } from '../../src/protocol';
-import { MODEL, spawnWorker, waitFor, type WorkerOptions, type WorkerProcess } from '../helpers/cluster';
+import { MODEL, spawnWorker, STARTUP_MS, waitFor, type WorkerOptions, type WorkerProcess } from '../helpers/cluster';
 
 const subjects = makeSubjects();
 let nats: NatsServerHandle;
@@ -32,7 +32,7 @@ afterAll(async () => {
 async function worker(id: string, extra: Partial<WorkerOptions> = {}): Promise<WorkerProcess> {
   const w = spawnWorker(nats.url, { id, heartbeatMs: 100, ...extra });
   workers.push(w);
-  await waitFor(() => heartbeats.some((h) => h.id === id), `heartbeat from ${id}`);
+  await waitFor(() => heartbeats.some((h) => h.id === id), `heartbeat from ${id}`, STARTUP_MS);
   return w;
 }
 
@@ -89,7 +89,7 @@ test('worker - buffered and streamed answers carry the same text; chunks are num
 test('worker - beyond max concurrency it rejects at once with WORKER_OVERLOADED, never queues', async () => {
   // The two in flight take 3 s: an answer in well under that did not wait for a slot.
   await worker('busy', { maxConcurrent: 2, ttftMs: 3000 });
-  const slow = [ask('busy', { max_tokens: 2 }, { requestId: 'a' }), ask('busy', { max_tokens: 2 }, { requestId: 'b' })];
+  const slow = [ask('busy', { max_tokens: 2 }, { requestId: 'a', ms: 10_000 }), ask('busy', { max_tokens: 2 }, { requestId: 'b', ms: 10_000 })];
   await waitFor(() => heartbeats.some((h) => h.id === 'busy' && h.in_flight === 2), 'two in flight');
   const started = performance.now();
   const [rejected] = await ask('busy', { max_tokens: 2 }, { requestId: 'c' });
@@ -105,7 +105,7 @@ test('worker - a cancel stops generation and frees the slot; expired deadlines a
   const pending = ask('cxl', { max_tokens: 1000, stream: true }, { requestId: 'long', ms: 1500 });
   await waitFor(() => heartbeats.some((h) => h.id === 'cxl' && h.in_flight === 1), 'busy');
   nc.publish(subjects.cancel('cxl'), encode({ request_id: 'long', attempt: 1 }));
-  await waitFor(() => heartbeats.filter((h) => h.id === 'cxl').at(-1)?.in_flight === 0, 'slot freed', 1000);
+  await waitFor(() => heartbeats.filter((h) => h.id === 'cxl').at(-1)?.in_flight === 0, 'slot freed', 5000);
   const replies = await pending;
   expect(replies.every((r) => r.type === 'chunk')).toBe(true); // no end: the worker stopped
   expect(replies.length).toBeLessThan(1000);
