@@ -87,7 +87,7 @@ function canResume(ctx: RouteContext, err: RouterError, options: RetryOptions, d
 }
 
 /**
- * retry: the boundary of the chain (DESIGN §2). Runs the attempt part (`ctx.runAttempt()`) up to
+ * retry: the boundary of the chain. Runs the attempt part (`ctx.runAttempt()`) up to
  * 1 + maxRetries times. Retries only retryable outcome classes whose code is in `retryOnErrors`,
  * never after a stream committed, never past the deadline, and only while the controller-wide
  * retry budget allows. "No responders" is retried at once; other failures after full-jitter
@@ -109,7 +109,7 @@ export function retry(options: RetryOptions, deps: RetryDeps): Middleware {
       const classRetryable = isRetryableOutcome(err.outcome);
       if (classRetryable || err.outcome === 'committed') deps.budget.onFailure();
       if (ctx.sink?.committed) {
-        // After the commit point nothing is retried blindly: only resumed, where allowed (DESIGN §5).
+        // After the commit point nothing is retried blindly: only resumed, where allowed.
         if (!canResume(ctx, err, options, deps)) throw finalError(ctx, err);
         ctx.continuation = ctx.sink.streamed;
         ctx.metrics.resumes++;

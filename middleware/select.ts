@@ -33,7 +33,7 @@ export function p2cScore(w: WorkerInfo): number {
   return (w.outstanding + 1) * Math.max(1, w.latencyMs);
 }
 
-/** Load as DESIGN §6 counts it: this controller's in-flight requests plus other controllers'. */
+/** A worker's load: this controller's in-flight requests plus other controllers'. */
 function load(w: WorkerInfo): number {
   return w.outstanding + w.foreignInFlight;
 }

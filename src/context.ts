@@ -1,5 +1,5 @@
 /**
- * RouteContext: everything one request carries through the chain (STYLE §2). Fixed fields are set
+ * RouteContext: everything one request carries through the chain. Fixed fields are set
  * once by createContext; routing fields are reset for every attempt by the assembler; outputs are
  * filled by dispatch. Extensions go in `state`.
  */
@@ -13,7 +13,7 @@ import type { Usage, WireEnd, WireRequest, WireResult } from './protocol';
 export type Next = () => Promise<void>;
 export type Middleware = (ctx: RouteContext, next: Next) => Promise<void>;
 
-/** Where a streamed answer goes. The first `write` is the commit point (DESIGN §5). */
+/** Where a streamed answer goes. The first `write` is the commit point. */
 export interface StreamSink {
   readonly committed: boolean;
   /** Text already delivered to the client (kept only when stream resume is on). */
@@ -36,7 +36,7 @@ export interface AttemptState {
   chunks: number;
 }
 
-/** What the answer's `metadata` and headers report (DESIGN §8). */
+/** What the answer's `metadata` and headers report. */
 export interface RequestMetrics {
   retryCount: number;
   /** Streams continued on another worker after breaking mid-answer. */

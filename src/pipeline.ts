@@ -1,5 +1,5 @@
 /**
- * The assembler (DESIGN §2): turns `cluster.pipeline` into one chain. koa-compose rejects a second
+ * The assembler: turns `cluster.pipeline` into one chain. koa-compose rejects a second
  * `next()`, so the chain is cut at `retry`: what stands before it is composed as the request part,
  * what stands after it (plus dispatch) as the attempt part, which `ctx.runAttempt()` runs once per
  * attempt with fresh attempt state. Without `retry`, the whole list is the attempt part, run once.

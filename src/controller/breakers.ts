@@ -1,5 +1,5 @@
 /**
- * BreakerBook: one circuit breaker per worker (DESIGN §6). State is a discriminated union; the
+ * BreakerBook: one circuit breaker per worker. State is a discriminated union; the
  * open → half-open step is taken by the clock on every read, so a breaker is half-open the moment
  * its open time ends, whether or not a call arrives. Half-open admits exactly `halfOpenPermits`
  * probes at a time; `successThreshold` successes close it, one failure reopens it for longer.

@@ -41,7 +41,7 @@ export interface ChatOutcome {
   error?: RouterError;
 }
 
-/** `metadata` of an answer (DESIGN §8). */
+/** `metadata` of an answer. */
 export function answerMetadata(ctx: RouteContext): Record<string, unknown> {
   return {
     requestId: ctx.requestId,

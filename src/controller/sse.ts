@@ -1,6 +1,6 @@
 /**
  * Server-sent events in OpenAI's chat.completion.chunk format. The first chunk written is the
- * commit point (DESIGN §5): headers go out with it. A failure after commit ends the stream with an
+ * commit point: headers go out with it. A failure after commit ends the stream with an
  * `event: error` and no `data: [DONE]`, so a broken stream never looks finished.
  */
 import type { ServerResponse } from 'node:http';

@@ -29,7 +29,7 @@ export interface Engine {
   healthy?(): boolean;
 }
 
-/** An engine failure with a protocol error code (DESIGN §3 decides what the controller does). */
+/** An engine failure with a protocol error code (its outcome class decides what the controller does). */
 export class EngineError extends Error {
   constructor(
     readonly code: 'WORKER_ERROR' | 'CONTEXT_LENGTH_EXCEEDED' | 'REQUEST_VALIDATION_FAILED' | 'WORKER_OVERLOADED' | 'MODEL_NOT_FOUND',

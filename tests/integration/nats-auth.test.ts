@@ -1,5 +1,5 @@
 /**
- * NATS authentication through configuration (DESIGN §7): user/password and token, for the
+ * NATS authentication through configuration: user/password and token, for the
  * controller and for worker processes (by MLX_ROUTER_* environment variables).
  */
 import { Controller } from '../../src/controller/controller';

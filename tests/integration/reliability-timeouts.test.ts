@@ -1,6 +1,6 @@
 /**
  * The reliability chain against real nats-server and worker processes: timeouts and failover,
- * buffered and streamed (issue 3 scenarios 6, 11 and 12). A hung worker is a real SIGSTOPped
+ * buffered and streamed. A hung worker is a real SIGSTOPped
  * process (the harness sends SIGCONT before killing it); a failing one runs with --fail-rate 1.
  */
 import { chat, chatStream, metricsText, metricValue, signalWorker, STEADY, startCluster, streamedText, type Cluster } from '../helpers/cluster';

@@ -1,5 +1,5 @@
 /**
- * Streams that never lie (issue 4): a worker SIGKILLed mid-stream is resumed on another worker
+ * Streams that never lie: a worker SIGKILLed mid-stream is resumed on another worker
  * with byte-identical output; without resume the stream ends in an error event, never `[DONE]`.
  */
 import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
