@@ -135,12 +135,14 @@ test('openai worker - engine 429 with another worker is retried there and succee
   expect(answers.map((a) => a.json.choices[0].message.content)).toEqual([fakeAnswer(3).text, fakeAnswer(3).text]);
   // Round robin sends one or both first attempts to oa1 (a retry takes a turn too, so which depends
   // on the turns earlier tests took); each 429 there moved its request to oa2, which answered both.
-  const retried = answers.map((a) => Number(a.headers.get('x-mlx-retries')));
-  const toOa1 = fake1.chatRequests().length;
-  expect(toOa1).toBeGreaterThanOrEqual(1);
-  expect(retried.reduce((n, r) => n + r, 0)).toBe(toOa1);
+  expect(fake1.chatRequests().length).toBeGreaterThanOrEqual(1);
   expect(answers.map((a) => a.json.metadata.selectedWorker)).toEqual(['oa2', 'oa2']);
   expect(fake2.chatRequests()).toHaveLength(2);
+  const movedFromOa1 = answers.filter((a) => a.json.metadata.failedWorkers.includes('oa1'));
+  expect(movedFromOa1.length).toBeGreaterThanOrEqual(1);
+  for (const a of movedFromOa1) {
+    expect(a.json.metadata.attempts[0]).toMatchObject({ worker: 'oa1', outcome: 'rejected', code: 'WORKER_OVERLOADED' });
+  }
 });
 
 test('openai worker - an engine that goes down makes its worker unhealthy and unselected, until it is back', async () => {

@@ -8,8 +8,11 @@ import { chat, chatStream, metricsText, metricValue, signalWorker, STEADY, start
 type Reply = Awaited<ReturnType<typeof chat>>;
 type StreamReply = Awaited<ReturnType<typeof chatStream>>;
 
-/** Slack for upper time bounds: two cores shared with other test runs. */
-const MARGIN_MS = 1500;
+/**
+ * Slack for upper time bounds: two cores shared with other test runs. Which attempt ended, and
+ * why, is checked in each answer's metadata; the bound shows no extra attempt or wait was added.
+ */
+const MARGIN_MS = 3000;
 
 async function timed<T>(run: () => Promise<T>): Promise<{ value: T; ms: number }> {
   const started = performance.now();

@@ -229,7 +229,9 @@ describe('cancellation', () => {
     controller.abort(reason);
     const { error } = await pending;
     expect(error).toBe(reason);
-    expect(Date.now() - started).toBeLessThan(500);
+    // At once: a hung engine would otherwise hold the request for Node's 300 s header limit; the
+    // bound leaves room for two loaded cores.
+    expect(Date.now() - started).toBeLessThan(3000);
     // The engine sees its client go away: generation there can stop too.
     await waitFor(() => fake.aborted() === 1, 'the fake engine to see the connection close', 2000, 5);
     expect(fake.open()).toBe(0);
