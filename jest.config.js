@@ -8,6 +8,7 @@ module.exports = {
   transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json' }] },
   // Integration tests spawn real nats-server and worker processes; two cores do not like many at once.
   maxWorkers: 2,
-  testTimeout: 30000,
+  // Generous: hooks start nats-server and worker processes, slow on two loaded cores.
+  testTimeout: 60000,
   reporters: ['default', '<rootDir>/tests/summary-reporter.js'],
 };

@@ -12,7 +12,7 @@ import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
 import { makeSubjects } from '../../src/protocol';
 
 export const MODEL = 'mlx-community/Llama-3.2-3B-Instruct-4bit';
-/** How long a test waits for spawned workers to come online (within Jest's 30 s hook limit). */
+/** How long a test waits for spawned workers to come online (within Jest's 60 s hook limit). */
 export const STARTUP_MS = 25_000;
 export const CLI = resolve(__dirname, '../../dist/src/cli.js');
 
