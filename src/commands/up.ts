@@ -1,6 +1,7 @@
 /**
  * `mlx-router up`: a whole local cluster in one command. Connects to the configured NATS or, when
- * none answers, starts `nats-server` as a child on a free port; then N synthetic worker processes
+ * the default one does not answer, starts `nats-server` as a child on a free port (servers the user
+ * named must answer, else it exits 1; `--nats local` always starts one); then N synthetic workers
  * and the controller (in this process). SIGINT or SIGTERM stops the controller, then the workers
  * (they deregister), then NATS, and leaves no process behind.
  */
