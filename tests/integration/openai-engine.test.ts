@@ -4,7 +4,7 @@
  * passes (buffered, streamed, usage, models, errors), then each engine fault and its answer.
  * The tests run in order: worker oa2 joins half-way, for the retry-elsewhere and engine-down cases.
  */
-import { addEngineWorker, chat, MODEL, parseSse, startCluster, streamedText, waitFor, type Cluster } from '../helpers/cluster';
+import { addEngineWorker, chat, MODEL, parseSse, startCluster, STARTUP_MS, streamedText, waitFor, type Cluster } from '../helpers/cluster';
 import { FAKE_PROMPT_TOKENS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
 
 /** A model only oa1's engine lists: oa1 is its only worker. */
@@ -30,6 +30,9 @@ beforeAll(async () => {
   ]);
   // No --model: oa1 advertises what fake1 lists.
   await addEngineWorker(cluster, { id: 'oa1', engineUrl: fake1.url, env: PROBE_ENV });
+  // Online comes first; the models follow from the engine's GET /models (a loaded machine may
+  // need a second probe for it).
+  await waitFor(() => cluster.controller.deps.registry.get('oa1')?.models.length === 2, 'oa1 advertising its engine models', STARTUP_MS);
 });
 
 afterAll(async () => {
