@@ -143,8 +143,14 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         workers.delete(id);
       },
       async waitForWorkers(ids) {
+        // Each seen online at least once: on starved cores one may miss a heartbeat window while
+        // another starts, and all of them online at one instant may take long to happen.
+        const seen = new Set<string>();
         await waitFor(
-          () => ids.every((id) => ctl.deps.registry.forModel(MODEL).some((w) => w.id === id) || ctl.deps.registry.online().some((w) => w.id === id)),
+          () => {
+            for (const w of ctl.deps.registry.online()) seen.add(w.id);
+            return ids.every((id) => seen.has(id));
+          },
           `workers ${ids.join(', ')} online`,
           // Starting node processes on a loaded two-core machine can take many seconds.
           STARTUP_MS,
