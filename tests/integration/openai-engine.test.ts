@@ -175,9 +175,11 @@ test('openai worker - with every engine down, /ready is 503 saying the workers a
   // Nothing listens on port 1: this worker's engine is down from the start.
   const down = 'http://127.0.0.1:1/v1';
   const oa3 = await addEngineWorker(cluster, { id: 'oa3', engineUrl: down, models: [MODEL], env: PROBE_ENV });
-  await waitFor(() => oa3.output().includes(down), 'the worker log naming its engine URL', 5000);
-  expect(oa3.output()).toMatch(/does not answer/);
-  expect(oa3.output()).not.toMatch(/"msg":"worker ready"/);
+  // Its start-up line names the engine URL and says it is down (not "worker ready").
+  const line = await waitFor(() => oa3.output().split('\n').find((l) => l.includes('does not answer')), 'the worker start-up line', 10_000);
+  expect(JSON.parse(line)).toMatchObject({ worker: 'oa3', engine: 'openai', engineUrl: down });
+  expect(JSON.parse(line).msg).toContain(`its engine at ${down} does not answer`);
+  expect(oa3.output()).not.toMatch(/worker ready/);
 
   await Promise.all([fake1.close(), fake2.close()]);
   await waitFor(() => ['oa1', 'oa2', 'oa3'].every((id) => registry.get(id)?.state === 'unhealthy'), 'every engine reported unhealthy', 5000);
