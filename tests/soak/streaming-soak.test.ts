@@ -74,6 +74,7 @@ async function streamOnce(url: string, prompt: string, expected: string, abortAf
   }
 }
 
+// Each run may take minutes on two loaded cores: its time limit is generous (how long is not what it checks).
 describe('soak', () => {
   let cluster: Cluster;
   beforeAll(async () => {
@@ -123,7 +124,7 @@ describe('soak', () => {
     expect(metrics).toMatch(/^mlx_router_in_flight_requests 0$/m);
     expect(metrics).toMatch(/^mlx_router_pending_replies 0$/m);
     expect(timeoutCount()).toBe(timersBefore);
-  }, 120_000);
+  }, 600_000);
 });
 
 describe('chaos', () => {
@@ -174,5 +175,5 @@ describe('chaos', () => {
     for (const o of outcomes) if (!o.ok) codes[o.code ?? 'none'] = (codes[o.code ?? 'none'] ?? 0) + 1;
     if (ok / TOTAL < 0.999) throw new Error(`succeeded ${ok} of ${TOTAL}; failures by code: ${JSON.stringify(codes)}`);
     expect(ok / TOTAL).toBeGreaterThanOrEqual(0.999);
-  }, 120_000);
+  }, 600_000);
 });
