@@ -22,6 +22,14 @@ export default tseslint.config(
     rules: { '@typescript-eslint/no-require-imports': 'off' },
   },
   {
+    // The dashboard's script runs in the browser, as a classic script.
+    files: ['dashboard/**/*.js'],
+    languageOptions: {
+      sourceType: 'script',
+      globals: { document: 'readonly', window: 'readonly', fetch: 'readonly', sessionStorage: 'readonly', EventSource: 'readonly', Node: 'readonly', setInterval: 'readonly' },
+    },
+  },
+  {
     // Tests read JSON answers of arbitrary shape.
     files: ['tests/**/*.ts'],
     rules: { '@typescript-eslint/no-explicit-any': 'off' },

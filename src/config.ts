@@ -51,6 +51,7 @@ export interface RouterConfig {
       session: { ttlMs: number; maxSessions: number };
     };
     streaming: { maxBufferedBytes: number; resume: boolean; maxResumes: number };
+    admin: { key: string };
   };
   nats: {
     servers: string[];
@@ -176,6 +177,14 @@ const schema = {
         default: true,
       },
       maxResumes: { doc: 'Resumes of one stream at most.', format: 'nat', default: 2 },
+    },
+    admin: {
+      key: {
+        doc: 'Bearer token of the admin actions (drain, undrain, breaker reset) of the cluster API; empty turns them off. Set it from the environment, at least 16 characters.',
+        format: String,
+        default: '',
+        sensitive: true,
+      },
     },
   },
   nats: {
@@ -329,6 +338,8 @@ function checkSemantics(cfg: RouterConfig): void {
   if (cfg.cluster.streaming.maxBufferedBytes < 1024) fail('cluster.streaming.maxBufferedBytes', 'must be at least 1024 (smaller cancels streams at their first chunk)');
   if (rr.streamingTimeoutMs < 1) fail('cluster.requestRouting.streamingTimeoutMs', 'must be at least 1');
   if (cfg.cluster.pipeline.length === 0) fail('cluster.pipeline', 'must name at least one middleware');
+  const adminKey = cfg.cluster.admin.key;
+  if (adminKey.length > 0 && (adminKey.length < 16 || /\s/.test(adminKey))) fail('cluster.admin.key', 'must be at least 16 characters without spaces (or empty: admin actions off)');
   if (cfg.nats.servers.length === 0) fail('nats.servers', 'must list at least one server');
   if (cfg.worker.maxConcurrent < 1) fail('worker.maxConcurrent', 'must be at least 1');
   if (cfg.worker.heartbeatIntervalMs < 10) fail('worker.heartbeatIntervalMs', 'must be at least 10');

@@ -34,6 +34,8 @@ export interface AttemptState {
   progress: () => void;
   /** Chunks this attempt has delivered. */
   chunks: number;
+  /** When this attempt's first chunk arrived (clock ms; streams only). */
+  firstChunkAt?: number;
 }
 
 /** What the answer's `metadata` and headers report. */

@@ -11,6 +11,7 @@ import { ConfigError, type RouterConfig } from './config';
 import type { Middleware, RouteContext } from './context';
 import type { BreakerBook } from './controller/breakers';
 import { dispatch, type ReplyMux } from './controller/dispatch';
+import type { EventBus } from './controller/events';
 import type { RouterMetrics } from './controller/metrics';
 import type { WorkerRegistry } from './controller/registry';
 import type { RetryBudget } from './controller/retry-budget';
@@ -35,6 +36,8 @@ export interface RouterDeps {
   log: Logger;
   /** Random source in [0, 1): jitter and p2c (default Math.random). */
   random: () => number;
+  /** The operator event bus (cluster API, dashboard); absent in bare unit setups. */
+  events?: EventBus;
 }
 
 /** A named factory: `name(options, deps)`; options are plain data taken from the config. */
@@ -151,6 +154,7 @@ async function runAttempt(ctx: RouteContext, chain: (ctx: RouteContext) => Promi
   // A function, so the narrowing of `ctx.worker = undefined` above does not stick across the chain.
   const selected = (): string | null => ctx.worker?.id ?? null;
   ctx.candidates = [];
+  if (ctx.attempts.length > 0) noteRetry(ctx, deps);
   try {
     ctx.candidates = await waitForCandidates(ctx, deps, controller.signal, waitMs);
     if (controller.signal.aborted) throw controller.signal.reason;
@@ -173,10 +177,35 @@ async function runAttempt(ctx: RouteContext, chain: (ctx: RouteContext) => Promi
     throw err;
   } finally {
     ctx.signal.removeEventListener('abort', onRequestAbort);
+    observeAttempt(ctx, deps);
     const worker = selected();
     if (worker) ctx.metrics.selectedWorker = worker;
     ctx.metrics.retryCount = Math.max(0, ctx.attempts.length - 1);
   }
+}
+
+/** Tells the event bus that this request is retried (or its stream resumed) after a failed attempt. */
+function noteRetry(ctx: RouteContext, deps: RouterDeps): void {
+  const last = ctx.attempts[ctx.attempts.length - 1];
+  deps.events?.emit({ type: ctx.continuation !== undefined ? 'resume' : 'retry', requestId: ctx.requestId, attempt: ctx.attempt.number, worker: last.worker, code: last.code });
+}
+
+/** The attempt just recorded, with its TTFT and token count, for the cluster API's per-worker stats. */
+function observeAttempt(ctx: RouteContext, deps: RouterDeps): void {
+  const rec = ctx.attempts[ctx.attempts.length - 1];
+  if (!deps.events || !rec || rec.attempt !== ctx.attempt.number) return;
+  const first = ctx.attempt.firstChunkAt;
+  const usage = rec.outcome === 'success' ? (ctx.result?.usage ?? ctx.end?.usage) : undefined;
+  deps.events.emit({
+    type: 'attempt',
+    requestId: ctx.requestId,
+    worker: rec.worker,
+    outcome: rec.outcome,
+    code: rec.code,
+    durationMs: rec.durationMs,
+    ...(first !== undefined ? { ttftMs: round2(first - ctx.attempt.startedAt) } : {}),
+    ...(usage ? { completionTokens: usage.completion_tokens } : {}),
+  });
 }
 
 /** Each deadline's code and its metric label (`first_chunk` for a stream's attempt limit). */

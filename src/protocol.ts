@@ -24,6 +24,8 @@ export interface Subjects {
   infer(workerId: string): string;
   /** Per-worker cancel subject: `{request_id, attempt}`. */
   cancel(workerId: string): string;
+  /** Per-worker admin control subject (request/reply): `{action: drain|undrain, model?}`. */
+  control(workerId: string): string;
   /** Workers publish heartbeats here; controllers subscribe. */
   heartbeat: string;
   /** A worker says goodbye here when it shuts down. */
@@ -36,6 +38,7 @@ export function makeSubjects(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects 
   return {
     infer: (id) => `${prefix}.worker.${id}.infer`,
     cancel: (id) => `${prefix}.worker.${id}.cancel`,
+    control: (id) => `${prefix}.worker.${id}.control`,
     heartbeat: `${prefix}.heartbeat`,
     bye: `${prefix}.bye`,
     discover: `${prefix}.discover`,
@@ -119,6 +122,26 @@ export interface Heartbeat {
   interval_ms: number;
   /** The engine can continue a partial answer (`continuation` in the request): stream resume. */
   continuation?: boolean;
+  /** Host name and process id of the worker (operator view only). */
+  host?: string;
+  pid?: number;
+  /** Models an operator took out of rotation on this worker: it refuses them, controllers skip it for them. */
+  draining_models?: string[];
+}
+
+/** An admin action sent to one worker on its control subject; every controller sees the result in heartbeats. */
+export interface ControlMessage {
+  /** drain / undrain: the whole worker, or only `model` when given. */
+  action: 'drain' | 'undrain';
+  model?: string;
+}
+
+/** The worker's answer to a ControlMessage. */
+export interface ControlReply {
+  ok: boolean;
+  state: 'ready' | 'draining' | 'unhealthy';
+  draining_models: string[];
+  error?: string;
 }
 
 export interface Bye {

@@ -125,7 +125,8 @@ export async function runUp(flags: Flags): Promise<number> {
     });
     const url = controller.url.replace('0.0.0.0', '127.0.0.1');
     process.stdout.write(
-      `\nmlx-router is up: ${url}  (NATS ${servers.join(',')}, ${workers} workers)\n\n` +
+      `\nmlx-router is up: ${url}  (NATS ${servers.join(',')}, ${workers} workers)\n` +
+        `  dashboard: ${url}/dashboard\n\n` +
         `  curl ${url}/v1/chat/completions -H 'content-type: application/json' \\\n` +
         `    -d '{"model":"${config.worker.models[0]}","messages":[{"role":"user","content":"Hello"}]}'\n\n` +
         `Ctrl-C stops everything.\n\n`,

@@ -143,6 +143,13 @@ export class BreakerBook {
     return [...this.breakers.keys()].map((w) => [w, this.state(w).kind]);
   }
 
+  /** An operator's reset: closed with no failures counted, whatever it was (a transition when it moves). */
+  reset(worker: string): BreakerKind {
+    const s = this.state(worker);
+    this.move(worker, s, { kind: 'closed', failures: 0 });
+    return s.kind;
+  }
+
   forget(worker: string): void {
     this.breakers.delete(worker);
   }

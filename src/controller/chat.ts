@@ -7,6 +7,7 @@ import type { RouterConfig } from '../config';
 import { answerUsage, createContext, type RouteContext, type StreamSink } from '../context';
 import { RouterError, toRouterError } from '../errors';
 import type { Logger } from '../logger';
+import type { EventBus } from './events';
 import type { FinishReason, Usage } from '../protocol';
 import type { Pipeline, RouterDeps } from '../pipeline';
 import type { ValidatedChat } from './validate';
@@ -105,6 +106,7 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
   });
   const sink = request.stream && input.sink ? input.sink(ctx) : undefined;
   (ctx as { sink?: StreamSink }).sink = sink;
+  let failure: RouterError | undefined;
   try {
     await pipeline.run(ctx);
     if (sink) {
@@ -114,7 +116,7 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
     if (!ctx.result) throw new RouterError('INTERNAL_ERROR', 'the chain ended without an answer (does cluster.pipeline end in dispatch?)');
     return { ctx };
   } catch (e) {
-    const err = toRouterError(e);
+    const err = (failure = toRouterError(e));
     if (err.code === 'INTERNAL_ERROR') ctxLog.error({ err: e }, 'request failed inside the router');
     if (sink) {
       sink.fail(err, { ...routingHeaders(ctx), ...errorHeaders(err) });
@@ -124,5 +126,20 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
   } finally {
     clearTimeout(deadlineTimer);
     removeGone();
+    if (deps.events) observeRequest(deps.events, ctx, failure);
   }
+}
+
+/** The request's one outcome for the cluster API's series; a request refused for capacity is also `shed`. */
+function observeRequest(events: EventBus, ctx: RouteContext, err: RouterError | undefined): void {
+  const first = ctx.metrics.resumes === 0 && ctx.sink?.committed ? ctx.attempt.firstChunkAt : undefined;
+  events.emit({
+    type: 'request',
+    requestId: ctx.requestId,
+    status: err?.status ?? 200,
+    code: err?.code ?? null,
+    durationMs: ctx.clock.now() - ctx.startedAt,
+    ...(first !== undefined ? { ttftMs: first - ctx.startedAt } : {}),
+  });
+  if (err?.outcome === 'no_capacity') events.emit({ type: 'shed', requestId: ctx.requestId, code: err.code });
 }

@@ -11,6 +11,7 @@ import { assemblePipeline, type Pipeline, type RouterDeps } from '../pipeline';
 import { decode, encode, makeSubjects, type Bye, type Heartbeat } from '../protocol';
 import { BreakerBook } from './breakers';
 import { ReplyMux } from './dispatch';
+import { EventBus } from './events';
 import { buildHttpServer } from './http';
 import { RouterMetrics } from './metrics';
 import { WorkerRegistry } from './registry';
@@ -46,8 +47,22 @@ export class Controller {
     const nc = options.nc ?? (await connectNats(config.nats, 'mlx-router-controller'));
     const ownsConnection = !options.nc;
     const subjects = makeSubjects(config.nats.subjectPrefix);
+    const events = new EventBus();
     // Worker ids churn (hostname-pid by default): forgetting one must drop its breaker too.
-    const registry = new WorkerRegistry({ clock, offlineAfterMs: config.discovery.offlineAfterMs, log, onForget: (id) => breakers.forget(id) });
+    const registry = new WorkerRegistry({
+      clock,
+      offlineAfterMs: config.discovery.offlineAfterMs,
+      log,
+      onForget: (id) => breakers.forget(id),
+      onStatus: (worker, change) =>
+        events.emit(
+          'state' in change
+            ? { type: 'worker.state', worker, state: change.state }
+            : change.online
+              ? { type: 'worker.up', worker }
+              : { type: 'worker.down', worker, reason: change.reason ?? 'offline' },
+        ),
+    });
     const cb = config.cluster.requestRouting.circuitBreaker;
     const breakers = new BreakerBook({
       ...cb,
@@ -57,6 +72,7 @@ export class Controller {
         log.warn({ worker, from, to }, 'circuit breaker transition');
         // `metrics` is declared below; transitions only happen once requests flow.
         metrics.breakerTransitions.inc({ worker, from, to });
+        events.emit({ type: 'breaker', worker, from, to });
       },
     });
     const mux = new ReplyMux(nc);
@@ -73,6 +89,7 @@ export class Controller {
       clock,
       log,
       random,
+      events,
     };
     let pipeline: Pipeline;
     try {

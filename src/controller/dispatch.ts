@@ -176,7 +176,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       }
       expected++;
       if (reply.type === 'chunk') {
-        ctx.attempt.chunks++;
+        if (ctx.attempt.chunks++ === 0) ctx.attempt.firstChunkAt = ctx.clock.now();
         ctx.attempt.progress();
         if (!ctx.sink?.write(String(reply.text ?? ''))) {
           finish(new RouterError('STREAM_INTERRUPTED', 'client reads too slowly: stream buffer cap reached', { worker: worker.id, outcome: 'cancelled' }), true);

@@ -10,6 +10,7 @@ import { newId } from '../ids';
 import type { Logger } from '../logger';
 import type { Pipeline, RouterDeps } from '../pipeline';
 import { answerMetadata, checkModel, errorHeaders, executeChat, routingHeaders } from './chat';
+import { registerClusterApi } from './cluster-api';
 import { SseSink } from './sse';
 import { registerWebSocket } from './ws';
 import { validateChatRequest } from './validate';
@@ -166,6 +167,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   });
 
   registerWebSocket(app, env);
+  registerClusterApi(app, { config, deps, pipeline, natsConnected: options.natsConnected });
 
   return app;
 }

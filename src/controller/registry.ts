@@ -31,7 +31,15 @@ export interface WorkerInfo {
   gone: boolean;
   /** The worker's engine can continue a partial answer (stream resume). */
   continuation: boolean;
+  /** Host and pid the worker reported (empty / 0 when it did not). */
+  host: string;
+  pid: number;
+  /** Models an operator took out of rotation on this worker. */
+  drainingModels: string[];
 }
+
+/** A worker came online, went offline, or changed its reported state (for the event bus). */
+export type StatusListener = (id: string, change: { online: boolean; reason?: string } | { state: WorkerInfo['state'] }) => void;
 
 /** Told why a watched attempt cannot be answered: the worker went offline, or our transport did. */
 export type OfflineWatcher = (reason: string, source: 'worker' | 'transport') => void;
@@ -44,7 +52,8 @@ export interface RegistryOptions {
   /** Peak-EWMA decay time constant (ms, default 10000). */
   latencyDecayMs?: number;
   /** Called when a long-silent worker is forgotten, so per-worker state elsewhere goes too. */
-  onForget?: (id: string) => void;
+  onForget?: (id: string) => void;  /** Called when a worker comes online, goes offline, or changes its reported state. */
+  onStatus?: StatusListener;
 }
 
 export class WorkerRegistry {
@@ -54,6 +63,7 @@ export class WorkerRegistry {
   private readonly log: Logger;
   private readonly decayMs: number;
   private readonly onForget?: (id: string) => void;
+  private readonly onStatus?: StatusListener;
   private readonly wasOnline = new Map<string, boolean>();
   private readonly watchers = new Map<string, Set<OfflineWatcher>>();
   private readonly capacityWaiters = new Set<() => void>();
@@ -64,6 +74,7 @@ export class WorkerRegistry {
     this.log = options.log;
     this.decayMs = options.latencyDecayMs ?? 10_000;
     this.onForget = options.onForget;
+    this.onStatus = options.onStatus;
   }
 
   onHeartbeat(hb: Heartbeat): void {
@@ -74,7 +85,14 @@ export class WorkerRegistry {
     const maxConcurrent = Number.isInteger(hb.max_concurrent) && hb.max_concurrent > 0 ? hb.max_concurrent : 1;
     const reported = Number.isFinite(hb.in_flight) ? hb.in_flight : 0;
     const state = hb.state === 'draining' || hb.state === 'unhealthy' ? hb.state : 'ready';
+    const host = typeof hb.host === 'string' ? hb.host.slice(0, 255) : '';
+    const pid = Number.isInteger(hb.pid) ? (hb.pid as number) : 0;
+    const drainingModels = Array.isArray(hb.draining_models) ? hb.draining_models.filter((m): m is string => typeof m === 'string') : [];
+    if (known && known.state !== state) this.onStatus?.(hb.id, { state });
     if (known) {
+      known.host = host;
+      known.pid = pid;
+      known.drainingModels = drainingModels;
       known.models = models;
       known.engine = String(hb.engine ?? 'unknown');
       known.maxConcurrent = maxConcurrent;
@@ -99,6 +117,9 @@ export class WorkerRegistry {
         lastSeen: now,
         gone: false,
         continuation: hb.continuation === true,
+        host,
+        pid,
+        drainingModels,
       });
     }
     this.noteTransition(hb.id);
@@ -128,7 +149,7 @@ export class WorkerRegistry {
     const now = this.clock.now();
     const out: WorkerInfo[] = [];
     for (const w of this.workers.values()) {
-      if (w.state === 'ready' && this.isOnline(w, now) && w.models.includes(model)) out.push(w);
+      if (w.state === 'ready' && this.isOnline(w, now) && w.models.includes(model) && !w.drainingModels.includes(model)) out.push(w);
     }
     return out;
   }
@@ -161,6 +182,11 @@ export class WorkerRegistry {
   knowsContinuation(model: string): boolean {
     for (const w of this.workers.values()) if (w.continuation && w.models.includes(model)) return true;
     return false;
+  }
+
+  /** Every known worker, online or recently seen, in id order. */
+  all(): WorkerInfo[] {
+    return [...this.workers.values()].sort((a, b) => a.id.localeCompare(b.id));
   }
 
   get(id: string): WorkerInfo | undefined {
@@ -265,6 +291,7 @@ export class WorkerRegistry {
     if (this.wasOnline.get(id) !== online) {
       this.wasOnline.set(id, online);
       this.log.info({ worker: id, online, models: w.models }, online ? 'worker online' : 'worker offline');
+      this.onStatus?.(id, { online, reason: online ? undefined : reason });
     }
     if (!online) {
       const watchers = this.watchers.get(id);

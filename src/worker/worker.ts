@@ -17,6 +17,8 @@ import {
   PROTOCOL_VERSION,
   readRequestHeaders,
   type CancelMessage,
+  type ControlMessage,
+  type ControlReply,
   type Heartbeat,
   type Subjects,
   type WireError,
@@ -24,6 +26,7 @@ import {
   type WireRequest,
 } from '../protocol';
 import { headers as natsHeaders } from '@nats-io/transport-node';
+import { hostname } from 'node:os';
 import { EngineError, type Engine, type EngineResult } from './engine';
 import { validateWireRequest } from './validate';
 
@@ -70,6 +73,9 @@ export class Worker {
   private readonly subs: Subscription[] = [];
   private heartbeatTimer?: NodeJS.Timeout;
   private state: 'new' | 'ready' | 'draining' | 'stopped' = 'new';
+  /** Drained by an operator (control subject): finishes its work, takes none, until undrained. */
+  private adminDrained = false;
+  private readonly drainedModels = new Set<string>();
 
   constructor(options: WorkerOptions) {
     this.nc = options.nc;
@@ -90,6 +96,7 @@ export class Worker {
     };
     on(this.subjects.infer(this.id), (msg) => this.onRequest(msg));
     on(this.subjects.cancel(this.id), (msg) => this.onCancel(msg));
+    on(this.subjects.control(this.id), (msg) => this.onControl(msg));
     on(this.subjects.discover, () => this.heartbeat());
     // The server must know our subscriptions before anyone is told we exist.
     await this.nc.flush();
@@ -140,11 +147,42 @@ export class Worker {
       engine: this.engine.name,
       max_concurrent: this.maxConcurrent,
       in_flight: this.inFlight.size,
-      state: this.state !== 'ready' ? 'draining' : this.engine.healthy?.() === false ? 'unhealthy' : 'ready',
+      state: this.reportedState(),
       interval_ms: this.heartbeatIntervalMs,
       continuation: this.engine.supportsContinuation === true,
+      host: hostname(),
+      pid: process.pid,
+      draining_models: [...this.drainedModels],
     };
     this.nc.publish(this.subjects.heartbeat, encode(hb));
+  }
+
+  private reportedState(): Heartbeat['state'] {
+    if (this.state !== 'ready' || this.adminDrained) return 'draining';
+    return this.engine.healthy?.() === false ? 'unhealthy' : 'ready';
+  }
+
+  /** An operator's drain or undrain (the whole worker, or one model); answered, then told to all by heartbeat. */
+  private onControl(msg: Msg): void {
+    const control = decode<ControlMessage>(msg.data);
+    const answer = (error?: string): void => {
+      const body: ControlReply = { ok: !error, state: this.reportedState(), draining_models: [...this.drainedModels], ...(error ? { error } : {}) };
+      if (msg.reply && !this.nc.isClosed()) this.nc.publish(msg.reply, encode(body));
+    };
+    if (!control || (control.action !== 'drain' && control.action !== 'undrain') || (control.model !== undefined && typeof control.model !== 'string')) {
+      answer('control message must be {"action": "drain"|"undrain", "model"?: string}');
+      return;
+    }
+    const drain = control.action === 'drain';
+    if (control.model !== undefined) {
+      if (drain) this.drainedModels.add(control.model);
+      else this.drainedModels.delete(control.model);
+    } else {
+      this.adminDrained = drain;
+    }
+    this.log.info({ worker: this.id, action: control.action, model: control.model }, 'operator control');
+    answer();
+    this.heartbeat();
   }
 
   private onCancel(msg: Msg): void {
@@ -179,6 +217,10 @@ export class Worker {
       fail('WORKER_UNAVAILABLE', `worker ${this.id} is shutting down`);
       return;
     }
+    if (this.adminDrained) {
+      fail('WORKER_UNAVAILABLE', `worker ${this.id} is drained by an operator`);
+      return;
+    }
     // Refused like "not delivered" (retried elsewhere at once), not failed: no work was attempted.
     if (this.engine.healthy?.() === false) {
       fail('WORKER_UNAVAILABLE', `worker ${this.id}: its ${this.engine.name} engine is not answering`);
@@ -191,6 +233,10 @@ export class Worker {
     }
     if (!this.engine.models().includes(parsed.model)) {
       fail('MODEL_NOT_FOUND', `worker ${this.id} does not serve model ${parsed.model}`);
+      return;
+    }
+    if (this.drainedModels.has(parsed.model)) {
+      fail('WORKER_UNAVAILABLE', `worker ${this.id}: model ${parsed.model} is out of rotation`);
       return;
     }
     if (this.inFlight.has(reply)) {
