@@ -5,7 +5,7 @@
  * and the controller (in this process). SIGINT or SIGTERM stops the controller, then the workers
  * (they deregister), then NATS, and leaves no process behind.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { dirname, resolve } from 'node:path';
 import { numberFlag, type Flags } from '../cli';
 import { Controller } from '../controller/controller';
@@ -14,6 +14,7 @@ import { createLogger } from '../logger';
 import { connectNats } from '../nats';
 import { natsServerAvailable, startNatsServer, type NatsServerHandle } from '../nats-server';
 import { configFromFlags, waitForSignal } from './shared';
+import { Supervisor } from './supervisor';
 
 const INSTALL_HINT = `no NATS server answers and no 'nats-server' binary is on PATH.
 Install one:  apt-get install nats-server   (Debian/Ubuntu)
@@ -34,17 +35,8 @@ function serversNamed(flags: Flags, servers: readonly string[]): boolean {
   return JSON.stringify(servers) !== JSON.stringify(fallback);
 }
 
-function stopChild(child: ChildProcess, graceMs: number): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((done) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      done();
-    });
-    child.kill('SIGTERM');
-  });
-}
+/** Restarts of a crashed worker: 0.5 s, doubling, at most 30 s; a worker up for a minute starts over. */
+const RESTART_BACKOFF = { initialBackoffMs: 500, maxBackoffMs: 30_000, resetAfterMs: 60_000 };
 
 export async function runUp(flags: Flags): Promise<number> {
   const workers = numberFlag(flags, 'workers', { min: 1, max: 64 }) ?? 3;
@@ -54,20 +46,20 @@ export async function runUp(flags: Flags): Promise<number> {
   });
   const log = createLogger('mlx-router', config.log.level);
   const signal = waitForSignal();
-  const children: ChildProcess[] = [];
+  const supervisors: Supervisor[] = [];
+  const running = () => supervisors.map((s) => s.current()).filter((c) => c !== undefined);
   let nats: NatsServerHandle | undefined;
   let controller: Controller | undefined;
-  let stopping = false;
 
   const shutdown = async (): Promise<void> => {
-    stopping = true;
+    for (const s of supervisors) s.noMoreRestarts();
     await controller?.stop().catch((err) => log.error({ err }, 'controller stop failed'));
-    await Promise.all(children.map((c) => stopChild(c, 15_000)));
+    await Promise.all(supervisors.map((s) => s.stop(15_000)));
     await nats?.stop();
   };
   // A last resort if this process dies another way: never leave a nats-server behind.
   const onExit = (): void => {
-    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+    for (const c of running()) c.kill('SIGKILL');
     if (nats && nats.process.exitCode === null) nats.process.kill('SIGKILL');
   };
   process.once('exit', onExit);
@@ -105,17 +97,27 @@ export async function runUp(flags: Flags): Promise<number> {
 
     const cli = resolve(__dirname, '..', 'cli.js');
     for (let i = 1; i <= workers; i++) {
-      const args = [cli, 'worker', '--nats', servers.join(','), '--id', `worker-${i}`];
+      const id = `worker-${i}`;
+      const args = [cli, 'worker', '--nats', servers.join(','), '--id', id];
       if (file) args.push('--config', file);
       // Own process group, so Ctrl-C reaches only `up`, which stops the controller first (its
       // streams finish) and then the workers. The IPC channel ties each worker to this process:
       // if `up` dies without stopping them, the channel closes and they stop themselves.
-      const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
-      child.channel?.unref();
-      child.on('exit', (code, sig) => {
-        if (!stopping) log.error({ worker: `worker-${i}`, code, signal: sig }, 'worker exited');
+      // A worker that dies on its own is started again, with backoff, and the dashboard is told.
+      const supervisor = new Supervisor({
+        ...RESTART_BACKOFF,
+        spawn: () => {
+          const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
+          child.channel?.unref();
+          return child;
+        },
+        onRestart: (info) => {
+          log.error({ worker: id, exit: info.exit, restarts: info.restarts, backoffMs: info.backoffMs }, 'worker exited; restarting it');
+          controller?.deps.events?.emit({ type: 'worker.restart', worker: id, ...info });
+        },
       });
-      children.push(child);
+      supervisor.start();
+      supervisors.push(supervisor);
     }
 
     controller = await Controller.start({
@@ -139,7 +141,7 @@ export async function runUp(flags: Flags): Promise<number> {
       log.warn('forced stop');
       onExit();
       // Reap what was just killed (briefly), so nothing is left even as a zombie.
-      const procs = [...children, ...(nats ? [nats.process] : [])].filter((c) => c.exitCode === null && c.signalCode === null);
+      const procs = [...running(), ...(nats ? [nats.process] : [])].filter((c) => c.exitCode === null && c.signalCode === null);
       await Promise.race([Promise.all(procs.map((c) => new Promise((r) => c.once('exit', r)))), new Promise((r) => setTimeout(r, 1000))]);
       process.exit(130);
     });

@@ -34,8 +34,7 @@ export function registerClusterAdmin(app: FastifyInstance, options: ClusterApiOp
 
   /** Sends one control message to a worker and applies its answer to our registry at once. */
   const control = async (workerId: string, message: ControlMessage): Promise<ControlReply> => {
-    const info = deps.registry.get(workerId);
-    if (!info) throw new RouterError('NOT_FOUND', `no worker '${workerId}' is known (see GET /v1/cluster/workers)`, { param: 'worker' });
+    if (!deps.registry.get(workerId)) throw new RouterError('NOT_FOUND', `no worker '${workerId}' is known (see GET /v1/cluster/workers)`, { param: 'worker' });
     let answer: ControlReply | undefined;
     try {
       const msg = await deps.nc.request(deps.subjects.control(workerId), encode(message), { timeout: CONTROL_TIMEOUT_MS });
@@ -50,8 +49,9 @@ export function registerClusterAdmin(app: FastifyInstance, options: ClusterApiOp
       throw new RouterError('WORKER_ERROR', `worker '${workerId}' refused ${message.action}: ${String(answer?.error ?? 'unreadable answer')}`, { worker: workerId });
     }
     // Its heartbeat tells every controller; ours knows now, so not one more request goes there.
-    if (answer.state === 'ready' || answer.state === 'draining' || answer.state === 'unhealthy') info.state = answer.state;
-    if (Array.isArray(answer.draining_models)) info.drainingModels = answer.draining_models.filter((m) => typeof m === 'string');
+    const state = answer.state === 'draining' || answer.state === 'unhealthy' ? answer.state : 'ready';
+    const models = Array.isArray(answer.draining_models) ? answer.draining_models.filter((m) => typeof m === 'string') : [];
+    deps.registry.applyState(workerId, state, models);
     return answer;
   };
 

@@ -184,6 +184,15 @@ export class WorkerRegistry {
     return false;
   }
 
+  /** A worker's own answer to an admin action, applied before its next heartbeat says the same. */
+  applyState(id: string, state: WorkerInfo['state'], drainingModels: string[]): void {
+    const w = this.workers.get(id);
+    if (!w) return;
+    if (w.state !== state) this.onStatus?.(id, { state });
+    w.state = state;
+    w.drainingModels = drainingModels;
+  }
+
   /** Every known worker, online or recently seen, in id order. */
   all(): WorkerInfo[] {
     return [...this.workers.values()].sort((a, b) => a.id.localeCompare(b.id));
