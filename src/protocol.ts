@@ -180,6 +180,9 @@ export interface RequestHeaders {
   attempt: number;
   deadlineMs: number;
   stream: boolean;
+  /** W3C trace context of the attempt (`traceparent`, `tracestate` NATS headers), when known. */
+  traceparent?: string;
+  tracestate?: string;
 }
 
 export function requestHeaders(h: RequestHeaders): MsgHdrs {
@@ -189,6 +192,8 @@ export function requestHeaders(h: RequestHeaders): MsgHdrs {
   hdrs.append(HDR_ATTEMPT, String(h.attempt));
   hdrs.append(HDR_DEADLINE_MS, String(Math.max(0, Math.floor(h.deadlineMs))));
   if (h.stream) hdrs.append(HDR_STREAM, '1');
+  if (h.traceparent) hdrs.append('traceparent', h.traceparent);
+  if (h.tracestate) hdrs.append('tracestate', h.tracestate);
   return hdrs;
 }
 
@@ -202,6 +207,8 @@ export function readRequestHeaders(hdrs: MsgHdrs | undefined): RequestHeaders {
     attempt: Number.isFinite(attempt) ? attempt : 1,
     deadlineMs: Number.isFinite(deadline) ? deadline : Number.POSITIVE_INFINITY,
     stream: hdrs?.get(HDR_STREAM) === '1',
+    traceparent: hdrs?.get('traceparent') || undefined,
+    tracestate: hdrs?.get('tracestate') || undefined,
   };
 }
 

@@ -7,6 +7,7 @@ import type { RouterConfig } from '../config';
 import { answerUsage, createContext, type RouteContext, type StreamSink } from '../context';
 import { RouterError, toRouterError } from '../errors';
 import type { Logger } from '../logger';
+import { nextTraceparent, TRACEPARENT } from '../trace';
 import type { EventBus } from './events';
 import type { FinishReason, Usage } from '../protocol';
 import type { Pipeline, RouterDeps } from '../pipeline';
@@ -101,7 +102,8 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
     clock: deps.clock,
     signal: abort.signal,
     deadline: deps.clock.now() + budgetMs,
-    headers: input.headers,
+    // One trace per request: the client's, or a new one (each attempt is a hop under it).
+    headers: { ...input.headers, [TRACEPARENT]: nextTraceparent(input.headers[TRACEPARENT]) },
     sessionId,
   });
   const sink = request.stream && input.sink ? input.sink(ctx) : undefined;

@@ -19,6 +19,7 @@ import {
   type WireReply,
   type WireResult,
 } from '../protocol';
+import { nextTraceparent, passTracestate } from '../trace';
 import type { WorkerInfo, WorkerRegistry } from './registry';
 
 type Handler = (msg: Msg) => void;
@@ -208,7 +209,14 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       const wire = ctx.continuation ? { ...ctx.request, continuation: ctx.continuation } : ctx.request;
       deps.nc.publish(deps.subjects.infer(worker.id), encode(wire), {
         reply: reg.subject,
-        headers: requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream }),
+        headers: requestHeaders({
+          requestId: ctx.requestId,
+          attempt: ctx.attempt.number,
+          deadlineMs: remaining,
+          stream: ctx.stream,
+          traceparent: nextTraceparent(ctx.headers.traceparent),
+          tracestate: passTracestate(ctx.headers.tracestate),
+        }),
       });
     } catch (err) {
       // A local failure says nothing about the worker: never "worker gone".

@@ -1,5 +1,11 @@
 import type { FinishReason, Usage, WireRequest } from '../protocol';
 
+/** What travels with a request besides its body: the W3C trace context of the attempt. */
+export interface GenerateContext {
+  traceparent?: string;
+  tracestate?: string;
+}
+
 /** What an engine returns once generation ends. */
 export interface EngineResult {
   finishReason: FinishReason;
@@ -20,7 +26,7 @@ export interface Engine {
   /** True when the engine honours `continuation` (stream resume); advertised in heartbeats. */
   readonly supportsContinuation?: boolean;
   models(): readonly string[];
-  generate(request: WireRequest, onText: (text: string) => void, signal: AbortSignal): Promise<EngineResult>;
+  generate(request: WireRequest, onText: (text: string) => void, signal: AbortSignal, context?: GenerateContext): Promise<EngineResult>;
   close?(): Promise<void>;
   /**
    * False while the engine behind is known to be down (an HTTP engine's probe fails): the worker

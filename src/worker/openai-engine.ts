@@ -10,7 +10,8 @@ import type { Clock } from '../clock';
 import { systemClock } from '../clock';
 import type { Logger } from '../logger';
 import { estimateTokens, type Usage, type WireRequest } from '../protocol';
-import { EngineError, type Engine, type EngineResult } from './engine';
+import { nextTraceparent, passTracestate } from '../trace';
+import { EngineError, type Engine, type EngineResult, type GenerateContext } from './engine';
 import { engineErrorText, httpError, inBandError, isConnectFailure, networkCode, networkError } from './openai-errors';
 import { promptTokens } from './synthetic';
 
@@ -214,6 +215,13 @@ export function modelIds(body: string): string[] | undefined {
  * (first probe, first model list) and `close()` when done (stops the probe).
  * @example openaiEngine({ url: 'http://127.0.0.1:8081/v1', models: ['mlx-community/Llama-3.2-3B-Instruct-4bit'] })
  */
+/** The engine call is one more hop of the request's trace: a new parent id, the same trace id. */
+function traceHeaders(context: GenerateContext | undefined): Record<string, string> {
+  if (!context?.traceparent) return {};
+  const tracestate = passTracestate(context.tracestate);
+  return { traceparent: nextTraceparent(context.traceparent), ...(tracestate ? { tracestate } : {}) };
+}
+
 export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
   const base = options.url.replace(/\/+$/, '');
   const configured = options.models !== undefined && options.models.length > 0 ? [...options.models] : undefined;
@@ -310,7 +318,7 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
       await probing;
     },
 
-    async generate(request, onText, signal): Promise<EngineResult> {
+    async generate(request, onText, signal, context): Promise<EngineResult> {
       // Without a continuation mode, resume is not advertised, so this is a protocol mistake.
       if (request.continuation !== undefined && continuation === 'off') {
         throw new EngineError('WORKER_ERROR', 'this engine is not configured to continue a partial answer (worker.openai.continuation)');
@@ -321,7 +329,7 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
         // The signal bounds every phase, connect included: a cancel or the deadline aborts at once.
         res = await fetch(`${base}/chat/completions`, {
           method: 'POST',
-          headers: headers(request.stream ? 'text/event-stream' : 'application/json'),
+          headers: { ...headers(request.stream ? 'text/event-stream' : 'application/json'), ...traceHeaders(context) },
           body: JSON.stringify(engineBody(request, continuation)),
           signal,
         });

@@ -27,7 +27,7 @@ import {
 } from '../protocol';
 import { headers as natsHeaders } from '@nats-io/transport-node';
 import { hostname } from 'node:os';
-import { EngineError, type Engine, type EngineResult } from './engine';
+import { EngineError, type Engine, type EngineResult, type GenerateContext } from './engine';
 import { validateWireRequest } from './validate';
 
 export interface WorkerOptions {
@@ -253,7 +253,8 @@ export class Worker {
     const deadline = Number.isFinite(meta.deadlineMs)
       ? setTimeout(() => controller.abort(new Error('deadline passed')), meta.deadlineMs)
       : undefined;
-    const done = this.serve(parsed, send, fail, controller.signal).finally(() => {
+    const trace = { traceparent: meta.traceparent, tracestate: meta.tracestate };
+    const done = this.serve(parsed, send, fail, controller.signal, trace).finally(() => {
       if (deadline) clearTimeout(deadline);
       this.inFlight.delete(key);
     });
@@ -271,6 +272,7 @@ export class Worker {
     send: (body: WireReply, seq?: number) => void,
     fail: (code: ErrorCode, message: string, extra?: Partial<WireError>) => void,
     signal: AbortSignal,
+    trace: GenerateContext,
   ): Promise<void> {
     let seq = 0;
     let text = '';
@@ -300,7 +302,7 @@ export class Worker {
         : (piece: string) => {
             text += piece;
           };
-      const result = await this.engine.generate(request, onText, signal);
+      const result = await this.engine.generate(request, onText, signal, trace);
       if (request.stream) {
         if (flushTimer) clearImmediate(flushTimer);
         flush();
