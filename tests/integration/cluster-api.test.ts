@@ -145,11 +145,11 @@ describe('cluster API', () => {
   test('admin - 401 without a key, 403 with a wrong one, OpenAI-shaped with x-request-id', async () => {
     const none = await post(cluster.url, '/v1/cluster/workers/b-good/drain');
     expect(none.status).toBe(401);
-    expect(none.json.error).toMatchObject({ code: 'ADMIN_UNAUTHORIZED', type: 'authentication_error', param: null, message: expect.any(String) });
+    expect(none.json.error).toMatchObject({ code: 'ADMIN_UNAUTHORIZED', type: 'invalid_request_error', param: null, message: expect.any(String) });
     expect(none.headers.get('x-request-id')).toMatch(/\S/);
     const wrong = await post(cluster.url, '/v1/cluster/workers/b-good/drain', { key: 'not-the-admin-key-at-all' });
     expect(wrong.status).toBe(403);
-    expect(wrong.json.error).toMatchObject({ code: 'ADMIN_FORBIDDEN', type: 'permission_error' });
+    expect(wrong.json.error).toMatchObject({ code: 'ADMIN_FORBIDDEN', type: 'invalid_request_error' });
     expect((await workerView(cluster.url, 'b-good')).state).toBe('ready');
     const unknown = await post(cluster.url, '/v1/cluster/workers/nobody/drain', { key: KEY });
     expect(unknown.status).toBe(404);
