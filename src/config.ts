@@ -82,6 +82,7 @@ export interface RouterConfig {
     };
   };
   discovery: { offlineAfterMs: number };
+  tracing: { otlpEndpoint: string; serviceName: string };
   log: { level: string };
 }
 
@@ -243,6 +244,14 @@ const schema = {
   discovery: {
     offlineAfterMs: { doc: 'A worker silent this long (controller clock) is offline (ms).', format: 'nat', default: 6000 },
   },
+  tracing: {
+    otlpEndpoint: {
+      doc: "OTLP/HTTP collector base URL (e.g. http://127.0.0.1:4318): the controller exports a span per request and per attempt to its /v1/traces; empty: no export (traceparent still propagates).",
+      format: String,
+      default: '',
+    },
+    serviceName: { doc: 'service.name of the exported spans.', format: String, default: 'mlx-router' },
+  },
   log: {
     level: { doc: 'pino log level.', format: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
   },
@@ -338,6 +347,7 @@ function checkSemantics(cfg: RouterConfig): void {
   if (cfg.cluster.streaming.maxBufferedBytes < 1024) fail('cluster.streaming.maxBufferedBytes', 'must be at least 1024 (smaller cancels streams at their first chunk)');
   if (rr.streamingTimeoutMs < 1) fail('cluster.requestRouting.streamingTimeoutMs', 'must be at least 1');
   if (cfg.cluster.pipeline.length === 0) fail('cluster.pipeline', 'must name at least one middleware');
+  if (cfg.tracing.otlpEndpoint && !/^https?:\/\/[^/]/.test(cfg.tracing.otlpEndpoint)) fail('tracing.otlpEndpoint', `must be an http:// or https:// URL, got '${cfg.tracing.otlpEndpoint}'`);
   const adminKey = cfg.cluster.admin.key;
   if (adminKey.length > 0 && (adminKey.length < 16 || /\s/.test(adminKey))) fail('cluster.admin.key', 'must be at least 16 characters without spaces (or empty: admin actions off)');
   if (cfg.nats.servers.length === 0) fail('nats.servers', 'must list at least one server');

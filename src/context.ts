@@ -36,6 +36,8 @@ export interface AttemptState {
   chunks: number;
   /** When this attempt's first chunk arrived (clock ms; streams only). */
   firstChunkAt?: number;
+  /** The W3C traceparent this attempt was sent with (its span in the request's trace). */
+  traceparent?: string;
 }
 
 /** What the answer's `metadata` and headers report. */

@@ -202,9 +202,13 @@ function observeAttempt(ctx: RouteContext, deps: RouterDeps): void {
     worker: rec.worker,
     outcome: rec.outcome,
     code: rec.code,
-    durationMs: rec.durationMs,
+    // Unrounded, and measured now: the bus stamps the event's end time on the same time base.
+    durationMs: deps.clock.now() - ctx.attempt.startedAt,
     ...(first !== undefined ? { ttftMs: round2(first - ctx.attempt.startedAt) } : {}),
     ...(usage ? { completionTokens: usage.completion_tokens } : {}),
+    traceparent: ctx.attempt.traceparent,
+    requestTraceparent: ctx.headers.traceparent,
+    attempt: rec.attempt,
   });
 }
 

@@ -128,12 +128,12 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
   } finally {
     clearTimeout(deadlineTimer);
     removeGone();
-    if (deps.events) observeRequest(deps.events, ctx, failure);
+    if (deps.events) observeRequest(deps.events, ctx, failure, input.headers[TRACEPARENT]);
   }
 }
 
 /** The request's one outcome for the cluster API's series; a request refused for capacity is also `shed`. */
-function observeRequest(events: EventBus, ctx: RouteContext, err: RouterError | undefined): void {
+function observeRequest(events: EventBus, ctx: RouteContext, err: RouterError | undefined, clientTraceparent: string | undefined): void {
   const first = ctx.metrics.resumes === 0 && ctx.sink?.committed ? ctx.attempt.firstChunkAt : undefined;
   events.emit({
     type: 'request',
@@ -142,6 +142,10 @@ function observeRequest(events: EventBus, ctx: RouteContext, err: RouterError | 
     code: err?.code ?? null,
     durationMs: ctx.clock.now() - ctx.startedAt,
     ...(first !== undefined ? { ttftMs: first - ctx.startedAt } : {}),
+    traceparent: ctx.headers[TRACEPARENT],
+    clientTraceparent,
+    model: ctx.request.model,
+    stream: ctx.stream,
   });
   if (err?.outcome === 'no_capacity') events.emit({ type: 'shed', requestId: ctx.requestId, code: err.code });
 }

@@ -16,6 +16,7 @@ import { registerClusterAdmin } from './cluster-admin';
 import { ClusterStats } from './cluster-stats';
 import { packageVersion, registerDashboard } from './dashboard';
 import { EventBus, isOperatorEvent, type ClusterEvent } from './events';
+import { OtlpExporter } from './otlp';
 import type { WorkerInfo, WorkerRegistry } from './registry';
 
 export interface ClusterApiOptions {
@@ -110,6 +111,9 @@ export function registerClusterApi(app: FastifyInstance, options: ClusterApiOpti
   const startedAt = Date.now();
   const controllerId = `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${process.pid}-${config.controller.port}`;
   const streams = new Set<FastifyReply>();
+  const otlp = config.tracing.otlpEndpoint
+    ? new OtlpExporter(events, { endpoint: config.tracing.otlpEndpoint, serviceName: config.tracing.serviceName, log: deps.log })
+    : undefined;
   const unsubscribeForget = events.subscribe((e) => {
     // A worker the registry forgot (see its sweep) has no history worth showing.
     if (e.type === 'worker.down' && !deps.registry.get(e.worker)) stats.forget(e.worker);
@@ -183,9 +187,9 @@ export function registerClusterApi(app: FastifyInstance, options: ClusterApiOpti
     for (const s of streams) s.raw.end();
     done();
   });
-  app.addHook('onClose', (_app, done) => {
+  app.addHook('onClose', async () => {
     unsubscribeForget();
     stats.close();
-    done();
+    await otlp?.close();
   });
 }

@@ -214,7 +214,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
           attempt: ctx.attempt.number,
           deadlineMs: remaining,
           stream: ctx.stream,
-          traceparent: nextTraceparent(ctx.headers.traceparent),
+          traceparent: (ctx.attempt.traceparent = nextTraceparent(ctx.headers.traceparent)),
           tracestate: passTracestate(ctx.headers.tracestate),
         }),
       });

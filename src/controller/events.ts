@@ -31,6 +31,10 @@ export interface AttemptObservation {
   /** Time to the attempt's first streamed chunk, when it had one. */
   ttftMs?: number;
   completionTokens?: number;
+  /** The attempt's traceparent, and the request's (its parent span). */
+  traceparent?: string;
+  requestTraceparent?: string;
+  attempt?: number;
 }
 
 /** One finished request, after all attempts (ClusterStats reads it; not on the operator feed). */
@@ -42,6 +46,11 @@ export interface RequestObservation {
   durationMs: number;
   /** Time to the first chunk the client got (streams). */
   ttftMs?: number;
+  /** The request's own traceparent, and the client's (its parent span), when it sent one. */
+  traceparent?: string;
+  clientTraceparent?: string;
+  model?: string;
+  stream?: boolean;
 }
 
 export type ClusterEventBody = OperatorEvent | AttemptObservation | RequestObservation;
@@ -61,10 +70,14 @@ export class EventBus {
   private readonly ring: ClusterEvent[] = [];
   private seq = 0;
 
-  /** `keep`: operator events remembered for replay (default 200). `now`: wall clock (ms). */
+  /**
+   * `keep`: operator events remembered for replay (default 200). `now`: wall clock (ms); the
+   * default has sub-millisecond precision on the monotonic clock's base, so an observation's start
+   * (its time less its duration) and its end order as they happened.
+   */
   constructor(
     private readonly keep = 200,
-    private readonly now: () => number = Date.now,
+    private readonly now: () => number = () => performance.timeOrigin + performance.now(),
   ) {}
 
   emit(body: ClusterEventBody): void {

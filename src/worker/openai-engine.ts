@@ -10,7 +10,7 @@ import type { Clock } from '../clock';
 import { systemClock } from '../clock';
 import type { Logger } from '../logger';
 import { estimateTokens, type Usage, type WireRequest } from '../protocol';
-import { nextTraceparent, passTracestate } from '../trace';
+import { formatTraceparent, nextTraceparent, parseTraceparent, passTracestate } from '../trace';
 import { EngineError, type Engine, type EngineResult, type GenerateContext } from './engine';
 import { engineErrorText, httpError, inBandError, isConnectFailure, networkCode, networkError } from './openai-errors';
 import { promptTokens } from './synthetic';
@@ -215,11 +215,16 @@ export function modelIds(body: string): string[] | undefined {
  * (first probe, first model list) and `close()` when done (stops the probe).
  * @example openaiEngine({ url: 'http://127.0.0.1:8081/v1', models: ['mlx-community/Llama-3.2-3B-Instruct-4bit'] })
  */
-/** The engine call is one more hop of the request's trace: a new parent id, the same trace id. */
+/**
+ * The engine call joins the request's trace. The worker records no span of its own, so it passes
+ * the attempt's context on unchanged (W3C: a hop that does not participate forwards it); the
+ * engine's spans then hang under the controller's attempt span. A malformed one starts a new trace.
+ */
 function traceHeaders(context: GenerateContext | undefined): Record<string, string> {
   if (!context?.traceparent) return {};
-  const tracestate = passTracestate(context.tracestate);
-  return { traceparent: nextTraceparent(context.traceparent), ...(tracestate ? { tracestate } : {}) };
+  const parsed = parseTraceparent(context.traceparent);
+  const tracestate = parsed ? passTracestate(context.tracestate) : undefined;
+  return { traceparent: parsed ? formatTraceparent(parsed) : nextTraceparent(undefined), ...(tracestate ? { tracestate } : {}) };
 }
 
 export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
