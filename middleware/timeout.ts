@@ -1,4 +1,5 @@
 import type { Middleware, RouteContext } from '../src/context';
+import { defineMiddleware } from '../src/define';
 import { RouterError } from '../src/errors';
 
 export interface TimeoutOptions {
@@ -17,7 +18,18 @@ export interface TimeoutOptions {
  * `idleTimeoutMs` between chunks. Every limit is cut to what the request has left. The timer is
  * cleared in `finally`, whatever happens.
  */
-export function timeout(options: TimeoutOptions): Middleware {
+export const timeout = defineMiddleware<TimeoutOptions, object>({
+  name: 'timeout',
+  defaults: { attemptTimeoutMs: 10000, firstChunkTimeoutMs: 10000, idleTimeoutMs: 30000 },
+  fromConfig: (c) => ({
+    attemptTimeoutMs: c.cluster.requestRouting.attemptTimeoutMs,
+    firstChunkTimeoutMs: c.cluster.requestRouting.firstChunkTimeoutMs,
+    idleTimeoutMs: c.cluster.requestRouting.idleTimeoutMs,
+  }),
+  factory: timeoutMiddleware,
+});
+
+function timeoutMiddleware(options: TimeoutOptions): Middleware {
   return async function timeout(ctx: RouteContext, next): Promise<void> {
     const attempt = ctx.attempt;
     const worker = ctx.worker?.id ?? 'unknown';
@@ -35,23 +47,24 @@ export function timeout(options: TimeoutOptions): Middleware {
       attempt.abort(new RouterError(code, `worker ${worker} did not ${what} within ${Math.round(limit)} ms${cutByDeadline && phase === 'first' ? ' (the request deadline)' : ''}`, { worker }));
     };
     let timer = setTimeout(fire, first);
-    if (ctx.stream) {
-      attempt.progress = () => {
-        if (phase === 'first') {
-          phase = 'idle';
-          clearTimeout(timer);
-          limit = Math.min(options.idleTimeoutMs, left());
-          timer = setTimeout(fire, limit);
-        } else {
-          // refresh() re-arms the same timer: no allocation per chunk.
-          timer.refresh();
-        }
-      };
-    }
+    const unfollow = !ctx.stream
+      ? undefined
+      : attempt.onProgress(() => {
+          if (phase === 'first') {
+            phase = 'idle';
+            clearTimeout(timer);
+            limit = Math.min(options.idleTimeoutMs, left());
+            timer = setTimeout(fire, limit);
+          } else {
+            // refresh() re-arms the same timer: no allocation per chunk.
+            timer.refresh();
+          }
+        });
     try {
       await next();
     } finally {
       clearTimeout(timer);
+      unfollow?.();
     }
   };
 }

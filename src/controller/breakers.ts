@@ -5,6 +5,8 @@
  * probes at a time; `successThreshold` successes close it, one failure reopens it for longer.
  */
 import type { Clock } from '../clock';
+import { countsAgainstWorker } from '../errors';
+import type { BreakerPermit, Breakers } from '../types';
 
 export type BreakerState =
   | { kind: 'closed'; failures: number }
@@ -36,7 +38,7 @@ function isStale(now: BreakerState, ticket: BreakerState | undefined): boolean {
   return ticket !== undefined && now.kind === 'half-open' && now !== ticket;
 }
 
-export class BreakerBook {
+export class BreakerBook implements Breakers {
   private readonly breakers = new Map<string, BreakerState>();
   private readonly random: () => number;
 
@@ -77,6 +79,33 @@ export class BreakerBook {
       return true;
     }
     return false;
+  }
+
+  /**
+   * allow → acquire → record in one place (the `execute` shape of a breaker policy): takes the
+   * right to send one attempt and returns the permit its outcome is recorded with, or undefined
+   * when the breaker refuses now. Success counts towards closing; failures that count against a
+   * worker (timeouts, worker failures, broken streams) towards opening; anything else (caller
+   * errors, overload rejections, cancellations, not delivered) only frees a half-open permit.
+   */
+  admit(worker: string): BreakerPermit | undefined {
+    const ticket = this.state(worker);
+    if (!this.acquire(worker)) return undefined;
+    let recorded = false;
+    return {
+      worker,
+      record: (outcome) => {
+        if (recorded) return false;
+        recorded = true;
+        if (outcome === 'success') {
+          this.success(worker, ticket);
+          return false;
+        }
+        if (countsAgainstWorker(outcome)) return this.failure(worker, ticket);
+        this.release(worker, ticket);
+        return false;
+      },
+    };
   }
 
   /**
