@@ -46,24 +46,23 @@ function timeoutMiddleware(options: TimeoutOptions): Middleware {
       const code = phase === 'idle' ? 'STREAM_IDLE_TIMEOUT' : cutByDeadline ? 'REQUEST_TIMEOUT' : 'WORKER_TIMEOUT';
       attempt.abort(new RouterError(code, `worker ${worker} did not ${what} within ${Math.round(limit)} ms${cutByDeadline && phase === 'first' ? ' (the request deadline)' : ''}`, { worker }));
     };
-    let timer = setTimeout(fire, first);
+    const timer = ctx.clock.timer(first, fire);
     const unfollow = !ctx.stream
       ? undefined
       : attempt.onProgress(() => {
           if (phase === 'first') {
             phase = 'idle';
-            clearTimeout(timer);
             limit = Math.min(options.idleTimeoutMs, left());
-            timer = setTimeout(fire, limit);
+            timer.restart(limit);
           } else {
-            // refresh() re-arms the same timer: no allocation per chunk.
-            timer.refresh();
+            // The same duration re-arms the same timer: no allocation per chunk.
+            timer.restart();
           }
         });
     try {
       await next();
     } finally {
-      clearTimeout(timer);
+      timer.cancel();
       unfollow?.();
     }
   };

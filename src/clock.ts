@@ -5,11 +5,39 @@
 export interface Clock {
   now(): number;
   sleep(ms: number, signal?: AbortSignal): Promise<void>;
+  /** Calls `fn` once, `ms` from now; the handle cancels or re-arms it. */
+  timer(ms: number, fn: () => void): ClockTimer;
+}
+
+/** A one-shot timer of a Clock. */
+export interface ClockTimer {
+  cancel(): void;
+  /** Re-arms it for `ms` from now (default: its last duration), fired or not; no allocation when the duration is the same. */
+  restart(ms?: number): void;
+}
+
+/** A ClockTimer on the process's timers (setTimeout). */
+export function processTimer(ms: number, fn: () => void): ClockTimer {
+  let last = ms;
+  let t = setTimeout(fn, ms);
+  return {
+    cancel: () => clearTimeout(t),
+    restart(next = last) {
+      if (next === last) {
+        t.refresh();
+        return;
+      }
+      clearTimeout(t);
+      last = next;
+      t = setTimeout(fn, next);
+    },
+  };
 }
 
 /** Real time: `performance.now()` is monotonic, unlike `Date.now()`. */
 export const systemClock: Clock = {
   now: () => performance.now(),
+  timer: processTimer,
   sleep: (ms, signal) =>
     new Promise<void>((resolve, reject) => {
       if (signal?.aborted) {
