@@ -30,6 +30,7 @@ export const breaker = defineMiddleware<BreakerFilterOptions, BreakerFilterDeps>
   fromConfig: (c) => ({ enabled: c.cluster.requestRouting.circuitBreaker.enabled }),
   factory(options, deps): Middleware {
     const { breakers } = deps;
+    const allows = (w: WorkerInfo): boolean => breakers.allows(w.id);
     return async function breaker(ctx: RouteContext, next): Promise<void> {
       if (!options.enabled) return next();
       let permit: BreakerPermit | undefined;
@@ -54,7 +55,7 @@ export const breaker = defineMiddleware<BreakerFilterOptions, BreakerFilterDeps>
         }
         ctx.candidates = allowed;
       }
-      if (!permit) ctx.attempt.admissions.push({ allows: (w) => breakers.allows(w.id), admit });
+      if (!permit) ctx.attempt.admissions.push({ allows, admit });
       try {
         await next();
       } catch (e) {

@@ -47,23 +47,23 @@ function timeoutMiddleware(options: TimeoutOptions): Middleware {
       attempt.abort(new RouterError(code, `worker ${worker} did not ${what} within ${Math.round(limit)} ms${cutByDeadline && phase === 'first' ? ' (the request deadline)' : ''}`, { worker }));
     };
     const timer = ctx.clock.timer(first, fire);
-    const unfollow = !ctx.stream
-      ? undefined
-      : attempt.onProgress(() => {
-          if (phase === 'first') {
-            phase = 'idle';
-            limit = Math.min(options.idleTimeoutMs, left());
-            timer.restart(limit);
-          } else {
-            // The same duration re-arms the same timer: no allocation per chunk.
-            timer.restart();
-          }
-        });
+    // The listener goes with the attempt's state; nothing to remove.
+    if (ctx.stream) {
+      attempt.onProgress(() => {
+        if (phase === 'first') {
+          phase = 'idle';
+          limit = Math.min(options.idleTimeoutMs, left());
+          timer.restart(limit);
+        } else {
+          // The same duration re-arms the same timer: no allocation per chunk.
+          timer.restart();
+        }
+      });
+    }
     try {
       await next();
     } finally {
       timer.cancel();
-      unfollow?.();
     }
   };
 }

@@ -16,22 +16,35 @@ export interface ClockTimer {
   restart(ms?: number): void;
 }
 
+/** A ClockTimer on the process's timers (setTimeout); methods on the prototype, no closures. */
+class ProcessTimer implements ClockTimer {
+  private handle: NodeJS.Timeout;
+
+  constructor(
+    private last: number,
+    private readonly fn: () => void,
+  ) {
+    this.handle = setTimeout(fn, last);
+  }
+
+  cancel(): void {
+    clearTimeout(this.handle);
+  }
+
+  restart(next: number = this.last): void {
+    if (next === this.last) {
+      this.handle.refresh();
+      return;
+    }
+    clearTimeout(this.handle);
+    this.last = next;
+    this.handle = setTimeout(this.fn, next);
+  }
+}
+
 /** A ClockTimer on the process's timers (setTimeout). */
 export function processTimer(ms: number, fn: () => void): ClockTimer {
-  let last = ms;
-  let t = setTimeout(fn, ms);
-  return {
-    cancel: () => clearTimeout(t),
-    restart(next = last) {
-      if (next === last) {
-        t.refresh();
-        return;
-      }
-      clearTimeout(t);
-      last = next;
-      t = setTimeout(fn, next);
-    },
-  };
+  return new ProcessTimer(ms, fn);
 }
 
 /** Real time: `performance.now()` is monotonic, unlike `Date.now()`. */

@@ -53,26 +53,41 @@ export interface Admission {
   admit(worker: WorkerInfo): boolean;
 }
 
+/** Attempt state with its methods on the prototype: nothing allocated per attempt beyond the object. */
+class Attempt implements AttemptState {
+  readonly signal: AbortSignal;
+  chunks = 0;
+  readonly admissions: Admission[] = [];
+  private listeners: Array<() => void> | undefined;
+
+  constructor(
+    readonly number: number,
+    readonly startedAt: number,
+    private readonly controller: AbortController,
+  ) {
+    this.signal = controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    this.controller.abort(reason);
+  }
+
+  progress(): void {
+    const listeners = this.listeners;
+    if (listeners) for (let i = 0; i < listeners.length; i++) listeners[i]();
+  }
+
+  onProgress(listener: () => void): () => void {
+    (this.listeners ??= []).push(listener);
+    return () => {
+      this.listeners = this.listeners?.filter((l) => l !== listener);
+    };
+  }
+}
+
 /** A fresh attempt state: `signal` and `abort` come from the attempt's own AbortController. */
 export function newAttempt(number: number, startedAt: number, controller: AbortController): AttemptState {
-  let listeners: Array<() => void> | undefined;
-  return {
-    number,
-    startedAt,
-    signal: controller.signal,
-    abort: (reason) => controller.abort(reason),
-    progress() {
-      if (listeners) for (let i = 0; i < listeners.length; i++) listeners[i]();
-    },
-    onProgress(listener) {
-      (listeners ??= []).push(listener);
-      return () => {
-        listeners = listeners?.filter((l) => l !== listener);
-      };
-    },
-    chunks: 0,
-    admissions: [],
-  };
+  return new Attempt(number, startedAt, controller);
 }
 
 /** What the answer's `metadata` and headers report (DESIGN §8). */

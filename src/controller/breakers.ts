@@ -5,7 +5,7 @@
  * probes at a time; `successThreshold` successes close it, one failure reopens it for longer.
  */
 import type { Clock } from '../clock';
-import { countsAgainstWorker } from '../errors';
+import { countsAgainstWorker, type OutcomeClass } from '../errors';
 import type { BreakerPermit, Breakers } from '../types';
 
 export type BreakerState =
@@ -91,22 +91,9 @@ export class BreakerBook implements Breakers {
   admit(worker: string): BreakerPermit | undefined {
     const ticket = this.state(worker);
     if (!this.acquire(worker)) return undefined;
-    let recorded = false;
-    return {
-      worker,
-      record: (outcome) => {
-        if (recorded) return false;
-        recorded = true;
-        if (outcome === 'success') {
-          this.success(worker, ticket);
-          return false;
-        }
-        if (countsAgainstWorker(outcome)) return this.failure(worker, ticket);
-        this.release(worker, ticket);
-        return false;
-      },
-    };
+    return new Permit(this, worker, ticket);
   }
+
 
   /**
    * The state object a permit was taken from: pass it back with the outcome so that a probe
@@ -188,5 +175,28 @@ export class BreakerBook implements Breakers {
     this.breakers.set(worker, to);
     if (from.kind !== to.kind) this.options.onTransition?.(worker, from.kind, to.kind);
     return to;
+  }
+}
+
+/** One granted acquire; its outcome is recorded once. */
+class Permit implements BreakerPermit {
+  private recorded = false;
+
+  constructor(
+    private readonly book: BreakerBook,
+    readonly worker: string,
+    private readonly ticket: BreakerState,
+  ) {}
+
+  record(outcome: OutcomeClass | 'success'): boolean {
+    if (this.recorded) return false;
+    this.recorded = true;
+    if (outcome === 'success') {
+      this.book.success(this.worker, this.ticket);
+      return false;
+    }
+    if (countsAgainstWorker(outcome)) return this.book.failure(this.worker, this.ticket);
+    this.book.release(this.worker, this.ticket);
+    return false;
   }
 }
