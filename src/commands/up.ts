@@ -7,7 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { dirname, resolve } from 'node:path';
-import { numberFlag, type Flags } from '../cli';
+import { numberFlag, type Flags } from '../flags';
 import { Controller } from '../controller/controller';
 import { describeKeys } from '../config';
 import { createLogger } from '../logger';

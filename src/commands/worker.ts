@@ -1,5 +1,5 @@
 import { hostname } from 'node:os';
-import { UsageError, numberFlag, type Flags } from '../cli';
+import { UsageError, numberFlag, type Flags } from '../flags';
 import { systemClock } from '../clock';
 import type { RouterConfig } from '../config';
 import { createLogger, type Logger } from '../logger';

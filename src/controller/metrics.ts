@@ -5,6 +5,7 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { BreakerBook, BreakerKind } from './breakers';
 import type { WorkerRegistry } from './registry';
+import type { RouterInstruments } from '../types';
 
 const BREAKER_VALUE: Record<BreakerKind, number> = { closed: 0, 'half-open': 1, open: 2 };
 
@@ -15,7 +16,7 @@ export interface MetricsSources {
   pendingReplies: () => number;
 }
 
-export class RouterMetrics {
+export class RouterMetrics implements RouterInstruments {
   readonly register = new Registry();
   readonly requests: Counter<'status' | 'code' | 'stream'>;
   readonly attempts: Counter<'outcome'>;

@@ -6,32 +6,9 @@
 import type { Clock } from '../clock';
 import type { Logger } from '../logger';
 import { WORKER_ID_PATTERN, type Heartbeat } from '../protocol';
+import type { WorkerDirectory, WorkerInfo } from '../types';
 
-export interface WorkerInfo {
-  readonly id: string;
-  models: string[];
-  engine: string;
-  maxConcurrent: number;
-  /** In-flight count the worker reported in its last heartbeat (all controllers together). */
-  reportedInFlight: number;
-  /** Requests this controller has outstanding at the worker now. */
-  outstanding: number;
-  /**
-   * Requests other controllers had at the worker at its last heartbeat: its reported in-flight
-   * count less ours at that moment. Our own count is always current; theirs only this fresh.
-   */
-  foreignInFlight: number;
-  /** Peak-EWMA latency of this controller's requests (ms); starts at 0 (unknown). */
-  latencyMs: number;
-  latencyAt: number;
-  /** `unhealthy`: online, but its engine is down; never selected (forModel skips it). */
-  state: 'ready' | 'draining' | 'unhealthy';
-  lastSeen: number;
-  /** Set by "no responders" or bye: offline until the next heartbeat. */
-  gone: boolean;
-  /** The worker's engine can continue a partial answer (stream resume). */
-  continuation: boolean;
-}
+export type { WorkerInfo };
 
 /** Told why a watched attempt cannot be answered: the worker went offline, or our transport did. */
 export type OfflineWatcher = (reason: string, source: 'worker' | 'transport') => void;
@@ -47,7 +24,7 @@ export interface RegistryOptions {
   onForget?: (id: string) => void;
 }
 
-export class WorkerRegistry {
+export class WorkerRegistry implements WorkerDirectory {
   private readonly workers = new Map<string, WorkerInfo>();
   private readonly clock: Clock;
   private readonly offlineAfterMs: number;
