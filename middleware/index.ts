@@ -7,6 +7,7 @@ import type { MiddlewareDefinition } from '../src/pipeline';
 import { breaker } from './breaker';
 import { health } from './health';
 import { metrics } from './metrics';
+import { prefix } from './prefix';
 import { retry } from './retry';
 import { select } from './select';
 import { session } from './session';
@@ -26,6 +27,7 @@ export const BUILTIN_MIDDLEWARE = {
     options: (c: RouterConfig) => ({ strategy: routing(c).strategy, workerWaitTimeoutMs: routing(c).workerWaitTimeoutMs }),
     factory: select,
   },
+  prefix: { options: (c: RouterConfig) => ({ ...routing(c).prefix }), factory: prefix },
   timeout: {
     options: (c: RouterConfig) => ({
       attemptTimeoutMs: routing(c).attemptTimeoutMs,
@@ -37,4 +39,4 @@ export const BUILTIN_MIDDLEWARE = {
   health: { options: (c: RouterConfig) => ({ breakerEnabled: routing(c).circuitBreaker.enabled }), factory: health },
 } satisfies Record<string, MiddlewareDefinition>;
 
-export { breaker, health, metrics, retry, select, session, timeout };
+export { breaker, health, metrics, prefix, retry, select, session, timeout };

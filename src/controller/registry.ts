@@ -5,7 +5,7 @@
  */
 import type { Clock } from '../clock';
 import type { Logger } from '../logger';
-import { WORKER_ID_PATTERN, type Heartbeat } from '../protocol';
+import { WORKER_ID_PATTERN, type Heartbeat, type PromptCacheInfo } from '../protocol';
 
 export interface WorkerInfo {
   readonly id: string;
@@ -31,6 +31,16 @@ export interface WorkerInfo {
   gone: boolean;
   /** The worker's engine can continue a partial answer (stream resume). */
   continuation: boolean;
+  /** The engine's prompt cache as the last heartbeat advertised it (size, epoch); absent: unknown. */
+  promptCache?: PromptCacheInfo;
+}
+
+/** A heartbeat's `prompt_cache`, when well-formed; a peer's garbage reads as absent. */
+function readPromptCache(v: unknown): PromptCacheInfo | undefined {
+  if (!v || typeof v !== 'object') return undefined;
+  const { size, epoch } = v as Record<string, unknown>;
+  if (typeof size !== 'number' || !Number.isInteger(size) || size < 0 || typeof epoch !== 'string' || epoch.length > 128) return undefined;
+  return { size, epoch };
 }
 
 /** Told why a watched attempt cannot be answered: the worker went offline, or our transport did. */
@@ -84,6 +94,7 @@ export class WorkerRegistry {
       known.lastSeen = now;
       known.gone = false;
       known.continuation = hb.continuation === true;
+      known.promptCache = readPromptCache(hb.prompt_cache);
     } else {
       this.workers.set(hb.id, {
         id: hb.id,
@@ -99,6 +110,7 @@ export class WorkerRegistry {
         lastSeen: now,
         gone: false,
         continuation: hb.continuation === true,
+        promptCache: readPromptCache(hb.prompt_cache),
       });
     }
     this.noteTransition(hb.id);
