@@ -170,13 +170,13 @@ const schema = {
         maxSessions: { doc: 'Most sessions remembered; the least recently used is forgotten first.', format: 'nat', default: 10000 },
       },
       prefix: {
-        minPrefixTokens: { doc: 'prefix middleware: a predicted cached prefix shorter than this (tokens) counts as none.', format: 'nat', default: 64 },
+        minPrefixTokens: { doc: 'prefix middleware: a predicted cached prefix shorter than this (tokens) counts as none, and so does a reported cached_tokens below it.', format: 'nat', default: 64 },
         ttftMarginTokens: {
           doc: "prefix middleware: leave the worker with the longest cached prefix when its predicted prefill work (queued + this prompt's uncached tokens) exceeds another candidate's by more than this (tokens).",
           format: 'nat',
-          default: 2048,
+          default: 256,
         },
-        maxImbalance: { doc: 'prefix middleware: leave the worker with the longest cached prefix when it has this many more requests in flight than the least loaded candidate.', format: 'nat', default: 4 },
+        maxImbalance: { doc: 'prefix middleware: leave the worker with the longest cached prefix when it has this many more requests in flight than the least loaded candidate.', format: 'nat', default: 8 },
         defaultCacheSize: { doc: "prefix middleware: prompt cache entries assumed for a worker that does not advertise its cache size.", format: 'nat', default: 10 },
       },
     },
