@@ -21,8 +21,14 @@ export interface Conversation {
   total: number;
 }
 
+/** A message's content as text: a string as is, anything else (content parts) as JSON. */
+function contentText(m: ChatMessage): string {
+  const c: unknown = m.content;
+  return typeof c === 'string' ? c : (JSON.stringify(c) ?? '');
+}
+
 function link(previous: string, m: ChatMessage): string {
-  return createHash('sha1').update(previous).update('\u0000').update(m.role).update('\u0000').update(m.content).digest('base64url').slice(0, 22);
+  return createHash('sha1').update(previous).update('\u0000').update(String(m.role)).update('\u0000').update(contentText(m)).digest('base64url').slice(0, 22);
 }
 
 /** The request's chain of boundary hashes and token counts. */
@@ -33,7 +39,7 @@ export function conversation(model: string, messages: readonly ChatMessage[]): C
   let count = 0;
   for (const m of messages) {
     h = link(h, m);
-    count += messageTokens(m);
+    count += messageTokens({ role: m.role, content: contentText(m) });
     hashes.push(h);
     tokens.push(count);
   }

@@ -98,3 +98,11 @@ test('prefix index - a worker without a cache (size 0) is never predicted; unadv
   index.record('quiet', conv(user('other')).hashes);
   expect(index.entries('quiet')).toBe(1);
 });
+
+test('prefix index - content that is not a string (content parts) is hashed and counted as JSON, never throws', () => {
+  const parts = [{ type: 'text', text: 'hello' }];
+  const c = conversation(MODEL, [{ role: 'user', content: parts as never }]);
+  expect(c.hashes).toHaveLength(1);
+  expect(c.tokens[0]).toBe(3 + Math.ceil(JSON.stringify(parts).length / 4));
+  expect(conversation(MODEL, [{ role: 'user', content: parts as never }]).hashes).toEqual(c.hashes);
+});
