@@ -7,11 +7,12 @@ import type { AnyDefinition } from '../src/define';
 import { breaker } from './breaker';
 import { health } from './health';
 import { metrics } from './metrics';
+import { prefix } from './prefix';
 import { retry } from './retry';
 import { select } from './select';
 import { session } from './session';
 import { timeout } from './timeout';
 
-export const BUILTIN_MIDDLEWARE: Readonly<Record<string, AnyDefinition>> = { metrics, session, retry, breaker, select, timeout, health };
+export const BUILTIN_MIDDLEWARE: Readonly<Record<string, AnyDefinition>> = { metrics, session, retry, breaker, prefix, select, timeout, health };
 
-export { breaker, health, metrics, retry, select, session, timeout };
+export { breaker, health, metrics, prefix, retry, select, session, timeout };

@@ -23,6 +23,7 @@ Usage:
   mlx-router controller [--nats URL] [--port P] [--host H] [--config FILE]
   mlx-router worker [--nats URL] [--id ID] [--model NAME]... [--max-concurrent N]
                     [--ttft-ms N] [--token-ms N] [--fail-rate F] [--heartbeat-ms N] [--config FILE]
+                    [--prompt-cache-size N] [--prefill-us-per-token N]
                     [--engine synthetic|openai] [--engine-url URL] [--engine-api-key KEY]
       --engine openai fronts an OpenAI-compatible server (mlx_lm.server, llama-server, vLLM, Ollama)
       at --engine-url (default http://127.0.0.1:8081/v1); without --model it advertises the models
@@ -50,6 +51,8 @@ const COMMANDS: Record<string, { options: ParseArgsConfig['options']; run: (flag
       'ttft-ms': { type: 'string' },
       'token-ms': { type: 'string' },
       'fail-rate': { type: 'string' },
+      'prompt-cache-size': { type: 'string' },
+      'prefill-us-per-token': { type: 'string' },
       'heartbeat-ms': { type: 'string' },
       engine: { type: 'string' },
       'engine-url': { type: 'string' },

@@ -6,6 +6,7 @@
  */
 import type { Counter, Gauge, Histogram } from 'prom-client';
 import type { OutcomeClass } from './errors';
+import type { PromptCacheInfo } from './protocol';
 
 /** What the controller knows of one worker, from its heartbeats and this controller's traffic. */
 export interface WorkerInfo {
@@ -32,12 +33,16 @@ export interface WorkerInfo {
   gone: boolean;
   /** The worker's engine can continue a partial answer (stream resume). */
   continuation: boolean;
+  /** The engine's prompt cache as the last heartbeat advertised it (size, epoch); absent: unknown. */
+  promptCache?: PromptCacheInfo;
 }
 
 /** The worker registry as middleware see it. */
 export interface WorkerDirectory {
   /** Online, ready workers serving the model. */
   forModel(model: string): WorkerInfo[];
+  /** Every online worker, whatever its state or models. */
+  online(): WorkerInfo[];
   /** Online workers that serve the model but report their engine unhealthy (so take no work). */
   unhealthyFor(model: string): WorkerInfo[];
   /** Some worker, online or not, has served the model (so waiting for one may help). */
@@ -91,4 +96,9 @@ export interface RouterInstruments {
   readonly timeouts: Counter<'kind'>;
   readonly duration: Histogram<'stream'>;
   readonly inFlight: Gauge;
+  readonly prefixDecisions: Counter<'decision'>;
+  readonly prefixRequests: Counter<'worker' | 'predicted' | 'reported'>;
+  readonly prefixCachedTokens: Histogram<'worker'>;
+  readonly prefixSavedTokens: Counter<'worker'>;
+  readonly prefixDrops: Counter<'worker'>;
 }

@@ -5,10 +5,18 @@
  */
 import type { Clock } from '../clock';
 import type { Logger } from '../logger';
-import { WORKER_ID_PATTERN, type Heartbeat } from '../protocol';
+import { WORKER_ID_PATTERN, type Heartbeat, type PromptCacheInfo } from '../protocol';
 import type { WorkerDirectory, WorkerInfo } from '../types';
 
 export type { WorkerInfo };
+
+/** A heartbeat's `prompt_cache`, when well-formed; a peer's garbage reads as absent. */
+function readPromptCache(v: unknown): PromptCacheInfo | undefined {
+  if (!v || typeof v !== 'object') return undefined;
+  const { size, epoch } = v as Record<string, unknown>;
+  if (typeof size !== 'number' || !Number.isInteger(size) || size < 0 || typeof epoch !== 'string' || epoch.length > 128) return undefined;
+  return { size, epoch };
+}
 
 /** Told why a watched attempt cannot be answered: the worker went offline, or our transport did. */
 export type OfflineWatcher = (reason: string, source: 'worker' | 'transport') => void;
@@ -61,6 +69,7 @@ export class WorkerRegistry implements WorkerDirectory {
       known.lastSeen = now;
       known.gone = false;
       known.continuation = hb.continuation === true;
+      known.promptCache = readPromptCache(hb.prompt_cache);
     } else {
       this.workers.set(hb.id, {
         id: hb.id,
@@ -76,6 +85,7 @@ export class WorkerRegistry implements WorkerDirectory {
         lastSeen: now,
         gone: false,
         continuation: hb.continuation === true,
+        promptCache: readPromptCache(hb.prompt_cache),
       });
     }
     this.noteTransition(hb.id);
