@@ -30,6 +30,11 @@ export default tseslint.config(
     },
   },
   {
+    // ES module scripts run by Node itself (the import-graph check, the packed-package test).
+    files: ['**/*.mjs'],
+    languageOptions: { sourceType: 'module', globals: { process: 'readonly', console: 'readonly', URL: 'readonly', AbortController: 'readonly' } },
+  },
+  {
     // Tests read JSON answers of arbitrary shape.
     files: ['tests/**/*.ts'],
     rules: { '@typescript-eslint/no-explicit-any': 'off' },

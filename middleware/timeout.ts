@@ -1,4 +1,5 @@
 import type { Middleware, RouteContext } from '../src/context';
+import { defineMiddleware } from '../src/define';
 import { RouterError } from '../src/errors';
 
 export interface TimeoutOptions {
@@ -17,7 +18,18 @@ export interface TimeoutOptions {
  * `idleTimeoutMs` between chunks. Every limit is cut to what the request has left. The timer is
  * cleared in `finally`, whatever happens.
  */
-export function timeout(options: TimeoutOptions): Middleware {
+export const timeout = defineMiddleware<TimeoutOptions, object>({
+  name: 'timeout',
+  defaults: { attemptTimeoutMs: 10000, firstChunkTimeoutMs: 10000, idleTimeoutMs: 30000 },
+  fromConfig: (c) => ({
+    attemptTimeoutMs: c.cluster.requestRouting.attemptTimeoutMs,
+    firstChunkTimeoutMs: c.cluster.requestRouting.firstChunkTimeoutMs,
+    idleTimeoutMs: c.cluster.requestRouting.idleTimeoutMs,
+  }),
+  factory: timeoutMiddleware,
+});
+
+function timeoutMiddleware(options: TimeoutOptions): Middleware {
   return async function timeout(ctx: RouteContext, next): Promise<void> {
     const attempt = ctx.attempt;
     const worker = ctx.worker?.id ?? 'unknown';
@@ -34,24 +46,24 @@ export function timeout(options: TimeoutOptions): Middleware {
       const code = phase === 'idle' ? 'STREAM_IDLE_TIMEOUT' : cutByDeadline ? 'REQUEST_TIMEOUT' : 'WORKER_TIMEOUT';
       attempt.abort(new RouterError(code, `worker ${worker} did not ${what} within ${Math.round(limit)} ms${cutByDeadline && phase === 'first' ? ' (the request deadline)' : ''}`, { worker }));
     };
-    let timer = setTimeout(fire, first);
+    const timer = ctx.clock.timer(first, fire);
+    // The listener goes with the attempt's state; nothing to remove.
     if (ctx.stream) {
-      attempt.progress = () => {
+      attempt.onProgress(() => {
         if (phase === 'first') {
           phase = 'idle';
-          clearTimeout(timer);
           limit = Math.min(options.idleTimeoutMs, left());
-          timer = setTimeout(fire, limit);
+          timer.restart(limit);
         } else {
-          // refresh() re-arms the same timer: no allocation per chunk.
-          timer.refresh();
+          // The same duration re-arms the same timer: no allocation per chunk.
+          timer.restart();
         }
-      };
+      });
     }
     try {
       await next();
     } finally {
-      clearTimeout(timer);
+      timer.cancel();
     }
   };
 }

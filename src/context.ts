@@ -6,7 +6,7 @@
 import type { Clock } from './clock';
 import type { AttemptRecord } from './errors';
 import type { Logger } from './logger';
-import type { WorkerInfo } from './controller/registry';
+import type { WorkerInfo } from './types';
 import type { Usage, WireEnd, WireRequest, WireResult } from './protocol';
 
 /** A middleware: `(ctx, next)`, as in koa-compose. */
@@ -30,14 +30,70 @@ export interface AttemptState {
   /** Aborts when this attempt must end: its timeout, or the request's end. */
   readonly signal: AbortSignal;
   abort(reason: unknown): void;
-  /** Called by dispatch on every streamed chunk; the timeout middleware uses it for idle limits. */
-  progress: () => void;
+  /** Called by dispatch on every streamed chunk: tells every progress listener. */
+  progress(): void;
+  /** Follows this attempt's progress (the timeout middleware's idle limit); returns the remover. */
+  onProgress(listener: () => void): () => void;
   /** Chunks this attempt has delivered. */
   chunks: number;
+  /**
+   * Checks the worker `select` chooses must pass, installed for this attempt by middleware before
+   * `select` (the breaker takes its permit here). Fresh for each attempt.
+   */
+  readonly admissions: Admission[];
   /** When this attempt's first chunk arrived (clock ms; streams only). */
   firstChunkAt?: number;
   /** The W3C traceparent this attempt was sent with (its span in the request's trace). */
   traceparent?: string;
+}
+
+/**
+ * A say over which worker an attempt may go to. `allows` filters candidates (also those that come
+ * online while `select` waits); `admit` is called once, for the chosen worker, and may refuse it
+ * (a half-open breaker whose permits were taken meanwhile): `select` then picks another.
+ */
+export interface Admission {
+  allows(worker: WorkerInfo): boolean;
+  admit(worker: WorkerInfo): boolean;
+}
+
+/** Attempt state with its methods on the prototype: nothing allocated per attempt beyond the object. */
+class Attempt implements AttemptState {
+  readonly signal: AbortSignal;
+  chunks = 0;
+  readonly admissions: Admission[] = [];
+  firstChunkAt?: number;
+  traceparent?: string;
+  private listeners: Array<() => void> | undefined;
+
+  constructor(
+    readonly number: number,
+    readonly startedAt: number,
+    private readonly controller: AbortController,
+  ) {
+    this.signal = controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    this.controller.abort(reason);
+  }
+
+  progress(): void {
+    const listeners = this.listeners;
+    if (listeners) for (let i = 0; i < listeners.length; i++) listeners[i]();
+  }
+
+  onProgress(listener: () => void): () => void {
+    (this.listeners ??= []).push(listener);
+    return () => {
+      this.listeners = this.listeners?.filter((l) => l !== listener);
+    };
+  }
+}
+
+/** A fresh attempt state: `signal` and `abort` come from the attempt's own AbortController. */
+export function newAttempt(number: number, startedAt: number, controller: AbortController): AttemptState {
+  return new Attempt(number, startedAt, controller);
 }
 
 /** What the answer's `metadata` and headers report. */
@@ -80,8 +136,6 @@ export interface RouteContext {
   readonly attempts: AttemptRecord[];
   /** Stream resume: the text the next attempt must continue after (set by retry). */
   continuation?: string;
-  /** Runs one attempt through the part of the chain after the retry boundary. */
-  runAttempt: () => Promise<void>;
 
   /** Buffered answer. */
   result?: WireResult;
@@ -106,7 +160,6 @@ export interface ContextInit {
   sink?: StreamSink;
 }
 
-const neverAborted = new AbortController().signal;
 
 /** The one constructor of RouteContext. */
 export function createContext(init: ContextInit): RouteContext {
@@ -123,9 +176,8 @@ export function createContext(init: ContextInit): RouteContext {
     headers: init.headers ?? {},
     sessionId: init.sessionId,
     candidates: [],
-    attempt: { number: 0, startedAt: now, signal: neverAborted, abort: () => undefined, progress: () => undefined, chunks: 0 },
+    attempt: newAttempt(0, now, new AbortController()),
     attempts: [],
-    runAttempt: () => Promise.reject(new Error('runAttempt is set by the pipeline')),
     sink: init.sink,
     metrics: { retryCount: 0, resumes: 0, circuitBreakerTrips: 0, timeouts: 0, failedWorkers: [], selectedWorker: null, totalDurationMs: 0 },
     state: {},

@@ -56,6 +56,8 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** As in OpenAI's usage: prompt tokens the engine took from its prompt cache (prefix reuse). */
+  prompt_tokens_details?: { cached_tokens: number };
 }
 
 /** The request body a worker receives: the validated subset of OpenAI's chat request. */
@@ -127,6 +129,12 @@ export interface Heartbeat {
   pid?: number;
   /** Models an operator took out of rotation on this worker: it refuses them, controllers skip it for them. */
   draining_models?: string[];
+  /**
+   * The engine's prompt cache, when it has one: `size` entries (conversations) at most, and an
+   * `epoch` that changes whenever the cache starts empty again (worker start, engine restart), so
+   * controllers forget what they predicted it holds. Prefix-aware routing reads it.
+   */
+  prompt_cache?: PromptCacheInfo;
 }
 
 /** An admin action sent to one worker on its control subject; every controller sees the result in heartbeats. */
@@ -142,6 +150,11 @@ export interface ControlReply {
   state: 'ready' | 'draining' | 'unhealthy';
   draining_models: string[];
   error?: string;
+}
+
+export interface PromptCacheInfo {
+  size: number;
+  epoch: string;
 }
 
 export interface Bye {
@@ -221,3 +234,11 @@ export function isNoResponders(msg: { data: Uint8Array; headers?: MsgHdrs }): bo
 export function estimateTokens(text: string): number {
   return text.length === 0 ? 0 : Math.max(1, Math.ceil(text.length / 4));
 }
+
+/** Tokens one chat message takes in a prompt: its content and 3 for the chat template (OpenAI's cookbook count). */
+export function messageTokens(m: ChatMessage): number {
+  return 3 + estimateTokens(m.content);
+}
+
+/** Tokens the chat template adds after the messages (the assistant's header). */
+export const PROMPT_TAIL_TOKENS = 3;

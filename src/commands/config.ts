@@ -1,4 +1,4 @@
-import type { Flags } from '../cli';
+import type { Flags } from '../flags';
 import { describeKeys } from '../config';
 import { configFromFlags } from './shared';
 

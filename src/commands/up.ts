@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process';
 import { dirname, resolve } from 'node:path';
-import { numberFlag, type Flags } from '../cli';
+import { numberFlag, type Flags } from '../flags';
 import { Controller } from '../controller/controller';
 import { describeKeys } from '../config';
 import { createLogger } from '../logger';
@@ -113,7 +113,7 @@ export async function runUp(flags: Flags): Promise<number> {
         },
         onRestart: (info) => {
           log.error({ worker: id, exit: info.exit, restarts: info.restarts, backoffMs: info.backoffMs }, 'worker exited; restarting it');
-          controller?.deps.events?.emit({ type: 'worker.restart', worker: id, ...info });
+          controller?.deps.bus?.emit({ type: 'worker.restart', worker: id, ...info });
         },
       });
       supervisor.start();

@@ -92,7 +92,7 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
   const sessionId = (headerSession && headerSession.length > 0 ? headerSession : undefined) ?? input.chat.sessionId;
   const budgetMs = request.stream ? routing.streamingTimeoutMs : routing.timeoutMs;
   const abort = new AbortController();
-  const deadlineTimer = setTimeout(() => abort.abort(new RouterError('REQUEST_TIMEOUT', `request deadline of ${budgetMs} ms passed`)), budgetMs);
+  const deadlineTimer = deps.clock.timer(budgetMs, () => abort.abort(new RouterError('REQUEST_TIMEOUT', `request deadline of ${budgetMs} ms passed`)));
   const removeGone = input.onClientGone(() => abort.abort(new RouterError('CLIENT_CLOSED_REQUEST', 'client closed the connection')));
   const ctxLog = log.child({ requestId: input.requestId });
   const ctx = createContext({
@@ -110,6 +110,8 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
   (ctx as { sink?: StreamSink }).sink = sink;
   let failure: RouterError | undefined;
   try {
+    // The one model check of every transport: 404 for a model nobody serves, before any routing.
+    checkModel(deps, request.model);
     await pipeline.run(ctx);
     if (sink) {
       sink.finish(ctx.end?.finish_reason ?? 'stop', answerUsage(ctx), input.chat.includeUsage, answerMetadata(ctx));
@@ -126,9 +128,9 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
     }
     return { ctx, error: err };
   } finally {
-    clearTimeout(deadlineTimer);
+    deadlineTimer.cancel();
     removeGone();
-    if (deps.events) observeRequest(deps.events, ctx, failure, input.headers[TRACEPARENT]);
+    if (deps.bus) observeRequest(deps.bus, ctx, failure, input.headers[TRACEPARENT]);
   }
 }
 

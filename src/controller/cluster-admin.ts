@@ -10,7 +10,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { errors as natsErrors } from '@nats-io/transport-node';
 import { RouterError } from '../errors';
 import { decode, encode, type ControlMessage, type ControlReply } from '../protocol';
-import type { ClusterApiOptions } from './cluster-api';
+import type { RouterConfig } from '../config';
+import type { RouterDeps } from '../pipeline';
 import type { EventBus } from './events';
 
 /** How long a worker has to acknowledge a drain or undrain (ms). */
@@ -27,7 +28,13 @@ export function checkAdmin(key: string, authorization: string | undefined): void
   if (!timingSafeEqual(digest(m[1]), digest(key))) throw new RouterError('ADMIN_FORBIDDEN', 'the admin key is not valid');
 }
 
-export function registerClusterAdmin(app: FastifyInstance, options: ClusterApiOptions, events: EventBus): void {
+/** What the admin routes use: the admin key, the registry, breakers and the NATS connection. */
+export interface ClusterAdminOptions {
+  config: RouterConfig;
+  deps: RouterDeps;
+}
+
+export function registerClusterAdmin(app: FastifyInstance, options: ClusterAdminOptions, events: EventBus): void {
   const { config, deps } = options;
   const key = config.cluster.admin.key;
   const guard = async (req: FastifyRequest): Promise<void> => checkAdmin(key, req.headers.authorization);

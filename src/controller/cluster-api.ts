@@ -106,7 +106,7 @@ function describeWorker(w: WorkerInfo, o: ClusterApiOptions, stats: ClusterStats
 /** The operator routes, the event feed and the dashboard; one call from the HTTP front. */
 export function registerClusterApi(app: FastifyInstance, options: ClusterApiOptions): void {
   const { config, deps } = options;
-  const events = deps.events ?? new EventBus();
+  const events = deps.bus ?? new EventBus();
   const stats = new ClusterStats(events);
   const startedAt = Date.now();
   const controllerId = `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${process.pid}-${config.controller.port}`;

@@ -6,10 +6,13 @@ import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { systemClock, type Clock } from '../clock';
 import type { RouterConfig } from '../config';
 import type { Logger } from '../logger';
+import type { RouterEvent } from '../attempt';
+import { Listeners } from '../listeners';
 import { connectNats } from '../nats';
 import { assemblePipeline, type Pipeline, type RouterDeps } from '../pipeline';
 import { decode, encode, makeSubjects, type Bye, type Heartbeat } from '../protocol';
 import { BreakerBook } from './breakers';
+import { observeAttempts } from './attempt-events';
 import { ReplyMux } from './dispatch';
 import { EventBus } from './events';
 import { buildHttpServer } from './http';
@@ -89,8 +92,10 @@ export class Controller {
       clock,
       log,
       random,
-      events,
+      events: new Listeners<RouterEvent>(),
+      bus: events,
     };
+    observeAttempts(deps.events, events);
     let pipeline: Pipeline;
     try {
       pipeline = assemblePipeline(config, deps, options.baseDir);

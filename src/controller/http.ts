@@ -9,7 +9,7 @@ import { isRouterError, RouterError, toRouterError } from '../errors';
 import { newId } from '../ids';
 import type { Logger } from '../logger';
 import type { Pipeline, RouterDeps } from '../pipeline';
-import { answerMetadata, checkModel, errorHeaders, executeChat, routingHeaders } from './chat';
+import { answerMetadata, errorHeaders, executeChat, routingHeaders } from './chat';
 import { registerClusterApi } from './cluster-api';
 import { SseSink } from './sse';
 import { registerWebSocket } from './ws';
@@ -125,7 +125,6 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   app.post('/v1/chat/completions', async (req, reply) => {
     const requestId = String(req.id);
     const chat = validateChatRequest(req.body);
-    checkModel(deps, chat.request.model);
     const created = Math.floor(Date.now() / 1000);
     const completionId = `chatcmpl-${requestId}`;
     if (chat.request.stream) reply.hijack();

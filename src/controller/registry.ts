@@ -5,37 +5,17 @@
  */
 import type { Clock } from '../clock';
 import type { Logger } from '../logger';
-import { WORKER_ID_PATTERN, type Heartbeat } from '../protocol';
+import { WORKER_ID_PATTERN, type Heartbeat, type PromptCacheInfo } from '../protocol';
+import type { WorkerDirectory, WorkerInfo } from '../types';
 
-export interface WorkerInfo {
-  readonly id: string;
-  models: string[];
-  engine: string;
-  maxConcurrent: number;
-  /** In-flight count the worker reported in its last heartbeat (all controllers together). */
-  reportedInFlight: number;
-  /** Requests this controller has outstanding at the worker now. */
-  outstanding: number;
-  /**
-   * Requests other controllers had at the worker at its last heartbeat: its reported in-flight
-   * count less ours at that moment. Our own count is always current; theirs only this fresh.
-   */
-  foreignInFlight: number;
-  /** Peak-EWMA latency of this controller's requests (ms); starts at 0 (unknown). */
-  latencyMs: number;
-  latencyAt: number;
-  /** `unhealthy`: online, but its engine is down; never selected (forModel skips it). */
-  state: 'ready' | 'draining' | 'unhealthy';
-  lastSeen: number;
-  /** Set by "no responders" or bye: offline until the next heartbeat. */
-  gone: boolean;
-  /** The worker's engine can continue a partial answer (stream resume). */
-  continuation: boolean;
-  /** Host and pid the worker reported (empty / 0 when it did not). */
-  host: string;
-  pid: number;
-  /** Models an operator took out of rotation on this worker. */
-  drainingModels: string[];
+export type { WorkerInfo };
+
+/** A heartbeat's `prompt_cache`, when well-formed; a peer's garbage reads as absent. */
+function readPromptCache(v: unknown): PromptCacheInfo | undefined {
+  if (!v || typeof v !== 'object') return undefined;
+  const { size, epoch } = v as Record<string, unknown>;
+  if (typeof size !== 'number' || !Number.isInteger(size) || size < 0 || typeof epoch !== 'string' || epoch.length > 128) return undefined;
+  return { size, epoch };
 }
 
 /** A worker came online, went offline, or changed its reported state (for the event bus). */
@@ -52,11 +32,12 @@ export interface RegistryOptions {
   /** Peak-EWMA decay time constant (ms, default 10000). */
   latencyDecayMs?: number;
   /** Called when a long-silent worker is forgotten, so per-worker state elsewhere goes too. */
-  onForget?: (id: string) => void;  /** Called when a worker comes online, goes offline, or changes its reported state. */
+  onForget?: (id: string) => void;
+  /** Called when a worker comes online, goes offline, or changes its reported state. */
   onStatus?: StatusListener;
 }
 
-export class WorkerRegistry {
+export class WorkerRegistry implements WorkerDirectory {
   private readonly workers = new Map<string, WorkerInfo>();
   private readonly clock: Clock;
   private readonly offlineAfterMs: number;
@@ -102,6 +83,7 @@ export class WorkerRegistry {
       known.lastSeen = now;
       known.gone = false;
       known.continuation = hb.continuation === true;
+      known.promptCache = readPromptCache(hb.prompt_cache);
     } else {
       this.workers.set(hb.id, {
         id: hb.id,
@@ -120,6 +102,7 @@ export class WorkerRegistry {
         host,
         pid,
         drainingModels,
+        promptCache: readPromptCache(hb.prompt_cache),
       });
     }
     this.noteTransition(hb.id);

@@ -25,6 +25,8 @@ export interface Engine {
   readonly url?: string;
   /** True when the engine honours `continuation` (stream resume); advertised in heartbeats. */
   readonly supportsContinuation?: boolean;
+  /** Entries of the engine's prompt cache (conversations it keeps), advertised in heartbeats; absent: unknown. */
+  readonly promptCacheSize?: number;
   models(): readonly string[];
   generate(request: WireRequest, onText: (text: string) => void, signal: AbortSignal, context?: GenerateContext): Promise<EngineResult>;
   close?(): Promise<void>;

@@ -4,6 +4,7 @@
  * shutdown stops taking work, lets in-flight requests finish (bounded), deregisters and closes.
  */
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import { randomUUID } from 'node:crypto';
 import type { Clock } from '../clock';
 import { systemClock } from '../clock';
 import type { ErrorCode, OutcomeClass } from '../errors';
@@ -76,6 +77,9 @@ export class Worker {
   /** Drained by an operator (control subject): finishes its work, takes none, until undrained. */
   private adminDrained = false;
   private readonly drainedModels = new Set<string>();
+  /** Changes whenever the engine's prompt cache starts empty: this start, or the engine coming back. */
+  private cacheEpoch = randomUUID();
+  private engineWasHealthy = true;
 
   constructor(options: WorkerOptions) {
     this.nc = options.nc;
@@ -139,6 +143,11 @@ export class Worker {
 
   private heartbeat(): void {
     if (this.nc.isClosed() || this.state === 'new' || this.state === 'stopped') return;
+    const healthy = this.engine.healthy?.() !== false;
+    // An engine back from being down has most likely restarted with an empty cache.
+    if (healthy && !this.engineWasHealthy) this.cacheEpoch = randomUUID();
+    this.engineWasHealthy = healthy;
+    const cacheSize = this.engine.promptCacheSize;
     const hb: Heartbeat = {
       type: 'heartbeat',
       version: PROTOCOL_VERSION,
@@ -153,6 +162,7 @@ export class Worker {
       host: hostname(),
       pid: process.pid,
       draining_models: [...this.drainedModels],
+      ...(cacheSize !== undefined && cacheSize > 0 ? { prompt_cache: { size: cacheSize, epoch: this.cacheEpoch } } : {}),
     };
     this.nc.publish(this.subjects.heartbeat, encode(hb));
   }

@@ -24,6 +24,10 @@ export interface WorkerOptions {
   tokenMs?: number;
   failRate?: number;
   heartbeatMs?: number;
+  /** --prompt-cache-size (default: the config's, 10). */
+  promptCacheSize?: number;
+  /** --prefill-us-per-token (default 0). */
+  prefillUsPerToken?: number;
 }
 
 export interface WorkerProcess {
@@ -53,6 +57,8 @@ export function spawnWorker(natsUrl: string, options: WorkerOptions): WorkerProc
   if (options.maxConcurrent !== undefined) args.push('--max-concurrent', String(options.maxConcurrent));
   args.push('--ttft-ms', String(options.ttftMs ?? 0), '--token-ms', String(options.tokenMs ?? 0));
   if (options.failRate !== undefined) args.push('--fail-rate', String(options.failRate));
+  if (options.promptCacheSize !== undefined) args.push('--prompt-cache-size', String(options.promptCacheSize));
+  if (options.prefillUsPerToken !== undefined) args.push('--prefill-us-per-token', String(options.prefillUsPerToken));
   return spawnCli(options.id, args);
 }
 

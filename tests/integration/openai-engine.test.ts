@@ -149,8 +149,12 @@ test('openai worker - engine 429 with another worker is retried there and succee
 });
 
 test('openai worker - an engine that goes down makes its worker unhealthy and unselected, until it is back', async () => {
-  await fake1.close();
   const registry = cluster.controller.deps.registry;
+  // worker.promptCacheSize (default 10) is advertised with the cache's epoch.
+  const epoch = registry.get('oa1')?.promptCache?.epoch;
+  expect(registry.get('oa1')?.promptCache?.size).toBe(10);
+  expect(typeof epoch).toBe('string');
+  await fake1.close();
   await waitFor(() => registry.get('oa1')?.state === 'unhealthy', 'oa1 reported unhealthy', 5000);
   // Still online (heartbeating), still listing its models, but never selected.
   expect(registry.online().map((w) => w.id)).toContain('oa1');
@@ -165,6 +169,8 @@ test('openai worker - an engine that goes down makes its worker unhealthy and un
 
   await fake1.reopen();
   await waitFor(() => registry.get('oa1')?.state === 'ready', 'oa1 ready again', 5000);
+  // An engine back from being down may have restarted: its cache starts a new epoch.
+  expect(registry.get('oa1')?.promptCache?.epoch).not.toBe(epoch);
   const back = await chat(cluster.url, { body: { model: EXTRA }, maxTokens: 2 });
   expect(back.status).toBe(200);
   expect(fake1.chatRequests()).toHaveLength(1);

@@ -4,7 +4,7 @@
  */
 import { connect, createInbox, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
-import { decode, encode, makeSubjects, requestHeaders, type Heartbeat, type WireReply } from '../../src/protocol';
+import { decode, encode, makeSubjects, requestHeaders, type Heartbeat, type WireReply, type WireResult } from '../../src/protocol';
 import { MODEL, spawnWorker, STARTUP_MS, waitFor, type WorkerOptions, type WorkerProcess } from '../helpers/cluster';
 
 const subjects = makeSubjects();
@@ -69,9 +69,26 @@ test('worker - heartbeats carry models, capacity, in-flight count and state, and
   await worker('hb', { maxConcurrent: 3, heartbeatMs: 5000 });
   const hb = heartbeats.find((h) => h.id === 'hb')!;
   expect(hb).toMatchObject({ type: 'heartbeat', version: 1, models: [MODEL], engine: 'synthetic', max_concurrent: 3, in_flight: 0, state: 'ready', continuation: true });
+  // The prompt cache (worker.promptCacheSize, default 10) with this process's epoch.
+  expect(hb.prompt_cache).toEqual({ size: 10, epoch: expect.any(String) });
   const before = heartbeats.filter((h) => h.id === 'hb').length;
   nc.publish(subjects.discover, encode({ type: 'discover' }));
   await waitFor(() => heartbeats.filter((h) => h.id === 'hb').length > before, 'a heartbeat after discover', 500, 2);
+});
+
+test('worker - the synthetic prompt cache: a repeated prompt reports cached_tokens; --prompt-cache-size 0 turns it off', async () => {
+  await worker('pc', { prefillUsPerToken: 10 });
+  const body = { messages: [{ role: 'system', content: 'a long shared system prompt '.repeat(20) }, { role: 'user', content: 'hi' }] };
+  const [first] = await ask('pc', body);
+  const [second] = await ask('pc', body);
+  expect(first).toMatchObject({ type: 'result', usage: { prompt_tokens_details: { cached_tokens: 0 } } });
+  const prompt = (first as WireResult).usage.prompt_tokens;
+  expect(second).toMatchObject({ type: 'result', usage: { prompt_tokens: prompt, prompt_tokens_details: { cached_tokens: prompt - 1 } } });
+  expect((second as WireResult).text).toBe((first as WireResult).text);
+  await worker('nopc', { promptCacheSize: 0 });
+  expect(heartbeats.find((h) => h.id === 'nopc')?.prompt_cache).toBeUndefined();
+  const [plain] = await ask('nopc', body);
+  expect((plain as WireResult).usage.prompt_tokens_details).toBeUndefined();
 });
 
 test('worker - buffered and streamed answers carry the same text; chunks are numbered from 0 and end with usage', async () => {

@@ -4,7 +4,7 @@
  * cancellation closing the HTTP request, model listing and the health probe.
  */
 import { EngineError } from '../../src/worker/engine';
-import { engineBody, openaiEngine, type OpenAIEngine, type OpenAIEngineOptions } from '../../src/worker/openai-engine';
+import { engineBody, openaiEngine, readUsage, type OpenAIEngine, type OpenAIEngineOptions } from '../../src/worker/openai-engine';
 import { parseRetryAfter } from '../../src/worker/openai-errors';
 import { promptTokens } from '../../src/worker/synthetic';
 import { estimateTokens, type WireRequest } from '../../src/protocol';
@@ -343,4 +343,13 @@ describe('engineBody and stream resume', () => {
     expect((body.messages as unknown[]).at(-1)).toEqual({ role: 'assistant', content: 'The fake engine' });
     expect(body.continue_final_message).toBeUndefined();
   });
+});
+
+test('openai engine - usage passes the engine\'s cached_tokens through; a malformed one is left out', () => {
+  const base = { prompt_tokens: 100, completion_tokens: 5, total_tokens: 105 };
+  expect(readUsage({ ...base, prompt_tokens_details: { cached_tokens: 96 } })).toEqual({ ...base, prompt_tokens_details: { cached_tokens: 96 } });
+  expect(readUsage({ ...base, prompt_tokens_details: { cached_tokens: -1 } })).toEqual(base);
+  expect(readUsage({ ...base, prompt_tokens_details: { cached_tokens: 101 } })).toEqual(base);
+  expect(readUsage({ ...base, prompt_tokens_details: null })).toEqual(base);
+  expect(readUsage({ ...base, prompt_tokens_details: { cached_tokens: '9' } })).toEqual(base);
 });
