@@ -6,6 +6,7 @@
  */
 import type { Counter, Gauge, Histogram } from 'prom-client';
 import type { OutcomeClass } from './errors';
+import type { Capability } from './protocol-v2';
 
 /** What the controller knows of one worker, from its heartbeats and this controller's traffic. */
 export interface WorkerInfo {
@@ -32,6 +33,10 @@ export interface WorkerInfo {
   gone: boolean;
   /** The worker's engine can continue a partial answer (stream resume). */
   continuation: boolean;
+  /** Protocol version of its heartbeat: 1 gets the v1 request subset, 2 the client's body. */
+  version: number;
+  /** What each model is served for (v1 workers: chat only). */
+  capabilities: Record<string, Capability[]>;
 }
 
 /** The worker registry as middleware see it. */

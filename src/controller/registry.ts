@@ -7,6 +7,7 @@ import type { Clock } from '../clock';
 import type { Logger } from '../logger';
 import { WORKER_ID_PATTERN, type Heartbeat } from '../protocol';
 import type { WorkerDirectory, WorkerInfo } from '../types';
+import { readCapabilities } from './capabilities';
 
 export type { WorkerInfo };
 
@@ -61,6 +62,7 @@ export class WorkerRegistry implements WorkerDirectory {
       known.lastSeen = now;
       known.gone = false;
       known.continuation = hb.continuation === true;
+      Object.assign(known, readCapabilities(hb, models));
     } else {
       this.workers.set(hb.id, {
         id: hb.id,
@@ -76,6 +78,7 @@ export class WorkerRegistry implements WorkerDirectory {
         lastSeen: now,
         gone: false,
         continuation: hb.continuation === true,
+        ...readCapabilities(hb, models),
       });
     }
     this.noteTransition(hb.id);
@@ -138,6 +141,11 @@ export class WorkerRegistry implements WorkerDirectory {
   knowsContinuation(model: string): boolean {
     for (const w of this.workers.values()) if (w.continuation && w.models.includes(model)) return true;
     return false;
+  }
+
+  /** Every known worker, online or recently seen. */
+  known(): WorkerInfo[] {
+    return [...this.workers.values()];
   }
 
   get(id: string): WorkerInfo | undefined {
