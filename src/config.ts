@@ -213,9 +213,9 @@ const schema = {
     host: { doc: 'HTTP listen address.', format: String, default: '127.0.0.1' },
     port: { doc: 'HTTP port (0: any free port).', format: 'port', default: 8080 },
     bodyLimitBytes: {
-      doc: "Largest request body accepted (bytes); larger gets 413. Every request must fit one NATS message: keep it 8 KiB below the server's max_payload (1 MiB by default).",
+      doc: 'Largest request body accepted (bytes); larger gets 413. Bodies larger than one NATS message travel to v2 workers in parts.',
       format: 'nat',
-      default: 1040384,
+      default: 16777216,
     },
   },
   worker: {

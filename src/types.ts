@@ -7,6 +7,7 @@
 import type { Counter, Gauge, Histogram } from 'prom-client';
 import type { OutcomeClass } from './errors';
 import type { PromptCacheInfo } from './protocol';
+import type { Capability } from './protocol-v2';
 
 /** What the controller knows of one worker, from its heartbeats and this controller's traffic. */
 export interface WorkerInfo {
@@ -35,6 +36,10 @@ export interface WorkerInfo {
   continuation: boolean;
   /** The engine's prompt cache as the last heartbeat advertised it (size, epoch); absent: unknown. */
   promptCache?: PromptCacheInfo;
+  /** Protocol version of its heartbeat: 1 gets the v1 request subset, 2 the client's body. */
+  version: number;
+  /** What each model is served for (v1 workers: chat only). */
+  capabilities: Record<string, Capability[]>;
 }
 
 /** The worker registry as middleware see it. */

@@ -100,10 +100,10 @@ export class Controller {
         },
       }),
     ];
-    // A body near the limit must still fit one NATS message (headers and JSON framing included).
+    // Bodies over one NATS message travel to v2 workers in parts; v1 workers cannot take them.
     const maxPayload = nc.info?.max_payload;
     if (maxPayload !== undefined && config.controller.bodyLimitBytes + 4096 > maxPayload) {
-      log.warn({ bodyLimitBytes: config.controller.bodyLimitBytes, maxPayload }, 'controller.bodyLimitBytes is close to the NATS max_payload: the largest requests will fail with 413');
+      log.debug({ bodyLimitBytes: config.controller.bodyLimitBytes, maxPayload }, 'large requests travel in parts (v1 workers answer them 413)');
     }
     // Running workers answer discovery with a heartbeat, so the registry fills at once.
     await nc.flush();

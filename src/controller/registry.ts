@@ -7,6 +7,7 @@ import type { Clock } from '../clock';
 import type { Logger } from '../logger';
 import { WORKER_ID_PATTERN, type Heartbeat, type PromptCacheInfo } from '../protocol';
 import type { WorkerDirectory, WorkerInfo } from '../types';
+import { readCapabilities } from './capabilities';
 
 export type { WorkerInfo };
 
@@ -70,6 +71,7 @@ export class WorkerRegistry implements WorkerDirectory {
       known.gone = false;
       known.continuation = hb.continuation === true;
       known.promptCache = readPromptCache(hb.prompt_cache);
+      Object.assign(known, readCapabilities(hb, models));
     } else {
       this.workers.set(hb.id, {
         id: hb.id,
@@ -86,6 +88,7 @@ export class WorkerRegistry implements WorkerDirectory {
         gone: false,
         continuation: hb.continuation === true,
         promptCache: readPromptCache(hb.prompt_cache),
+        ...readCapabilities(hb, models),
       });
     }
     this.noteTransition(hb.id);
@@ -148,6 +151,11 @@ export class WorkerRegistry implements WorkerDirectory {
   knowsContinuation(model: string): boolean {
     for (const w of this.workers.values()) if (w.continuation && w.models.includes(model)) return true;
     return false;
+  }
+
+  /** Every known worker, online or recently seen. */
+  known(): WorkerInfo[] {
+    return [...this.workers.values()];
   }
 
   get(id: string): WorkerInfo | undefined {

@@ -22,6 +22,8 @@ export function makeWorker(id: string, patch: Partial<WorkerInfo> = {}): WorkerI
     lastSeen: 0,
     gone: false,
     continuation: true,
+    version: 2,
+    capabilities: { [MODEL]: ['chat', 'completions', 'tools'] },
     ...patch,
   };
 }
