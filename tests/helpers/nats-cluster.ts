@@ -188,7 +188,10 @@ export async function spawnController(id: string, seeds: string[], env: Record<s
       return m?.[1];
     },
     `controller ${id} listening`,
-    15_000,
-  );
+    30_000,
+  ).catch((err: Error) => {
+    proc.kill('SIGKILL');
+    throw new Error(`${err.message}; its output: ${proc.output().slice(0, 2000)}`);
+  });
   return { ...proc, url };
 }
