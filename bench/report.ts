@@ -28,6 +28,7 @@ export const SCENARIOS: Record<number, string> = {
   5: 'Breaker decision',
   6: 'Scale',
   7: 'Memory',
+  8: 'Several controllers',
 };
 
 export interface Machine {
