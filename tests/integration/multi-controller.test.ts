@@ -9,7 +9,7 @@ import { Controller } from '../../src/controller/controller';
 import { rendezvousPick } from '../../src/controller/rendezvous';
 import { silentLogger } from '../../src/logger';
 import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
-import { chat, MODEL, testConfig, waitFor, type WorkerProcess } from '../helpers/cluster';
+import { chat, chatStream, MODEL, testConfig, waitFor, type WorkerProcess } from '../helpers/cluster';
 import { spawnClusterWorker, startNatsCluster, type NatsCluster } from '../helpers/nats-cluster';
 
 const WORKERS = ['w1', 'w2', 'w3'];
@@ -91,6 +91,26 @@ describe('two controllers on a three-node NATS cluster', () => {
     }
     // Twelve sessions do not all hash to one worker.
     expect(new Set([...seen.values()].map((g) => g[0])).size).toBeGreaterThan(1);
+  }, 60_000);
+
+  test("capacity - one controller counts the other's requests at a worker while they run, and not after", async () => {
+    let s = '';
+    for (let i = 0; !s; i++) if (rendezvousPick(`load-${i}`, WORKERS, (w) => w) === 'w1') s = `load-${i}`;
+    // Six long streams (about 1.5 s each at 1 ms a token; streams have no total attempt limit)
+    // through a, all to w1 (one session).
+    const long = Array.from({ length: 6 }, () => chatStream(a.url, { headers: { 'x-session-id': s }, maxTokens: 1500 }));
+    await waitFor(() => (b.deps.registry.get('w1')?.foreignInFlight ?? 0) >= 6, "b to count a's six requests at w1", 10_000);
+    expect(b.deps.registry.get('w1')?.outstanding).toBe(0);
+    // Least-outstanding on b now avoids w1: requests without a session go to the others.
+    for (let i = 0; i < 4; i++) {
+      const r = await chat(b.url, { maxTokens: 2 });
+      expect(r.headers.get('x-mlx-worker')).not.toBe('w1');
+    }
+    for (const r of await Promise.all(long)) {
+      expect(r.status).toBe(200);
+      expect(r.events.at(-1)?.data).toBe('[DONE]');
+    }
+    await waitFor(() => b.deps.registry.get('w1')?.foreignInFlight === 0, 'the count to drop once they ended', 10_000);
   }, 60_000);
 
   test('sessions - a move one controller makes (its worker hangs) is followed by the other through JetStream key-value', async () => {
