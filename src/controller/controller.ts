@@ -45,8 +45,9 @@ export class Controller {
     /** This controller's id among its peers (breaker signals, session moves). */
     readonly id: string,
     private readonly signals: BreakerSignals,
-    /** Resolves once the shared session bucket is open (undefined without JetStream). */
+    /** Resolves once the shared session bucket is open (undefined if it is stopped first, or off). */
     readonly sessionMoves: Promise<SharedSessionMoves | undefined>,
+    private readonly stopOpening: AbortController,
   ) {}
 
   static async start(options: ControllerOptions): Promise<Controller> {
@@ -99,15 +100,16 @@ export class Controller {
     }
     const session = config.cluster.requestRouting.session;
     // Opened in the background: routing never waits for JetStream, it only follows moves sooner.
+    const stopOpening = new AbortController();
     const sessionMoves = session.sharedBucket
-      ? SharedSessionMoves.open(nc, {
+      ? SharedSessionMoves.keepOpening(nc, {
           bucket: session.sharedBucket,
           ttlMs: session.ttlMs,
           replicas: session.sharedReplicas,
           controllerId: id,
           log,
           onMove: (s, worker) => deps.sessions.set(s, worker),
-        }).then((moves) => {
+        }, clock, stopOpening.signal).then((moves) => {
           deps.sessionMoves = moves;
           return moves;
         })
@@ -161,13 +163,14 @@ export class Controller {
       clearInterval(sweepTimer);
       for (const s of subs) s.unsubscribe();
       signals.close();
+      stopOpening.abort();
       await (await sessionMoves)?.close();
       mux.close();
       if (ownsConnection) await nc.close();
       throw err;
     }
     log.info({ url, id, pipeline: pipeline.names, nats: config.nats.servers }, 'controller listening');
-    return new Controller(deps, pipeline, app, subs, sweepTimer, ownsConnection, url, id, signals, sessionMoves);
+    return new Controller(deps, pipeline, app, subs, sweepTimer, ownsConnection, url, id, signals, sessionMoves, stopOpening);
   }
 
   /** Stops accepting requests, lets in-flight ones finish, then releases NATS. */
@@ -176,6 +179,7 @@ export class Controller {
     clearInterval(this.sweepTimer);
     for (const s of this.subs) s.unsubscribe();
     this.signals.close();
+    this.stopOpening.abort();
     await (await this.sessionMoves)?.close();
     this.deps.mux.close();
     if (this.ownsConnection && !this.deps.nc.isClosed()) await this.deps.nc.drain().catch(() => this.deps.nc.close());

@@ -7,6 +7,7 @@
  */
 import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
 import type { NatsConnection, QueuedIterator } from '@nats-io/transport-node';
+import type { Clock } from '../clock';
 import type { Logger } from '../logger';
 import { WORKER_ID_PATTERN } from '../protocol';
 import type { SessionMoveLog } from '../types';
@@ -67,16 +68,16 @@ export class SharedSessionMoves implements SessionMoveLog {
    * Opens (creating when absent) the bucket and starts watching it. Resolves undefined when
    * JetStream is not available on this NATS (logged once): hashing alone then keeps agreement.
    */
-  static async open(nc: NatsConnection, options: SessionMovesOptions): Promise<SharedSessionMoves | undefined> {
+  static async open(nc: NatsConnection, options: SessionMovesOptions, quiet = false): Promise<SharedSessionMoves | undefined> {
     let kv: KV;
     let watcher: QueuedIterator<KvWatchEntry>;
     try {
       kv = await new Kvm(nc).create(options.bucket, { ttl: options.ttlMs, history: 1, replicas: options.replicas });
       watcher = await kv.watch();
     } catch (err) {
-      options.log.warn(
+      options.log[quiet ? 'debug' : 'warn'](
         { bucket: options.bucket, err: (err as Error).message },
-        'JetStream key-value not available: controllers agree on sessions by rendezvous hashing alone',
+        'JetStream key-value not available: controllers agree on sessions by rendezvous hashing alone until it is',
       );
       return undefined;
     }
@@ -103,5 +104,21 @@ export class SharedSessionMoves implements SessionMoveLog {
     this.closed = true;
     this.watcher.stop();
     await this.watching;
+  }
+
+  /**
+   * Opens the bucket, and while JetStream is missing or not ready yet (a NATS cluster still
+   * electing its leader) tries again, 1 s doubling to 30 s, until it opens or `signal` aborts
+   * (then resolves undefined). Only the first failure is logged as a warning.
+   */
+  static async keepOpening(nc: NatsConnection, options: SessionMovesOptions, clock: Clock, signal: AbortSignal): Promise<SharedSessionMoves | undefined> {
+    for (let attempt = 0, waitMs = 1000; !signal.aborted; attempt++, waitMs = Math.min(waitMs * 2, 30_000)) {
+      const moves = await SharedSessionMoves.open(nc, options, attempt > 0);
+      if (moves && signal.aborted) await moves.close();
+      else if (moves) return moves;
+      if (signal.aborted || nc.isClosed()) break;
+      await clock.sleep(waitMs, signal).catch(() => undefined);
+    }
+    return undefined;
   }
 }

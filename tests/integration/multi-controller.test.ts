@@ -5,6 +5,7 @@
  * breaker one controller opens is evidence for the other, and without JetStream hashing alone
  * still keeps the controllers in agreement.
  */
+import { connect } from '@nats-io/transport-node';
 import { Controller } from '../../src/controller/controller';
 import { rendezvousPick } from '../../src/controller/rendezvous';
 import { silentLogger } from '../../src/logger';
@@ -184,12 +185,55 @@ describe('two controllers on NATS without JetStream', () => {
   });
 
   test('sessions - without the shared bucket the controllers still agree, by hashing alone', async () => {
-    expect(await a.sessionMoves).toBeUndefined();
-    expect(await b.sessionMoves).toBeUndefined();
+    // No bucket: JetStream is not there (both controllers keep trying, quietly, in the background).
+    expect(a.deps.sessionMoves).toBeUndefined();
+    expect(b.deps.sessionMoves).toBeUndefined();
     for (let i = 0; i < 8; i++) {
       const s = `plain-${i}`;
       const want = rendezvousPick(s, WORKERS, (w) => w);
       for (let t = 0; t < 4; t++) expect(await turn(t % 2 ? a.url : b.url, s)).toBe(want);
     }
   }, 30_000);
+});
+
+describe('a controller started before JetStream is ready', () => {
+  let nats: NatsCluster;
+  let c: Controller | undefined;
+
+  afterAll(async () => {
+    await c?.stop();
+    await nats?.stop();
+  });
+
+  test('sessions - it keeps trying in the background and opens the shared bucket once JetStream has a leader', async () => {
+    nats = await startNatsCluster();
+    // One node of three: no JetStream quorum, so the bucket cannot be created.
+    await nats.kill(1);
+    await nats.kill(2);
+    // Until the lone node notices, it may still act as leader: wait for JetStream to say no.
+    const probe = await connect({ servers: nats.nodes[0].url });
+    try {
+      await waitFor(
+        async () => {
+          try {
+            const msg = await probe.request('$JS.API.INFO', new Uint8Array(0), { timeout: 1000 });
+            return (JSON.parse(new TextDecoder().decode(msg.data)) as { error?: unknown }).error !== undefined;
+          } catch {
+            return true;
+          }
+        },
+        'JetStream to lose its quorum',
+        30_000,
+        200,
+      );
+    } finally {
+      await probe.close();
+    }
+    c = await startController(nats.seedsFrom(0));
+    const ctl = c;
+    expect(ctl.deps.sessionMoves).toBeUndefined();
+    await nats.restart(1);
+    await nats.restart(2);
+    await waitFor(() => ctl.deps.sessionMoves, 'the bucket to open once the cluster is whole', 60_000, 100);
+  }, 90_000);
 });
