@@ -1,5 +1,5 @@
 import { candidatesFor } from '../src/attempt';
-import { rendezvousPick } from '../src/controller/rendezvous';
+import { rendezvousPick } from '../src/rendezvous';
 import type { Strategy } from '../src/config';
 import type { Admission, Middleware, RouteContext } from '../src/context';
 import { defineMiddleware, type MiddlewareDeps } from '../src/define';

@@ -1,5 +1,5 @@
 import type { Middleware, RouteContext } from '../src/context';
-import { rendezvousPick } from '../src/controller/rendezvous';
+import { rendezvousPick } from '../src/rendezvous';
 import { defineMiddleware, type MiddlewareDeps } from '../src/define';
 import type { SessionMoveLog, WorkerDirectory } from '../src/types';
 

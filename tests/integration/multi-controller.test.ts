@@ -7,7 +7,7 @@
  */
 import { connect } from '@nats-io/transport-node';
 import { Controller } from '../../src/controller/controller';
-import { rendezvousPick } from '../../src/controller/rendezvous';
+import { rendezvousPick } from '../../src/rendezvous';
 import { silentLogger } from '../../src/logger';
 import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
 import { chat, chatStream, MODEL, testConfig, waitFor, type WorkerProcess } from '../helpers/cluster';

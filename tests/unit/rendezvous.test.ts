@@ -1,5 +1,5 @@
 /** Rendezvous hashing: the same choice everywhere, even spread, and minimal movement. */
-import { hash53, rendezvousPick, rendezvousWeight } from '../../src/controller/rendezvous';
+import { hash53, rendezvousPick, rendezvousWeight } from '../../src/rendezvous';
 
 const ids = (n: number) => Array.from({ length: n }, (_, i) => `worker-${i + 1}`);
 const sessions = Array.from({ length: 3000 }, (_, i) => `session-${i}`);

@@ -3,7 +3,7 @@ import type { RouteContext } from '../../../src/context';
 import type { WorkerInfo } from '../../../src/controller/registry';
 import type { RouterError } from '../../../src/errors';
 import { p2cScore, saturated, select } from '../../../middleware/select';
-import { rendezvousPick } from '../../../src/controller/rendezvous';
+import { rendezvousPick } from '../../../src/rendezvous';
 import { makeCtx, makeWorker } from '../../helpers/context';
 
 /** Runs one selection on a fresh context and returns the chosen worker's id. */

@@ -3,7 +3,7 @@ import type { RouteContext } from '../../../src/context';
 import { SessionRegistry } from '../../../src/controller/sessions';
 import { RouterError } from '../../../src/errors';
 import { session } from '../../../middleware/session';
-import { rendezvousPick } from '../../../src/controller/rendezvous';
+import { rendezvousPick } from '../../../src/rendezvous';
 import { makeCtx, makeWorker } from '../../helpers/context';
 import { FakeClock } from '../../helpers/fake-clock';
 
