@@ -32,6 +32,8 @@ export interface Subjects {
   bye: string;
   /** A controller publishes here on start; every worker answers with a heartbeat at once. */
   discover: string;
+  /** Controllers share their breaker transitions here (`BreakerSignal`), as evidence for each other. */
+  breaker: string;
 }
 
 export function makeSubjects(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects {
@@ -41,6 +43,7 @@ export function makeSubjects(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects 
     heartbeat: `${prefix}.heartbeat`,
     bye: `${prefix}.bye`,
     discover: `${prefix}.discover`,
+    breaker: `${prefix}.controller.breaker`,
   };
 }
 
@@ -156,6 +159,15 @@ export interface PromptCacheInfo {
 export interface Bye {
   type: 'bye';
   id: string;
+}
+
+/** A controller's breaker for `worker` opened or closed by its own judgement. */
+export interface BreakerSignal {
+  type: 'breaker';
+  /** The controller that saw it (each ignores its own). */
+  controller: string;
+  worker: string;
+  state: 'open' | 'closed';
 }
 
 export interface CancelMessage {

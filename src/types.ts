@@ -88,6 +88,11 @@ export interface RetryBudgetView {
 }
 
 /** Session id → the worker that last answered it. */
+/** Where a controller shares the session moves it makes, so that its peers follow them. */
+export interface SessionMoveLog {
+  record(session: string, worker: string): void;
+}
+
 export interface SessionStore {
   get(session: string): string | undefined;
   set(session: string, worker: string): void;

@@ -11,12 +11,15 @@ import { Listeners } from '../listeners';
 import { connectNats } from '../nats';
 import { assemblePipeline, type Pipeline, type RouterDeps } from '../pipeline';
 import { decode, encode, makeSubjects, type Bye, type Heartbeat } from '../protocol';
+import { newId } from '../ids';
 import { BreakerBook } from './breakers';
+import { BreakerSignals } from './breaker-signals';
 import { ReplyMux } from './dispatch';
 import { buildHttpServer } from './http';
 import { RouterMetrics } from './metrics';
 import { WorkerRegistry } from './registry';
 import { RetryBudget } from './retry-budget';
+import { SharedSessionMoves } from './session-moves';
 import { SessionRegistry } from './sessions';
 
 export interface ControllerOptions {
@@ -39,6 +42,12 @@ export class Controller {
     private readonly sweepTimer: NodeJS.Timeout,
     private readonly ownsConnection: boolean,
     readonly url: string,
+    /** This controller's id among its peers (breaker signals, session moves). */
+    readonly id: string,
+    private readonly signals: BreakerSignals,
+    /** Resolves once the shared session bucket is open (undefined if it is stopped first, or off). */
+    readonly sessionMoves: Promise<SharedSessionMoves | undefined>,
+    private readonly stopOpening: AbortController,
   ) {}
 
   static async start(options: ControllerOptions): Promise<Controller> {
@@ -48,6 +57,7 @@ export class Controller {
     const nc = options.nc ?? (await connectNats(config.nats, 'mlx-router-controller'));
     const ownsConnection = !options.nc;
     const subjects = makeSubjects(config.nats.subjectPrefix);
+    const id = newId('controller');
     // Worker ids churn (hostname-pid by default): forgetting one must drop its breaker too.
     const registry = new WorkerRegistry({ clock, offlineAfterMs: config.discovery.offlineAfterMs, log, onForget: (id) => breakers.forget(id) });
     const cb = config.cluster.requestRouting.circuitBreaker;
@@ -55,12 +65,14 @@ export class Controller {
       ...cb,
       clock,
       random,
-      onTransition: (worker, from, to) => {
-        log.warn({ worker, from, to }, 'circuit breaker transition');
-        // `metrics` is declared below; transitions only happen once requests flow.
+      onTransition: (worker, from, to, cause) => {
+        log.warn({ worker, from, to, cause }, 'circuit breaker transition');
+        // `metrics` and `signals` are declared below; transitions only happen once requests flow.
         metrics.breakerTransitions.inc({ worker, from, to });
+        signals.onTransition(worker, to, cause);
       },
     });
+    const signals = new BreakerSignals(nc, breakers, { subject: subjects.breaker, controllerId: id, peerOpenMs: cb.peerOpenMs, log });
     const mux = new ReplyMux(nc);
     const metrics = new RouterMetrics({ registry, breakers, pendingReplies: () => mux.size });
     const deps: RouterDeps = {
@@ -81,10 +93,27 @@ export class Controller {
     try {
       pipeline = assemblePipeline(config, deps, options.baseDir);
     } catch (err) {
+      signals.close();
       mux.close();
       if (ownsConnection) await nc.close();
       throw err;
     }
+    const session = config.cluster.requestRouting.session;
+    // Opened in the background: routing never waits for JetStream, it only follows moves sooner.
+    const stopOpening = new AbortController();
+    const sessionMoves = session.sharedBucket
+      ? SharedSessionMoves.keepOpening(nc, {
+          bucket: session.sharedBucket,
+          ttlMs: session.ttlMs,
+          replicas: session.sharedReplicas,
+          controllerId: id,
+          log,
+          onMove: (s, worker) => deps.sessions.set(s, worker),
+        }, clock, stopOpening.signal).then((moves) => {
+          deps.sessionMoves = moves;
+          return moves;
+        })
+      : Promise.resolve(undefined);
 
     const subs = [
       nc.subscribe(subjects.heartbeat, {
@@ -133,12 +162,15 @@ export class Controller {
     } catch (err) {
       clearInterval(sweepTimer);
       for (const s of subs) s.unsubscribe();
+      signals.close();
+      stopOpening.abort();
+      await (await sessionMoves)?.close();
       mux.close();
       if (ownsConnection) await nc.close();
       throw err;
     }
-    log.info({ url, pipeline: pipeline.names, nats: config.nats.servers }, 'controller listening');
-    return new Controller(deps, pipeline, app, subs, sweepTimer, ownsConnection, url);
+    log.info({ url, id, pipeline: pipeline.names, nats: config.nats.servers }, 'controller listening');
+    return new Controller(deps, pipeline, app, subs, sweepTimer, ownsConnection, url, id, signals, sessionMoves, stopOpening);
   }
 
   /** Stops accepting requests, lets in-flight ones finish, then releases NATS. */
@@ -146,6 +178,9 @@ export class Controller {
     await this.app.close();
     clearInterval(this.sweepTimer);
     for (const s of this.subs) s.unsubscribe();
+    this.signals.close();
+    this.stopOpening.abort();
+    await (await this.sessionMoves)?.close();
     this.deps.mux.close();
     if (this.ownsConnection && !this.deps.nc.isClosed()) await this.deps.nc.drain().catch(() => this.deps.nc.close());
   }
