@@ -19,7 +19,12 @@ import {
   type WireReply,
   type WireResult,
 } from '../protocol';
+import { PROTOCOL_V2, wireRequestFor } from '../protocol-v2';
 import { nextTraceparent, passTracestate } from '../trace';
+import { PartJoiner, publishParts, readPart } from '../parts';
+
+/** Largest answer joined from parts (bytes). */
+const MAX_ANSWER_BYTES = 256 * 1024 * 1024;
 import type { WorkerInfo, WorkerRegistry } from './registry';
 
 type Handler = (msg: Msg) => void;
@@ -142,13 +147,29 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
     };
     const onAbort = (): void => finish(abortReason(signal, worker.id), true);
 
+    let joiner: PartJoiner | undefined;
     const reg = deps.mux.register((msg) => {
       if (settled) return;
       if (isNoResponders(msg)) {
         finish(new RouterError('WORKER_UNAVAILABLE', `worker ${worker.id} is not listening (no responders)`, { worker: worker.id }));
         return;
       }
-      const reply = decode<WireReply>(msg.data);
+      // A buffered answer larger than one NATS message arrives in numbered parts.
+      const part = readPart(msg.headers);
+      let data = msg.data;
+      if (part) {
+        const whole = (joiner ??= new PartJoiner(MAX_ANSWER_BYTES)).add(msg.data, part);
+        if (whole === undefined) {
+          ctx.attempt.progress();
+          return;
+        }
+        if (whole instanceof Error) {
+          finish(new RouterError('WORKER_ERROR', `worker ${worker.id} sent a bad answer part: ${whole.message}`, { worker: worker.id }), true);
+          return;
+        }
+        data = whole;
+      }
+      const reply = decode<WireReply>(data);
       if (!reply || typeof reply !== 'object') {
         finish(new RouterError('WORKER_ERROR', `worker ${worker.id} sent an unreadable reply`, { worker: worker.id }), true);
         return;
@@ -179,7 +200,9 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       if (reply.type === 'chunk') {
         if (ctx.attempt.chunks++ === 0) ctx.attempt.firstChunkAt = ctx.clock.now();
         ctx.attempt.progress();
-        if (!ctx.sink?.write(String(reply.text ?? ''))) {
+        const sink = ctx.sink;
+        const delivered = Array.isArray(reply.choices) && sink?.writeChoices ? sink.writeChoices(reply.choices) : sink?.write(String(reply.text ?? ''));
+        if (!delivered) {
           finish(new RouterError('STREAM_INTERRUPTED', 'client reads too slowly: stream buffer cap reached', { worker: worker.id, outcome: 'cancelled' }), true);
         }
       } else if (reply.type === 'end') {
@@ -206,18 +229,15 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
     signal.addEventListener('abort', onAbort, { once: true });
     const remaining = ctx.deadline - ctx.clock.now();
     try {
-      const wire = ctx.continuation ? { ...ctx.request, continuation: ctx.continuation } : ctx.request;
-      deps.nc.publish(deps.subjects.infer(worker.id), encode(wire), {
-        reply: reg.subject,
-        headers: requestHeaders({
-          requestId: ctx.requestId,
-          attempt: ctx.attempt.number,
-          deadlineMs: remaining,
-          stream: ctx.stream,
-          traceparent: (ctx.attempt.traceparent = nextTraceparent(ctx.headers.traceparent)),
-          tracestate: passTracestate(ctx.headers.tracestate),
-        }),
-      });
+      const wire = wireRequestFor(worker.version, ctx.request, ctx.continuation || undefined);
+      // This attempt is a new span under the request's trace; tracestate passes through unchanged.
+      const traceparent = (ctx.attempt.traceparent = nextTraceparent(ctx.headers.traceparent));
+      const tracestate = passTracestate(ctx.headers.tracestate);
+      const headers = () =>
+        requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream, traceparent, tracestate });
+      // v2 workers join a request sent in parts; a v1 worker gets one message or REQUEST_TOO_LARGE.
+      if (worker.version >= PROTOCOL_V2) publishParts(deps.nc, deps.subjects.infer(worker.id), encode(wire), { reply: reg.subject, headers });
+      else deps.nc.publish(deps.subjects.infer(worker.id), encode(wire), { reply: reg.subject, headers: headers() });
     } catch (err) {
       // A local failure says nothing about the worker: never "worker gone".
       const message = (err as Error).message;

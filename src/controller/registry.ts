@@ -7,6 +7,7 @@ import type { Clock } from '../clock';
 import type { Logger } from '../logger';
 import { WORKER_ID_PATTERN, type Heartbeat, type PromptCacheInfo } from '../protocol';
 import type { WorkerDirectory, WorkerInfo } from '../types';
+import { readCapabilities } from './capabilities';
 
 export type { WorkerInfo };
 
@@ -84,6 +85,7 @@ export class WorkerRegistry implements WorkerDirectory {
       known.gone = false;
       known.continuation = hb.continuation === true;
       known.promptCache = readPromptCache(hb.prompt_cache);
+      Object.assign(known, readCapabilities(hb, models));
     } else {
       this.workers.set(hb.id, {
         id: hb.id,
@@ -103,6 +105,7 @@ export class WorkerRegistry implements WorkerDirectory {
         pid,
         drainingModels,
         promptCache: readPromptCache(hb.prompt_cache),
+        ...readCapabilities(hb, models),
       });
     }
     this.noteTransition(hb.id);
@@ -179,6 +182,11 @@ export class WorkerRegistry implements WorkerDirectory {
   /** Every known worker, online or recently seen, in id order. */
   all(): WorkerInfo[] {
     return [...this.workers.values()].sort((a, b) => a.id.localeCompare(b.id));
+  }
+
+  /** Every known worker, online or recently seen. */
+  known(): WorkerInfo[] {
+    return [...this.workers.values()];
   }
 
   get(id: string): WorkerInfo | undefined {

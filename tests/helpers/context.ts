@@ -25,6 +25,8 @@ export function makeWorker(id: string, patch: Partial<WorkerInfo> = {}): WorkerI
     host: '',
     pid: 0,
     drainingModels: [],
+    version: 2,
+    capabilities: { [MODEL]: ['chat', 'completions', 'tools'] },
     ...patch,
   };
 }
