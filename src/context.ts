@@ -18,6 +18,8 @@ export interface StreamSink {
   readonly committed: boolean;
   /** Text already delivered to the client (kept only when stream resume is on). */
   readonly streamed: string;
+  /** False when the stream outgrew what is kept for resume (cluster.streaming.maxResumeChars). */
+  readonly resumable?: boolean;
   /** Forwards one piece of text to the client; false when the client is too slow (over the cap). */
   write(text: string): boolean;
 }

@@ -119,11 +119,15 @@ export interface Heartbeat {
   interval_ms: number;
   /** The engine can continue a partial answer (`continuation` in the request): stream resume. */
   continuation?: boolean;
+  /** This worker process's instance id (random, fixed at start; see HDR_INSTANCE). */
+  instance?: string;
 }
 
 export interface Bye {
   type: 'bye';
   id: string;
+  /** The instance saying goodbye: a bye from another instance is ignored. */
+  instance?: string;
 }
 
 export interface CancelMessage {
@@ -134,6 +138,8 @@ export interface CancelMessage {
    * clients and may repeat. Workers match it first, then request_id + attempt.
    */
   reply?: string;
+  /** The attempt's token (HDR_TOKEN): a cancel without the right one is ignored. */
+  token?: string;
 }
 
 const encoder = new TextEncoder();
@@ -157,6 +163,8 @@ export interface RequestHeaders {
   attempt: number;
   deadlineMs: number;
   stream: boolean;
+  /** The attempt's secret token (HDR_TOKEN); absent from requests of older controllers. */
+  token?: string;
 }
 
 export function requestHeaders(h: RequestHeaders): MsgHdrs {
@@ -166,6 +174,7 @@ export function requestHeaders(h: RequestHeaders): MsgHdrs {
   hdrs.append(HDR_ATTEMPT, String(h.attempt));
   hdrs.append(HDR_DEADLINE_MS, String(Math.max(0, Math.floor(h.deadlineMs))));
   if (h.stream) hdrs.append(HDR_STREAM, '1');
+  if (h.token) hdrs.append(HDR_TOKEN, h.token);
   return hdrs;
 }
 
@@ -179,6 +188,7 @@ export function readRequestHeaders(hdrs: MsgHdrs | undefined): RequestHeaders {
     attempt: Number.isFinite(attempt) ? attempt : 1,
     deadlineMs: Number.isFinite(deadline) ? deadline : Number.POSITIVE_INFINITY,
     stream: hdrs?.get(HDR_STREAM) === '1',
+    token: hdrs?.get(HDR_TOKEN) || undefined,
   };
 }
 
@@ -190,4 +200,33 @@ export function isNoResponders(msg: { data: Uint8Array; headers?: MsgHdrs }): bo
 /** Rough token count used by the synthetic engine and for estimates: ~4 characters a token. */
 export function estimateTokens(text: string): number {
   return text.length === 0 ? 0 : Math.max(1, Math.ceil(text.length / 4));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bus integrity (docs/security.md): what a message must carry to be believed. Controllers give
+// every attempt a random token; the worker echoes it, with its instance id, on every message it
+// publishes to the attempt's reply subject, and a cancel must name it. A worker instance id is
+// random and fixed at process start, carried in heartbeats and byes: a controller believes those
+// for a known worker id only from the instance it knows to be live.
+// ---------------------------------------------------------------------------------------------
+
+/** The attempt's secret token: request header (controller → worker), echoed on every reply message. */
+export const HDR_TOKEN = 'Mlx-Token';
+/** Reply header: the answering worker's instance id. */
+export const HDR_INSTANCE = 'Mlx-Instance';
+/** Instance ids and tokens: opaque, one header value, bounded. */
+export const INSTANCE_ID_PATTERN = /^[A-Za-z0-9_-]{8,64}$/;
+
+/** Per-worker control subject: controller → worker notices such as a refused duplicate id. */
+export function controlSubject(prefix: string, workerId: string): string {
+  return `${prefix}.worker.${workerId}.control`;
+}
+
+/** A controller tells a worker instance that its id is served by another live instance. */
+export interface RefuseMessage {
+  type: 'refuse';
+  id: string;
+  /** The refused instance: only that process stops. */
+  instance: string;
+  reason: string;
 }

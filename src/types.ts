@@ -32,6 +32,8 @@ export interface WorkerInfo {
   gone: boolean;
   /** The worker's engine can continue a partial answer (stream resume). */
   continuation: boolean;
+  /** The live worker process's instance id ('' when unknown): replies must carry it. */
+  instance?: string;
 }
 
 /** The worker registry as middleware see it. */

@@ -3,6 +3,7 @@
  * one shared wildcard inbox subscription (ReplyMux), never a subscription per request. This is the
  * one place NATS outcomes are translated into RouterErrors.
  */
+import { randomUUID } from 'node:crypto';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { createInbox } from '@nats-io/transport-node';
 import type { Middleware, RouteContext } from '../context';
@@ -19,6 +20,7 @@ import {
   type WireReply,
   type WireResult,
 } from '../protocol';
+import { replyProblem, type BusGuard } from './bus-guard';
 import type { WorkerInfo, WorkerRegistry } from './registry';
 
 type Handler = (msg: Msg) => void;
@@ -30,8 +32,9 @@ export class ReplyMux {
   private readonly sub: Subscription;
   private seq = 0;
 
-  constructor(nc: NatsConnection) {
-    this.prefix = createInbox();
+  /** `inboxPrefix`: the controller's own reply prefix (nats.inboxPrefix), so permissions can name it. */
+  constructor(nc: NatsConnection, inboxPrefix?: string) {
+    this.prefix = createInbox(inboxPrefix);
     this.sub = nc.subscribe(`${this.prefix}.*`, {
       callback: (err, msg) => {
         if (err) return;
@@ -63,6 +66,8 @@ export interface DispatchDeps {
   mux: ReplyMux;
   subjects: Subjects;
   registry: WorkerRegistry;
+  /** Counts replies dropped for a wrong token or instance (they are checked either way). */
+  guard?: BusGuard;
 }
 
 function knownFailureClass(outcome: unknown): OutcomeClass | undefined {
@@ -126,6 +131,10 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
   return new Promise<void>((resolve, reject) => {
     let expected = 0;
     let settled = false;
+    // The attempt's secret: the worker echoes it on every message, a cancel names it, and nothing
+    // without it (or from another instance of the worker id) is believed (docs/security.md).
+    const token = randomUUID();
+    const instance = worker.instance || undefined;
     // Cancels the worker's work when we stop listening before it finished.
     const finish = (err?: RouterError, cancelWorker = false): void => {
       if (settled) return;
@@ -134,7 +143,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       unwatch();
       signal.removeEventListener('abort', onAbort);
       if (cancelWorker && !deps.nc.isClosed()) {
-        deps.nc.publish(deps.subjects.cancel(worker.id), encode({ request_id: ctx.requestId, attempt: ctx.attempt.number, reply: reg.subject }));
+        deps.nc.publish(deps.subjects.cancel(worker.id), encode({ request_id: ctx.requestId, attempt: ctx.attempt.number, reply: reg.subject, token }));
       }
       if (err) reject(ctx.sink?.committed && ctx.attempt.chunks > 0 ? committed(err, worker.id) : err);
       else resolve();
@@ -145,6 +154,11 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       if (settled) return;
       if (isNoResponders(msg)) {
         finish(new RouterError('WORKER_UNAVAILABLE', `worker ${worker.id} is not listening (no responders)`, { worker: worker.id }));
+        return;
+      }
+      const problem = replyProblem(msg, token, instance);
+      if (problem) {
+        deps.guard?.drop('reply', problem, { worker: worker.id, requestId: ctx.requestId });
         return;
       }
       const reply = decode<WireReply>(msg.data);
@@ -208,7 +222,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       const wire = ctx.continuation ? { ...ctx.request, continuation: ctx.continuation } : ctx.request;
       deps.nc.publish(deps.subjects.infer(worker.id), encode(wire), {
         reply: reg.subject,
-        headers: requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream }),
+        headers: requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream, token }),
       });
     } catch (err) {
       // A local failure says nothing about the worker: never "worker gone".

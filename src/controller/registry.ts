@@ -61,6 +61,7 @@ export class WorkerRegistry implements WorkerDirectory {
       known.lastSeen = now;
       known.gone = false;
       known.continuation = hb.continuation === true;
+      known.instance = typeof hb.instance === 'string' ? hb.instance : '';
     } else {
       this.workers.set(hb.id, {
         id: hb.id,
@@ -76,6 +77,7 @@ export class WorkerRegistry implements WorkerDirectory {
         lastSeen: now,
         gone: false,
         continuation: hb.continuation === true,
+        instance: typeof hb.instance === 'string' ? hb.instance : '',
       });
     }
     this.noteTransition(hb.id);
@@ -138,6 +140,11 @@ export class WorkerRegistry implements WorkerDirectory {
   knowsContinuation(model: string): boolean {
     for (const w of this.workers.values()) if (w.continuation && w.models.includes(model)) return true;
     return false;
+  }
+
+  /** Workers known now (online or recently seen). */
+  get size(): number {
+    return this.workers.size;
   }
 
   get(id: string): WorkerInfo | undefined {

@@ -13,6 +13,11 @@ export interface SseSinkOptions extends SinkCoreOptions {
   completionId: string;
   model: string;
   created: number;
+  /**
+   * After the stream ended, a client that still leaves it unread loses the socket after this
+   * long (ms), so its buffer and socket are released (default: no bound).
+   */
+  stalledTimeoutMs?: number;
 }
 
 /** SSE's byte writer over the shared sink core. */
@@ -92,7 +97,16 @@ export class SseSink extends SinkCore {
    */
   private end(last: string): void {
     this.uncork();
-    this.options.res.end(last);
+    const res = this.options.res;
+    res.end(last);
+    const ms = this.options.stalledTimeoutMs;
+    if (ms === undefined || res.writableFinished || res.destroyed) return;
+    // The client is not reading what is left: release socket and buffer after a bounded time.
+    const timer = setTimeout(() => res.destroy(), ms);
+    timer.unref();
+    const clear = (): void => clearTimeout(timer);
+    res.once('finish', clear);
+    res.once('close', clear);
   }
 
   protected writeCommit(headers: Record<string, string>): void {
@@ -100,7 +114,7 @@ export class SseSink extends SinkCore {
       ...headers,
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-cache',
-      connection: 'keep-alive',
+      // No connection header: Node answers keep-alive, or close when the client asked for it.
       'x-accel-buffering': 'no',
     });
     this.send({
