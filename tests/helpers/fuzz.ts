@@ -27,25 +27,25 @@ let cluster: Cluster;
 
 /** The fuzz run as a Jest suite: `defaultCases` unless FUZZ_CASES says otherwise. */
 export function fuzzSuite(defaultCases: number): void {
-const CASES = Number(process.env.FUZZ_CASES ?? defaultCases);
-const SEED = Number(process.env.FUZZ_SEED ?? Date.now() % 1_000_000);
-const TIME_LIMIT_MS = Number(process.env.FUZZ_TIME_MS ?? Math.max(20_000, CASES * 30));
-beforeAll(async () => {
-  cluster = await startCluster({
-    workers: [{ id: 'fz-a' }, { id: 'fz-b' }],
-    config: {
-      ...STEADY,
-      'controller.headersTimeoutMs': 2000,
-      // Generous limits: on a loaded machine a slow valid request must not read as a router failure.
-      'cluster.requestRouting.attemptTimeoutMs': 20_000,
-      'cluster.requestRouting.firstChunkTimeoutMs': 20_000,
-    },
+  const CASES = Number(process.env.FUZZ_CASES ?? defaultCases);
+  const SEED = Number(process.env.FUZZ_SEED ?? Date.now() % 1_000_000);
+  const TIME_LIMIT_MS = Number(process.env.FUZZ_TIME_MS ?? Math.max(20_000, CASES * 30));
+  beforeAll(async () => {
+    cluster = await startCluster({
+      workers: [{ id: 'fz-a' }, { id: 'fz-b' }],
+      config: {
+        ...STEADY,
+        'controller.headersTimeoutMs': 2000,
+        // Generous limits: on a loaded machine a slow valid request must not read as a router failure.
+        'cluster.requestRouting.attemptTimeoutMs': 20_000,
+        'cluster.requestRouting.firstChunkTimeoutMs': 20_000,
+      },
+    });
   });
-});
-afterAll(async () => {
-  await cluster?.stop();
-});
-FUZZ_TESTS(() => ({ CASES, SEED, TIME_LIMIT_MS }));
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+  fuzzCases(CASES, SEED, TIME_LIMIT_MS);
 }
 
 function fuzzValue(r: () => number, depth = 0): unknown {
@@ -141,55 +141,55 @@ function garbage(r: () => number): Uint8Array {
   return forms[Math.floor(r() * forms.length)]();
 }
 
-function FUZZ_TESTS(params: () => { CASES: number; SEED: number; TIME_LIMIT_MS: number }): void {
-const { CASES, SEED, TIME_LIMIT_MS } = params();
-test(`fuzz - ${CASES} hostile HTTP requests and bus messages (seed ${SEED}) change nothing`, async () => {
-  const r = rng(SEED);
-  const port = Number(new URL(cluster.url).port);
-  const pids = [...cluster.workers.values()].map((w) => w.process.pid);
-  const inboxPrefix = (cluster.controller.deps.mux as unknown as { prefix: string }).prefix;
-  const busSubjects = [subjects.heartbeat, subjects.bye, subjects.discover, ...['fz-a', 'fz-b'].flatMap((id) => [subjects.infer(id), subjects.cancel(id), `mlx.v1.worker.${id}.control`])];
-  const started = Date.now();
-  let done = 0;
-  while (done < CASES && Date.now() - started < TIME_LIMIT_MS) {
-    const batch: Array<Promise<void>> = [];
-    for (let i = 0; i < 10 && done < CASES; i++, done++) {
-      const kind = r();
-      if (kind < 0.45) {
-        const c = httpCase(r);
-        batch.push(
-          fetch(`${cluster.url}/v1/chat/completions`, { method: 'POST', headers: c.headers, body: c.body }).then(async (res) => {
-            const text = await res.text();
-            expect(res.headers.get('x-request-id')).toBeTruthy();
-            if (res.status >= 400) {
-              // A client's garbage is never our failure.
-              if (res.status >= 500) throw new Error(`HTTP ${res.status} ${text.slice(0, 400)} for ${JSON.stringify(c).slice(0, 400)}`);
-              expect(JSON.parse(text).error).toMatchObject({ message: expect.any(String), type: expect.any(String), code: expect.any(String) });
-            }
-          }),
-        );
-      } else if (kind < 0.6) {
-        batch.push(rawExchange(port, rawCase(r)).then(checkRawAnswer));
-      } else {
-        const subject = r() < 0.15 ? `${inboxPrefix}.${Math.floor(r() * 50).toString(36)}` : busSubjects[Math.floor(r() * busSubjects.length)];
-        cluster.nc.publish(subject, garbage(r), r() < 0.5 ? { reply: `${inboxPrefix}.${Math.floor(r() * 50).toString(36)}` } : undefined);
+/** The one fuzz test: `CASES` cases from `SEED`, within `TIME_LIMIT_MS`. */
+function fuzzCases(CASES: number, SEED: number, TIME_LIMIT_MS: number): void {
+  test(`fuzz - ${CASES} hostile HTTP requests and bus messages (seed ${SEED}) change nothing`, async () => {
+    const r = rng(SEED);
+    const port = Number(new URL(cluster.url).port);
+    const pids = [...cluster.workers.values()].map((w) => w.process.pid);
+    const inboxPrefix = (cluster.controller.deps.mux as unknown as { prefix: string }).prefix;
+    const busSubjects = [subjects.heartbeat, subjects.bye, subjects.discover, ...['fz-a', 'fz-b'].flatMap((id) => [subjects.infer(id), subjects.cancel(id), `mlx.v1.worker.${id}.control`])];
+    const started = Date.now();
+    let done = 0;
+    while (done < CASES && Date.now() - started < TIME_LIMIT_MS) {
+      const batch: Array<Promise<void>> = [];
+      for (let i = 0; i < 10 && done < CASES; i++, done++) {
+        const kind = r();
+        if (kind < 0.45) {
+          const c = httpCase(r);
+          batch.push(
+            fetch(`${cluster.url}/v1/chat/completions`, { method: 'POST', headers: c.headers, body: c.body }).then(async (res) => {
+              const text = await res.text();
+              expect(res.headers.get('x-request-id')).toBeTruthy();
+              if (res.status >= 400) {
+                // A client's garbage is never our failure.
+                if (res.status >= 500) throw new Error(`HTTP ${res.status} ${text.slice(0, 400)} for ${JSON.stringify(c).slice(0, 400)}`);
+                expect(JSON.parse(text).error).toMatchObject({ message: expect.any(String), type: expect.any(String), code: expect.any(String) });
+              }
+            }),
+          );
+        } else if (kind < 0.6) {
+          batch.push(rawExchange(port, rawCase(r)).then(checkRawAnswer));
+        } else {
+          const subject = r() < 0.15 ? `${inboxPrefix}.${Math.floor(r() * 50).toString(36)}` : busSubjects[Math.floor(r() * busSubjects.length)];
+          cluster.nc.publish(subject, garbage(r), r() < 0.5 ? { reply: `${inboxPrefix}.${Math.floor(r() * 50).toString(36)}` } : undefined);
+        }
       }
+      await Promise.all(batch);
     }
-    await Promise.all(batch);
-  }
-  await cluster.nc.flush();
-  expect(done).toBeGreaterThanOrEqual(Math.min(CASES, 100));
-  // Nothing died, nothing was blamed, nothing is left pending.
-  for (const w of cluster.workers.values()) expect(w.process.exitCode).toBeNull();
-  expect([...cluster.workers.values()].map((w) => w.process.pid)).toEqual(pids);
-  expect(cluster.controller.deps.breakers.snapshot().every(([, kind]) => kind === 'closed')).toBe(true);
-  for (const id of ['fz-a', 'fz-b']) expect(cluster.controller.deps.registry.get(id)).toMatchObject({ state: 'ready', models: [MODEL], gone: false });
-  expect(({} as Record<string, unknown>).polluted).toBeUndefined();
-  // Normal requests succeed afterwards, buffered and streamed.
-  const replies = await Promise.all(Array.from({ length: 6 }, (_, i) => chat(cluster.url, { content: `after fuzz ${i}` })));
-  expect(replies.map((x) => x.status)).toEqual(Array(6).fill(200));
-  const s = await chatStream(cluster.url, { content: 'after fuzz stream' });
-  expect(s.text.trimEnd().endsWith('data: [DONE]')).toBe(true);
-  expect(cluster.controller.deps.mux.size).toBe(0);
-}, 600_000);
+    await cluster.nc.flush();
+    expect(done).toBeGreaterThanOrEqual(Math.min(CASES, 100));
+    // Nothing died, nothing was blamed, nothing is left pending.
+    for (const w of cluster.workers.values()) expect(w.process.exitCode).toBeNull();
+    expect([...cluster.workers.values()].map((w) => w.process.pid)).toEqual(pids);
+    expect(cluster.controller.deps.breakers.snapshot().every(([, kind]) => kind === 'closed')).toBe(true);
+    for (const id of ['fz-a', 'fz-b']) expect(cluster.controller.deps.registry.get(id)).toMatchObject({ state: 'ready', models: [MODEL], gone: false });
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    // Normal requests succeed afterwards, buffered and streamed.
+    const replies = await Promise.all(Array.from({ length: 6 }, (_, i) => chat(cluster.url, { content: `after fuzz ${i}` })));
+    expect(replies.map((x) => x.status)).toEqual(Array(6).fill(200));
+    const s = await chatStream(cluster.url, { content: 'after fuzz stream' });
+    expect(s.text.trimEnd().endsWith('data: [DONE]')).toBe(true);
+    expect(cluster.controller.deps.mux.size).toBe(0);
+  }, 600_000);
 }
