@@ -93,7 +93,10 @@ test('up --controllers 2 - prints both controllers, which agree on every session
     await cluster.ready();
     const urls = await waitFor(() => /\(2 controllers: (http:\/\/[0-9.:]+) (http:\/\/[0-9.:]+)\)/.exec(cluster.output())?.slice(1), 'both URLs printed');
     expect(new Set(urls).size).toBe(2);
-    for (const u of urls) await waitFor(async () => (await fetch(`${u}/ready`)).status === 200, `${u} ready`, 10_000);
+    // Rendezvous hashing agrees once both controllers know the same workers: wait for all three.
+    for (const u of urls) {
+      await waitFor(async () => ((await (await fetch(`${u}/ready`)).json()) as { workersOnline?: number }).workersOnline === 3, `${u} sees 3 workers`, 15_000);
+    }
     const children = childrenOf(cluster.up.pid!);
     // nats-server and three workers; the controllers run inside up.
     expect(children).toHaveLength(4);
