@@ -15,6 +15,7 @@ import type { BreakerBook } from './controller/breakers';
 import { dispatch, type ReplyMux } from './controller/dispatch';
 import type { EventBus } from './controller/events';
 import type { RouterMetrics } from './controller/metrics';
+import type { BusGuard } from './controller/bus-guard';
 import type { WorkerRegistry } from './controller/registry';
 import type { RetryBudget } from './controller/retry-budget';
 import type { SessionRegistry } from './controller/sessions';
@@ -35,6 +36,8 @@ export interface RouterDeps extends MiddlewareDeps {
   metrics: RouterMetrics;
   /** The operator event bus (cluster API, dashboard, traces); absent in bare setups. */
   bus?: EventBus;
+  /** What the controller believes of the bus: counts dropped replies (docs/security.md). */
+  guard?: BusGuard;
 }
 
 export interface Pipeline {

@@ -42,7 +42,7 @@ export function makeSubjects(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects 
   return {
     infer: (id) => `${prefix}.worker.${id}.infer`,
     cancel: (id) => `${prefix}.worker.${id}.cancel`,
-    control: (id) => `${prefix}.worker.${id}.control`,
+    control: (id) => controlSubject(prefix, id),
     heartbeat: `${prefix}.heartbeat`,
     bye: `${prefix}.bye`,
     discover: `${prefix}.discover`,
@@ -149,6 +149,8 @@ export interface Heartbeat {
   pid?: number;
   /** Models an operator took out of rotation on this worker: it refuses them, controllers skip it for them. */
   draining_models?: string[];
+  /** This worker process's instance id (random, fixed at start; see HDR_INSTANCE). */
+  instance?: string;
   /** v2: what each model is served for (absent: `chat` only). */
   capabilities?: Record<string, Capability[]>;
   /**
@@ -182,6 +184,8 @@ export interface PromptCacheInfo {
 export interface Bye {
   type: 'bye';
   id: string;
+  /** The instance saying goodbye: a bye from another instance is ignored. */
+  instance?: string;
 }
 
 /** A controller's breaker for `worker` opened or closed by its own judgement. */
@@ -201,6 +205,8 @@ export interface CancelMessage {
    * clients and may repeat. Workers match it first, then request_id + attempt.
    */
   reply?: string;
+  /** The attempt's token (HDR_TOKEN): a cancel without the right one is ignored. */
+  token?: string;
 }
 
 const encoder = new TextEncoder();
@@ -227,6 +233,8 @@ export interface RequestHeaders {
   /** W3C trace context of the attempt (`traceparent`, `tracestate` NATS headers), when known. */
   traceparent?: string;
   tracestate?: string;
+  /** The attempt's secret token (HDR_TOKEN); absent from requests of older controllers. */
+  token?: string;
 }
 
 export function requestHeaders(h: RequestHeaders): MsgHdrs {
@@ -238,6 +246,7 @@ export function requestHeaders(h: RequestHeaders): MsgHdrs {
   if (h.stream) hdrs.append(HDR_STREAM, '1');
   if (h.traceparent) hdrs.append('traceparent', h.traceparent);
   if (h.tracestate) hdrs.append('tracestate', h.tracestate);
+  if (h.token) hdrs.append(HDR_TOKEN, h.token);
   return hdrs;
 }
 
@@ -253,6 +262,7 @@ export function readRequestHeaders(hdrs: MsgHdrs | undefined): RequestHeaders {
     stream: hdrs?.get(HDR_STREAM) === '1',
     traceparent: hdrs?.get('traceparent') || undefined,
     tracestate: hdrs?.get('tracestate') || undefined,
+    token: hdrs?.get(HDR_TOKEN) || undefined,
   };
 }
 
@@ -273,3 +283,32 @@ export function messageTokens(m: ChatMessage): number {
 
 /** Tokens the chat template adds after the messages (the assistant's header). */
 export const PROMPT_TAIL_TOKENS = 3;
+
+// ---------------------------------------------------------------------------------------------
+// Bus integrity (docs/security.md): what a message must carry to be believed. Controllers give
+// every attempt a random token; the worker echoes it, with its instance id, on every message it
+// publishes to the attempt's reply subject, and a cancel must name it. A worker instance id is
+// random and fixed at process start, carried in heartbeats and byes: a controller believes those
+// for a known worker id only from the instance it knows to be live.
+// ---------------------------------------------------------------------------------------------
+
+/** The attempt's secret token: request header (controller → worker), echoed on every reply message. */
+export const HDR_TOKEN = 'Mlx-Token';
+/** Reply header: the answering worker's instance id. */
+export const HDR_INSTANCE = 'Mlx-Instance';
+/** Instance ids and tokens: opaque, one header value, bounded. */
+export const INSTANCE_ID_PATTERN = /^[A-Za-z0-9_-]{8,64}$/;
+
+/** Per-worker control subject: controller → worker notices such as a refused duplicate id. */
+export function controlSubject(prefix: string, workerId: string): string {
+  return `${prefix}.worker.${workerId}.control`;
+}
+
+/** A controller tells a worker instance that its id is served by another live instance. */
+export interface RefuseMessage {
+  type: 'refuse';
+  id: string;
+  /** The refused instance: only that process stops. */
+  instance: string;
+  reason: string;
+}

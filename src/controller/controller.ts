@@ -10,11 +10,12 @@ import type { RouterEvent } from '../attempt';
 import { Listeners } from '../listeners';
 import { connectNats } from '../nats';
 import { assemblePipeline, type Pipeline, type RouterDeps } from '../pipeline';
-import { decode, encode, makeSubjects, type Bye, type Heartbeat } from '../protocol';
+import { encode, makeSubjects } from '../protocol';
 import { newId } from '../ids';
 import { BreakerBook } from './breakers';
 import { observeAttempts } from './attempt-events';
 import { BreakerSignals } from './breaker-signals';
+import { BusGuard } from './bus-guard';
 import { ReplyMux } from './dispatch';
 import { EventBus } from './events';
 import { buildHttpServer } from './http';
@@ -66,7 +67,10 @@ export class Controller {
       clock,
       offlineAfterMs: config.discovery.offlineAfterMs,
       log,
-      onForget: (id) => breakers.forget(id),
+      onForget: (id) => {
+        breakers.forget(id);
+        guard.forget(id);
+      },
       onStatus: (worker, change) =>
         events.emit(
           'state' in change
@@ -90,8 +94,18 @@ export class Controller {
       },
     });
     const signals = new BreakerSignals(nc, breakers, { subject: subjects.breaker, controllerId: id, peerOpenMs: cb.peerOpenMs, log });
-    const mux = new ReplyMux(nc);
+    const mux = new ReplyMux(nc, config.nats.inboxPrefix);
     const metrics = new RouterMetrics({ registry, breakers, pendingReplies: () => mux.size });
+    const guard = new BusGuard({
+      registry,
+      log,
+      clock,
+      register: metrics.register,
+      subjectPrefix: config.nats.subjectPrefix,
+      maxWorkers: config.discovery.maxWorkers,
+      maxModels: config.discovery.maxModels,
+      nc,
+    });
     const deps: RouterDeps = {
       nc,
       mux,
@@ -106,6 +120,7 @@ export class Controller {
       random,
       events: new Listeners<RouterEvent>(),
       bus: events,
+      guard,
     };
     observeAttempts(deps.events, events);
     let pipeline: Pipeline;
@@ -135,18 +150,9 @@ export class Controller {
       : Promise.resolve(undefined);
 
     const subs = [
-      nc.subscribe(subjects.heartbeat, {
-        callback: (err, msg) => {
-          const hb = err ? undefined : decode<Heartbeat>(msg.data);
-          if (hb) registry.onHeartbeat(hb);
-        },
-      }),
-      nc.subscribe(subjects.bye, {
-        callback: (err, msg) => {
-          const bye = err ? undefined : decode<Bye>(msg.data);
-          if (bye && typeof bye.id === 'string') registry.onBye(bye.id);
-        },
-      }),
+      // Every bus message passes the guard first: shape, limits, worker instance (docs/security.md).
+      nc.subscribe(subjects.heartbeat, { callback: (err, msg) => void (err || guard.heartbeat(msg.data)) }),
+      nc.subscribe(subjects.bye, { callback: (err, msg) => void (err || guard.bye(msg.data)) }),
     ];
     // Bodies over one NATS message travel to v2 workers in parts; v1 workers cannot take them.
     const maxPayload = nc.info?.max_payload;

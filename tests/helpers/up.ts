@@ -21,9 +21,9 @@ export function alive(pid: number): boolean {
   return stat !== '' && !stat.startsWith('Z');
 }
 
-/** `mlx-router up` in its own process group, as a terminal runs it, with its own nats-server (`--nats local`). */
-export function startUp(workers: number, extra: string[] = [], env: Record<string, string> = {}) {
-  const up = spawn(process.execPath, [CLI, 'up', '--nats', 'local', '--port', '0', '--workers', String(workers), ...extra], {
+/** `mlx-router up` in its own process group, as a terminal runs it, with its own nats-server (`--nats local`) unless `nats` names one. */
+export function startUp(workers: number, extra: string[] = [], nats = 'local', env: Record<string, string> = {}) {
+  const up = spawn(process.execPath, [CLI, 'up', '--nats', nats, '--port', '0', '--workers', String(workers), ...extra], {
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn', ...env },

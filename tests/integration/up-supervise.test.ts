@@ -7,6 +7,12 @@ import { MODEL, waitFor } from '../helpers/cluster';
 import { followEvents } from '../helpers/events';
 import { alive, childrenOf, startUp } from '../helpers/up';
 
+/** The full id of `up`'s worker number n (`worker-<n>-<run>`: ids are unique per run). */
+async function workerId(url: string, n: number): Promise<string | undefined> {
+  const res = await fetch(`${url}/v1/cluster/workers`);
+  return ((await res.json()) as any).data.map((x: any) => x.id as string).find((id: string) => id.startsWith(`worker-${n}-`));
+}
+
 async function workerPid(url: string, id: string): Promise<number | undefined> {
   const res = await fetch(`${url}/v1/cluster/workers`);
   const w = ((await res.json()) as any).data.find((x: any) => x.id === id);
@@ -19,26 +25,27 @@ test('up - a crashed worker is restarted with growing backoff, the dashboard sho
   try {
     const url = await cluster.ready();
     expect(cluster.output()).toContain(`dashboard: ${url}/dashboard`);
+    const w1 = await waitFor(() => workerId(url, 1), 'worker 1 known');
     const feed = await followEvents(url);
     try {
-      const first = await waitFor(() => workerPid(url, 'worker-1'), 'worker-1 online with its pid');
+      const first = await waitFor(() => workerPid(url, w1), 'worker 1 online with its pid');
       expect(childrenOf(cluster.up.pid!)).toContain(first);
       process.kill(first, 'SIGKILL');
       gone.push(first);
-      const restart1 = await waitFor(() => feed.events.find((e) => e.type === 'worker.restart' && e.worker === 'worker-1'), 'first restart event');
+      const restart1 = await waitFor(() => feed.events.find((e) => e.type === 'worker.restart' && e.worker === w1), 'first restart event');
       expect(restart1).toMatchObject({ restarts: 1, backoffMs: 500, exit: 'signal SIGKILL' });
       const second = await waitFor(async () => {
-        const pid = await workerPid(url, 'worker-1');
+        const pid = await workerPid(url, w1);
         return pid !== undefined && pid !== first ? pid : undefined;
       }, 'worker-1 back with a new pid', 20_000);
 
       // A second crash soon after: the backoff doubles.
       process.kill(second, 'SIGKILL');
       gone.push(second);
-      const restart2 = await waitFor(() => feed.events.find((e) => e.type === 'worker.restart' && e.worker === 'worker-1' && e.restarts === 2), 'second restart event');
+      const restart2 = await waitFor(() => feed.events.find((e) => e.type === 'worker.restart' && e.worker === w1 && e.restarts === 2), 'second restart event');
       expect(restart2.backoffMs).toBe(1000);
       await waitFor(async () => {
-        const pid = await workerPid(url, 'worker-1');
+        const pid = await workerPid(url, w1);
         return pid !== undefined && !gone.includes(pid);
       }, 'worker-1 back again', 20_000);
     } finally {
@@ -53,7 +60,7 @@ test('up - a crashed worker is restarted with growing backoff, the dashboard sho
     const browser = await launchBrowser();
     try {
       await browser.page.goto(`${url}/dashboard`);
-      await browser.page.waitForSelector('[data-worker="worker-1"] .badge.restarts[data-restarts="2"]', { timeout: 10_000 });
+      await browser.page.waitForSelector(`[data-worker="${w1}"] .badge.restarts[data-restarts="2"]`, { timeout: 10_000 });
       expect(await browser.page.locator('#events li[data-type="worker.restart"]').count()).toBe(2);
     } finally {
       await browser.close();
