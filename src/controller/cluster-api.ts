@@ -79,7 +79,7 @@ function describeWorker(w: WorkerInfo, o: ClusterApiOptions, stats: ClusterStats
     host: w.host || null,
     pid: w.pid || null,
     models: w.models,
-    drainingModels: w.drainingModels,
+    drainingModels: w.drainingModels ?? [],
     engine: w.engine,
     capabilities: { continuation: w.continuation },
     online,

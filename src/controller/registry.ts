@@ -137,7 +137,7 @@ export class WorkerRegistry implements WorkerDirectory {
     const now = this.clock.now();
     const out: WorkerInfo[] = [];
     for (const w of this.workers.values()) {
-      if (w.state === 'ready' && this.isOnline(w, now) && w.models.includes(model) && !w.drainingModels.includes(model)) out.push(w);
+      if (w.state === 'ready' && this.isOnline(w, now) && w.models.includes(model) && !w.drainingModels?.includes(model)) out.push(w);
     }
     return out;
   }
