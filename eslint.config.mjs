@@ -22,6 +22,14 @@ export default tseslint.config(
     rules: { '@typescript-eslint/no-require-imports': 'off' },
   },
   {
+    // The dashboard's script runs in the browser, as a classic script.
+    files: ['dashboard/**/*.js'],
+    languageOptions: {
+      sourceType: 'script',
+      globals: { document: 'readonly', window: 'readonly', fetch: 'readonly', sessionStorage: 'readonly', EventSource: 'readonly', Node: 'readonly', setInterval: 'readonly' },
+    },
+  },
+  {
     // ES module scripts run by Node itself (the import-graph check, the packed-package test).
     files: ['**/*.mjs'],
     languageOptions: { sourceType: 'module', globals: { process: 'readonly', console: 'readonly', URL: 'readonly', AbortController: 'readonly' } },

@@ -53,6 +53,7 @@ export interface RouterConfig {
       prefix: { minPrefixTokens: number; ttftMarginTokens: number; maxImbalance: number; defaultCacheSize: number };
     };
     streaming: { maxBufferedBytes: number; resume: boolean; maxResumes: number; maxResumeChars: number };
+    admin: { key: string };
   };
   nats: {
     servers: string[];
@@ -96,6 +97,7 @@ export interface RouterConfig {
     };
   };
   discovery: { offlineAfterMs: number; maxWorkers: number; maxModels: number };
+  tracing: { otlpEndpoint: string; serviceName: string };
   log: { level: string };
 }
 
@@ -218,6 +220,14 @@ const schema = {
         default: 262144,
       },
     },
+    admin: {
+      key: {
+        doc: 'Bearer token of the admin actions (drain, undrain, breaker reset) of the cluster API; empty turns them off. Set it from the environment, at least 16 characters.',
+        format: String,
+        default: '',
+        sensitive: true,
+      },
+    },
   },
   nats: {
     servers: { doc: 'NATS seed servers.', format: 'string-list', default: ['nats://127.0.0.1:4222'] },
@@ -290,6 +300,14 @@ const schema = {
     offlineAfterMs: { doc: 'A worker silent this long (controller clock) is offline (ms).', format: 'nat', default: 6000 },
     maxWorkers: { doc: 'Most worker ids the controller keeps; heartbeats of further new ids are dropped and counted.', format: 'nat', default: 1024 },
     maxModels: { doc: 'Most models one worker may advertise; a heartbeat with more is dropped and counted.', format: 'nat', default: 256 },
+  },
+  tracing: {
+    otlpEndpoint: {
+      doc: "OTLP/HTTP collector base URL (e.g. http://127.0.0.1:4318): the controller exports a span per request and per attempt to its /v1/traces; empty: no export (traceparent still propagates).",
+      format: String,
+      default: '',
+    },
+    serviceName: { doc: 'service.name of the exported spans.', format: String, default: 'mlx-router' },
   },
   log: {
     level: { doc: 'pino log level.', format: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
@@ -388,6 +406,9 @@ function checkSemantics(cfg: RouterConfig): void {
   if (cfg.cluster.streaming.maxBufferedBytes < 1024) fail('cluster.streaming.maxBufferedBytes', 'must be at least 1024 (smaller cancels streams at their first chunk)');
   if (rr.streamingTimeoutMs < 1) fail('cluster.requestRouting.streamingTimeoutMs', 'must be at least 1');
   if (cfg.cluster.pipeline.length === 0) fail('cluster.pipeline', 'must name at least one middleware');
+  if (cfg.tracing.otlpEndpoint && !/^https?:\/\/[^/]/.test(cfg.tracing.otlpEndpoint)) fail('tracing.otlpEndpoint', `must be an http:// or https:// URL, got '${cfg.tracing.otlpEndpoint}'`);
+  const adminKey = cfg.cluster.admin.key;
+  if (adminKey.length > 0 && (adminKey.length < 16 || /\s/.test(adminKey))) fail('cluster.admin.key', 'must be at least 16 characters without spaces (or empty: admin actions off)');
   if (cfg.nats.servers.length === 0) fail('nats.servers', 'must list at least one server');
   if (cfg.worker.maxConcurrent < 1) fail('worker.maxConcurrent', 'must be at least 1');
   if (cfg.worker.heartbeatIntervalMs < 10) fail('worker.heartbeatIntervalMs', 'must be at least 10');

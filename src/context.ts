@@ -51,6 +51,10 @@ export interface AttemptState {
    * `select` (the breaker takes its permit here). Fresh for each attempt.
    */
   readonly admissions: Admission[];
+  /** When this attempt's first chunk arrived (clock ms; streams only). */
+  firstChunkAt?: number;
+  /** The W3C traceparent this attempt was sent with (its span in the request's trace). */
+  traceparent?: string;
 }
 
 /**
@@ -68,6 +72,8 @@ class Attempt implements AttemptState {
   readonly signal: AbortSignal;
   chunks = 0;
   readonly admissions: Admission[] = [];
+  firstChunkAt?: number;
+  traceparent?: string;
   private listeners: Array<() => void> | undefined;
 
   constructor(

@@ -32,6 +32,8 @@ export const ERROR_CATALOGUE = {
   CONTEXT_LENGTH_EXCEEDED: { status: 400, type: 'invalid_request_error', outcome: 'caller' },
   MODEL_NOT_FOUND: { status: 404, type: 'invalid_request_error', outcome: 'caller' },
   NOT_FOUND: { status: 404, type: 'invalid_request_error', outcome: 'caller' },
+  ADMIN_UNAUTHORIZED: { status: 401, type: 'invalid_request_error', outcome: 'caller' },
+  ADMIN_FORBIDDEN: { status: 403, type: 'invalid_request_error', outcome: 'caller' },
   REQUEST_TOO_LARGE: { status: 413, type: 'invalid_request_error', outcome: 'caller' },
   CLIENT_CLOSED_REQUEST: { status: 499, type: 'invalid_request_error', outcome: 'cancelled' },
   INTERNAL_ERROR: { status: 500, type: 'server_error', outcome: 'worker_failure' },

@@ -13,6 +13,7 @@ import { ConfigError, type RouterConfig } from './config';
 import type { Middleware, RouteContext } from './context';
 import type { BreakerBook } from './controller/breakers';
 import { dispatch, type ReplyMux } from './controller/dispatch';
+import type { EventBus } from './controller/events';
 import type { RouterMetrics } from './controller/metrics';
 import type { BusGuard } from './controller/bus-guard';
 import type { WorkerRegistry } from './controller/registry';
@@ -33,6 +34,8 @@ export interface RouterDeps extends MiddlewareDeps {
   breakers: BreakerBook;
   budget: RetryBudget;
   metrics: RouterMetrics;
+  /** The operator event bus (cluster API, dashboard, traces); absent in bare setups. */
+  bus?: EventBus;
   /** What the controller believes of the bus: counts dropped replies (docs/security.md). */
   guard?: BusGuard;
 }

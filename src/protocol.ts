@@ -26,6 +26,8 @@ export interface Subjects {
   infer(workerId: string): string;
   /** Per-worker cancel subject: `{request_id, attempt}`. */
   cancel(workerId: string): string;
+  /** Per-worker admin control subject (request/reply): `{action: drain|undrain, model?}`. */
+  control(workerId: string): string;
   /** Workers publish heartbeats here; controllers subscribe. */
   heartbeat: string;
   /** A worker says goodbye here when it shuts down. */
@@ -40,6 +42,7 @@ export function makeSubjects(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects 
   return {
     infer: (id) => `${prefix}.worker.${id}.infer`,
     cancel: (id) => `${prefix}.worker.${id}.cancel`,
+    control: (id) => controlSubject(prefix, id),
     heartbeat: `${prefix}.heartbeat`,
     bye: `${prefix}.bye`,
     discover: `${prefix}.discover`,
@@ -141,6 +144,11 @@ export interface Heartbeat {
   interval_ms: number;
   /** The engine can continue a partial answer (`continuation` in the request): stream resume. */
   continuation?: boolean;
+  /** Host name and process id of the worker (operator view only). */
+  host?: string;
+  pid?: number;
+  /** Models an operator took out of rotation on this worker: it refuses them, controllers skip it for them. */
+  draining_models?: string[];
   /** This worker process's instance id (random, fixed at start; see HDR_INSTANCE). */
   instance?: string;
   /** v2: what each model is served for (absent: `chat` only). */
@@ -151,6 +159,21 @@ export interface Heartbeat {
    * controllers forget what they predicted it holds. Prefix-aware routing reads it.
    */
   prompt_cache?: PromptCacheInfo;
+}
+
+/** An admin action sent to one worker on its control subject; every controller sees the result in heartbeats. */
+export interface ControlMessage {
+  /** drain / undrain: the whole worker, or only `model` when given. */
+  action: 'drain' | 'undrain';
+  model?: string;
+}
+
+/** The worker's answer to a ControlMessage. */
+export interface ControlReply {
+  ok: boolean;
+  state: 'ready' | 'draining' | 'unhealthy';
+  draining_models: string[];
+  error?: string;
 }
 
 export interface PromptCacheInfo {
@@ -207,6 +230,9 @@ export interface RequestHeaders {
   attempt: number;
   deadlineMs: number;
   stream: boolean;
+  /** W3C trace context of the attempt (`traceparent`, `tracestate` NATS headers), when known. */
+  traceparent?: string;
+  tracestate?: string;
   /** The attempt's secret token (HDR_TOKEN); absent from requests of older controllers. */
   token?: string;
 }
@@ -218,6 +244,8 @@ export function requestHeaders(h: RequestHeaders): MsgHdrs {
   hdrs.append(HDR_ATTEMPT, String(h.attempt));
   hdrs.append(HDR_DEADLINE_MS, String(Math.max(0, Math.floor(h.deadlineMs))));
   if (h.stream) hdrs.append(HDR_STREAM, '1');
+  if (h.traceparent) hdrs.append('traceparent', h.traceparent);
+  if (h.tracestate) hdrs.append('tracestate', h.tracestate);
   if (h.token) hdrs.append(HDR_TOKEN, h.token);
   return hdrs;
 }
@@ -232,6 +260,8 @@ export function readRequestHeaders(hdrs: MsgHdrs | undefined): RequestHeaders {
     attempt: Number.isFinite(attempt) ? attempt : 1,
     deadlineMs: Number.isFinite(deadline) ? deadline : Number.POSITIVE_INFINITY,
     stream: hdrs?.get(HDR_STREAM) === '1',
+    traceparent: hdrs?.get('traceparent') || undefined,
+    tracestate: hdrs?.get('tracestate') || undefined,
     token: hdrs?.get(HDR_TOKEN) || undefined,
   };
 }

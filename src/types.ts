@@ -36,6 +36,11 @@ export interface WorkerInfo {
   continuation: boolean;
   /** The engine's prompt cache as the last heartbeat advertised it (size, epoch); absent: unknown. */
   promptCache?: PromptCacheInfo;
+  /** Host and pid the worker reported (the registry sets empty / 0 when it did not). */
+  host?: string;
+  pid?: number;
+  /** Models an operator took out of rotation on this worker (the registry always sets it). */
+  drainingModels?: string[];
   /** Protocol version of its heartbeat: 1 gets the v1 request subset, 2 the client's body. */
   version: number;
   /** What each model is served for (v1 workers: chat only). */

@@ -6,7 +6,7 @@
  * SIGTERM stops the controllers, then the workers
  * (they deregister), then NATS, and leaves no process behind.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { dirname, resolve } from 'node:path';
 import { numberFlag, UsageError, type Flags } from '../flags';
@@ -16,6 +16,7 @@ import { createLogger } from '../logger';
 import { connectNats } from '../nats';
 import { natsServerAvailable, startNatsServer, type NatsServerHandle } from '../nats-server';
 import { configFromFlags, waitForSignal } from './shared';
+import { Supervisor } from './supervisor';
 
 const INSTALL_HINT = `no NATS server answers and no 'nats-server' binary is on PATH.
 Install one:  apt-get install nats-server   (Debian/Ubuntu)
@@ -36,17 +37,8 @@ function serversNamed(flags: Flags, servers: readonly string[]): boolean {
   return JSON.stringify(servers) !== JSON.stringify(fallback);
 }
 
-function stopChild(child: ChildProcess, graceMs: number): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((done) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      done();
-    });
-    child.kill('SIGTERM');
-  });
-}
+/** Restarts of a crashed worker: 0.5 s, doubling, at most 30 s; a worker up for a minute starts over. */
+const RESTART_BACKOFF = { initialBackoffMs: 500, maxBackoffMs: 30_000, resetAfterMs: 60_000 };
 
 export async function runUp(flags: Flags): Promise<number> {
   const workers = numberFlag(flags, 'workers', { min: 1, max: 64 }) ?? 3;
@@ -60,20 +52,20 @@ export async function runUp(flags: Flags): Promise<number> {
   }
   const log = createLogger('mlx-router', config.log.level);
   const signal = waitForSignal();
-  const children: ChildProcess[] = [];
+  const supervisors: Supervisor[] = [];
+  const running = () => supervisors.map((s) => s.current()).filter((c) => c !== undefined);
   let nats: NatsServerHandle | undefined;
   const controllers: Controller[] = [];
-  let stopping = false;
 
   const shutdown = async (): Promise<void> => {
-    stopping = true;
+    for (const s of supervisors) s.noMoreRestarts();
     await Promise.all(controllers.map((c) => c.stop().catch((err) => log.error({ err }, 'controller stop failed'))));
-    await Promise.all(children.map((c) => stopChild(c, 15_000)));
+    await Promise.all(supervisors.map((s) => s.stop(15_000)));
     await nats?.stop();
   };
   // A last resort if this process dies another way: never leave a nats-server behind.
   const onExit = (): void => {
-    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+    for (const c of running()) c.kill('SIGKILL');
     if (nats && nats.process.exitCode === null) nats.process.kill('SIGKILL');
   };
   process.once('exit', onExit);
@@ -121,12 +113,21 @@ export async function runUp(flags: Flags): Promise<number> {
       // Own process group, so Ctrl-C reaches only `up`, which stops the controller first (its
       // streams finish) and then the workers. The IPC channel ties each worker to this process:
       // if `up` dies without stopping them, the channel closes and they stop themselves.
-      const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
-      child.channel?.unref();
-      child.on('exit', (code, sig) => {
-        if (!stopping) log.error({ worker: id, code, signal: sig }, 'worker exited');
+      // A worker that dies on its own is started again, with backoff, and the dashboard is told.
+      const supervisor = new Supervisor({
+        ...RESTART_BACKOFF,
+        spawn: () => {
+          const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
+          child.channel?.unref();
+          return child;
+        },
+        onRestart: (info) => {
+          log.error({ worker: id, exit: info.exit, restarts: info.restarts, backoffMs: info.backoffMs }, 'worker exited; restarting it');
+          for (const c of controllers) c.deps.bus?.emit({ type: 'worker.restart', worker: id, ...info });
+        },
       });
-      children.push(child);
+      supervisor.start();
+      supervisors.push(supervisor);
     }
 
     // Consecutive ports from controller.port (any free port each when it is 0).
@@ -144,7 +145,8 @@ export async function runUp(flags: Flags): Promise<number> {
     const url = urls[0];
     const more = controllerCount > 1 ? `  (${controllerCount} controllers: ${urls.join(' ')})` : '';
     process.stdout.write(
-      `\nmlx-router is up: ${url}  (NATS ${servers.join(',')}, ${workers} workers)${more}\n\n` +
+      `\nmlx-router is up: ${url}  (NATS ${servers.join(',')}, ${workers} workers)${more}\n` +
+        `  dashboard: ${url}/dashboard\n\n` +
         `  curl ${url}/v1/chat/completions -H 'content-type: application/json' \\\n` +
         `    -d '{"model":"${config.worker.models[0]}","messages":[{"role":"user","content":"Hello"}]}'\n\n` +
         `Ctrl-C stops everything.\n\n`,
@@ -157,7 +159,7 @@ export async function runUp(flags: Flags): Promise<number> {
       log.warn('forced stop');
       onExit();
       // Reap what was just killed (briefly), so nothing is left even as a zombie.
-      const procs = [...children, ...(nats ? [nats.process] : [])].filter((c) => c.exitCode === null && c.signalCode === null);
+      const procs = [...running(), ...(nats ? [nats.process] : [])].filter((c) => c.exitCode === null && c.signalCode === null);
       await Promise.race([Promise.all(procs.map((c) => new Promise((r) => c.once('exit', r)))), new Promise((r) => setTimeout(r, 1000))]);
       process.exit(130);
     });

@@ -162,6 +162,13 @@ export class BreakerBook implements Breakers {
     return [...this.breakers.keys()].map((w) => [w, this.state(w).kind]);
   }
 
+  /** An operator's reset: closed with no failures counted, whatever it was (a transition when it moves). */
+  reset(worker: string): BreakerKind {
+    const s = this.state(worker);
+    this.move(worker, s, { kind: 'closed', failures: 0 });
+    return s.kind;
+  }
+
   /**
    * Another controller opened its breaker for `worker`: evidence, not a verdict. A closed breaker
    * here opens for `ms`, then half-opens by the clock and its own probes decide; an open or

@@ -7,6 +7,8 @@ import type { RouterConfig } from '../config';
 import { answerUsage, createContext, type RouteContext, type StreamSink } from '../context';
 import { RouterError, toRouterError } from '../errors';
 import type { Logger } from '../logger';
+import { nextTraceparent, TRACEPARENT } from '../trace';
+import type { EventBus } from './events';
 import type { FinishReason, Usage } from '../protocol';
 import type { Pipeline, RouterDeps } from '../pipeline';
 import type { ValidatedChat } from './validate';
@@ -109,11 +111,13 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
     clock: deps.clock,
     signal: abort.signal,
     deadline: deps.clock.now() + budgetMs,
-    headers: input.headers,
+    // One trace per request: the client's, or a new one (each attempt is a hop under it).
+    headers: { ...input.headers, [TRACEPARENT]: nextTraceparent(input.headers[TRACEPARENT]) },
     sessionId,
   });
   const sink = request.stream && input.sink ? input.sink(ctx) : undefined;
   (ctx as { sink?: StreamSink }).sink = sink;
+  let failure: RouterError | undefined;
   try {
     // The one model check of every transport: 404 for a model nobody serves, before any routing.
     checkModel(deps, request.model, request);
@@ -125,7 +129,7 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
     if (!ctx.result) throw new RouterError('INTERNAL_ERROR', 'the chain ended without an answer (does cluster.pipeline end in dispatch?)');
     return { ctx };
   } catch (e) {
-    const err = toRouterError(e);
+    const err = (failure = toRouterError(e));
     if (err.code === 'INTERNAL_ERROR') ctxLog.error({ err: e }, 'request failed inside the router');
     if (sink) {
       sink.fail(err, { ...routingHeaders(ctx), ...errorHeaders(err) });
@@ -135,5 +139,24 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
   } finally {
     deadlineTimer.cancel();
     removeGone();
+    if (deps.bus) observeRequest(deps.bus, ctx, failure, input.headers[TRACEPARENT]);
   }
+}
+
+/** The request's one outcome for the cluster API's series; a request refused for capacity is also `shed`. */
+function observeRequest(events: EventBus, ctx: RouteContext, err: RouterError | undefined, clientTraceparent: string | undefined): void {
+  const first = ctx.metrics.resumes === 0 && ctx.sink?.committed ? ctx.attempt.firstChunkAt : undefined;
+  events.emit({
+    type: 'request',
+    requestId: ctx.requestId,
+    status: err?.status ?? 200,
+    code: err?.code ?? null,
+    durationMs: ctx.clock.now() - ctx.startedAt,
+    ...(first !== undefined ? { ttftMs: first - ctx.startedAt } : {}),
+    traceparent: ctx.headers[TRACEPARENT],
+    clientTraceparent,
+    model: ctx.request.model,
+    stream: ctx.stream,
+  });
+  if (err?.outcome === 'no_capacity') events.emit({ type: 'shed', requestId: ctx.requestId, code: err.code });
 }

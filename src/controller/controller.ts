@@ -13,9 +13,11 @@ import { assemblePipeline, type Pipeline, type RouterDeps } from '../pipeline';
 import { encode, makeSubjects } from '../protocol';
 import { newId } from '../ids';
 import { BreakerBook } from './breakers';
+import { observeAttempts } from './attempt-events';
 import { BreakerSignals } from './breaker-signals';
 import { BusGuard } from './bus-guard';
 import { ReplyMux } from './dispatch';
+import { EventBus } from './events';
 import { buildHttpServer } from './http';
 import { RouterMetrics } from './metrics';
 import { WorkerRegistry } from './registry';
@@ -58,12 +60,25 @@ export class Controller {
     const nc = options.nc ?? (await connectNats(config.nats, 'mlx-router-controller'));
     const ownsConnection = !options.nc;
     const subjects = makeSubjects(config.nats.subjectPrefix);
+    const events = new EventBus();
     const id = newId('controller');
     // Worker ids churn (hostname-pid by default): forgetting one must drop its breaker too.
-    const registry = new WorkerRegistry({ clock, offlineAfterMs: config.discovery.offlineAfterMs, log, onForget: (id) => {
+    const registry = new WorkerRegistry({
+      clock,
+      offlineAfterMs: config.discovery.offlineAfterMs,
+      log,
+      onForget: (id) => {
         breakers.forget(id);
         guard.forget(id);
       },
+      onStatus: (worker, change) =>
+        events.emit(
+          'state' in change
+            ? { type: 'worker.state', worker, state: change.state }
+            : change.online
+              ? { type: 'worker.up', worker }
+              : { type: 'worker.down', worker, reason: change.reason ?? 'offline' },
+        ),
     });
     const cb = config.cluster.requestRouting.circuitBreaker;
     const breakers = new BreakerBook({
@@ -74,6 +89,7 @@ export class Controller {
         log.warn({ worker, from, to, cause }, 'circuit breaker transition');
         // `metrics` and `signals` are declared below; transitions only happen once requests flow.
         metrics.breakerTransitions.inc({ worker, from, to });
+        events.emit({ type: 'breaker', worker, from, to });
         signals.onTransition(worker, to, cause);
       },
     });
@@ -103,8 +119,10 @@ export class Controller {
       log,
       random,
       events: new Listeners<RouterEvent>(),
+      bus: events,
       guard,
     };
+    observeAttempts(deps.events, events);
     let pipeline: Pipeline;
     try {
       pipeline = assemblePipeline(config, deps, options.baseDir);

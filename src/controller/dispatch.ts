@@ -21,6 +21,7 @@ import {
   type WireResult,
 } from '../protocol';
 import { PROTOCOL_V2, wireRequestFor } from '../protocol-v2';
+import { nextTraceparent, passTracestate } from '../trace';
 import { PartJoiner, publishParts, readPart } from '../parts';
 
 /** Largest answer joined from parts (bytes). */
@@ -211,7 +212,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       }
       expected++;
       if (reply.type === 'chunk') {
-        ctx.attempt.chunks++;
+        if (ctx.attempt.chunks++ === 0) ctx.attempt.firstChunkAt = ctx.clock.now();
         ctx.attempt.progress();
         const sink = ctx.sink;
         const delivered = Array.isArray(reply.choices) && sink?.writeChoices ? sink.writeChoices(reply.choices) : sink?.write(String(reply.text ?? ''));
@@ -243,7 +244,11 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
     const remaining = ctx.deadline - ctx.clock.now();
     try {
       const wire = wireRequestFor(worker.version, ctx.request, ctx.continuation || undefined);
-      const headers = () => requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream, token });
+      // This attempt is a new span under the request's trace; tracestate passes through unchanged.
+      const traceparent = (ctx.attempt.traceparent = nextTraceparent(ctx.headers.traceparent));
+      const tracestate = passTracestate(ctx.headers.tracestate);
+      const headers = () =>
+        requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream, token, traceparent, tracestate });
       // v2 workers join a request sent in parts; a v1 worker gets one message or REQUEST_TOO_LARGE.
       if (worker.version >= PROTOCOL_V2) publishParts(deps.nc, deps.subjects.infer(worker.id), encode(wire), { reply: reg.subject, headers });
       else deps.nc.publish(deps.subjects.infer(worker.id), encode(wire), { reply: reg.subject, headers: headers() });

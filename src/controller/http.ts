@@ -11,6 +11,7 @@ import type { Logger } from '../logger';
 import type { Pipeline, RouterDeps } from '../pipeline';
 import { clientErrorHandler, guardServer } from './http-guard';
 import { answerMetadata, errorHeaders, executeChat, routingHeaders } from './chat';
+import { registerClusterApi } from './cluster-api';
 import { drainBody } from './body-limit';
 import { SseSink } from './sse';
 import { registerWebSocket } from './ws';
@@ -182,6 +183,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   registerOpenAIEndpoints(app, deps, serve);
 
   registerWebSocket(app, env);
+  registerClusterApi(app, { config, deps, pipeline, natsConnected: options.natsConnected });
 
   return app;
 }

@@ -19,6 +19,9 @@ function readPromptCache(v: unknown): PromptCacheInfo | undefined {
   return { size, epoch };
 }
 
+/** A worker came online, went offline, or changed its reported state (for the event bus). */
+export type StatusListener = (id: string, change: { online: boolean; reason?: string } | { state: WorkerInfo['state'] }) => void;
+
 /** Told why a watched attempt cannot be answered: the worker went offline, or our transport did. */
 export type OfflineWatcher = (reason: string, source: 'worker' | 'transport') => void;
 
@@ -31,6 +34,8 @@ export interface RegistryOptions {
   latencyDecayMs?: number;
   /** Called when a long-silent worker is forgotten, so per-worker state elsewhere goes too. */
   onForget?: (id: string) => void;
+  /** Called when a worker comes online, goes offline, or changes its reported state. */
+  onStatus?: StatusListener;
 }
 
 export class WorkerRegistry implements WorkerDirectory {
@@ -40,6 +45,7 @@ export class WorkerRegistry implements WorkerDirectory {
   private readonly log: Logger;
   private readonly decayMs: number;
   private readonly onForget?: (id: string) => void;
+  private readonly onStatus?: StatusListener;
   private readonly wasOnline = new Map<string, boolean>();
   private readonly watchers = new Map<string, Set<OfflineWatcher>>();
   private readonly capacityWaiters = new Set<() => void>();
@@ -50,6 +56,7 @@ export class WorkerRegistry implements WorkerDirectory {
     this.log = options.log;
     this.decayMs = options.latencyDecayMs ?? 10_000;
     this.onForget = options.onForget;
+    this.onStatus = options.onStatus;
   }
 
   onHeartbeat(hb: Heartbeat): void {
@@ -60,7 +67,14 @@ export class WorkerRegistry implements WorkerDirectory {
     const maxConcurrent = Number.isInteger(hb.max_concurrent) && hb.max_concurrent > 0 ? hb.max_concurrent : 1;
     const reported = Number.isFinite(hb.in_flight) ? hb.in_flight : 0;
     const state = hb.state === 'draining' || hb.state === 'unhealthy' ? hb.state : 'ready';
+    const host = typeof hb.host === 'string' ? hb.host.slice(0, 255) : '';
+    const pid = Number.isInteger(hb.pid) ? (hb.pid as number) : 0;
+    const drainingModels = Array.isArray(hb.draining_models) ? hb.draining_models.filter((m): m is string => typeof m === 'string') : [];
+    if (known && known.state !== state) this.onStatus?.(hb.id, { state });
     if (known) {
+      known.host = host;
+      known.pid = pid;
+      known.drainingModels = drainingModels;
       known.models = models;
       known.engine = String(hb.engine ?? 'unknown');
       known.maxConcurrent = maxConcurrent;
@@ -88,6 +102,9 @@ export class WorkerRegistry implements WorkerDirectory {
         lastSeen: now,
         gone: false,
         continuation: hb.continuation === true,
+        host,
+        pid,
+        drainingModels,
         promptCache: readPromptCache(hb.prompt_cache),
         ...readCapabilities(hb, models),
         instance: typeof hb.instance === 'string' ? hb.instance : '',
@@ -120,7 +137,7 @@ export class WorkerRegistry implements WorkerDirectory {
     const now = this.clock.now();
     const out: WorkerInfo[] = [];
     for (const w of this.workers.values()) {
-      if (w.state === 'ready' && this.isOnline(w, now) && w.models.includes(model)) out.push(w);
+      if (w.state === 'ready' && this.isOnline(w, now) && w.models.includes(model) && !w.drainingModels?.includes(model)) out.push(w);
     }
     return out;
   }
@@ -153,6 +170,20 @@ export class WorkerRegistry implements WorkerDirectory {
   knowsContinuation(model: string): boolean {
     for (const w of this.workers.values()) if (w.continuation && w.models.includes(model)) return true;
     return false;
+  }
+
+  /** A worker's own answer to an admin action, applied before its next heartbeat says the same. */
+  applyState(id: string, state: WorkerInfo['state'], drainingModels: string[]): void {
+    const w = this.workers.get(id);
+    if (!w) return;
+    if (w.state !== state) this.onStatus?.(id, { state });
+    w.state = state;
+    w.drainingModels = drainingModels;
+  }
+
+  /** Every known worker, online or recently seen, in id order. */
+  all(): WorkerInfo[] {
+    return [...this.workers.values()].sort((a, b) => a.id.localeCompare(b.id));
   }
 
   /** Every known worker, online or recently seen. */
@@ -267,6 +298,7 @@ export class WorkerRegistry implements WorkerDirectory {
     if (this.wasOnline.get(id) !== online) {
       this.wasOnline.set(id, online);
       this.log.info({ worker: id, online, models: w.models }, online ? 'worker online' : 'worker offline');
+      this.onStatus?.(id, { online, reason: online ? undefined : reason });
     }
     if (!online) {
       const watchers = this.watchers.get(id);

@@ -1,6 +1,12 @@
 import type { FinishReason, Usage, WireRequest } from '../protocol';
 import type { Capability, ChoiceDelta, ChoiceFinish } from '../protocol-v2';
 
+/** What travels with a request besides its body: the W3C trace context of the attempt. */
+export interface GenerateContext {
+  traceparent?: string;
+  tracestate?: string;
+}
+
 /** What an engine returns once generation ends. */
 export interface EngineResult {
   finishReason: FinishReason;
@@ -36,7 +42,7 @@ export interface Engine {
    * `onDelta` is given for v2 requests (`request.body` set): an engine may then report whole
    * deltas (tool calls, several choices, logprobs) through it instead of text through `onText`.
    */
-  generate(request: WireRequest, onText: (text: string) => void, signal: AbortSignal, onDelta?: DeltaSink): Promise<EngineResult>;
+  generate(request: WireRequest, onText: (text: string) => void, signal: AbortSignal, onDelta?: DeltaSink, context?: GenerateContext): Promise<EngineResult>;
   /** v2: capabilities per model (default: `chat` for every model). */
   capabilities?(model: string): readonly Capability[];
   close?(): Promise<void>;

@@ -10,7 +10,8 @@ import type { Clock } from '../clock';
 import { systemClock } from '../clock';
 import type { Logger } from '../logger';
 import { estimateTokens, type Usage, type WireRequest } from '../protocol';
-import { EngineError, type DeltaSink, type Engine, type EngineResult } from './engine';
+import { formatTraceparent, nextTraceparent, parseTraceparent, passTracestate } from '../trace';
+import { EngineError, type DeltaSink, type Engine, type EngineResult, type GenerateContext } from './engine';
 import { answerText, choiceDelta, endpointPath, engineBodyV2, extraFields, resultV2 } from './openai-v2';
 import { engineErrorText, httpError, inBandError, isConnectFailure, networkCode, networkError } from './openai-errors';
 import { promptTokens } from './synthetic';
@@ -250,6 +251,18 @@ export function modelIds(body: string): string[] | undefined {
  * (first probe, first model list) and `close()` when done (stops the probe).
  * @example openaiEngine({ url: 'http://127.0.0.1:8081/v1', models: ['mlx-community/Llama-3.2-3B-Instruct-4bit'] })
  */
+/**
+ * The engine call joins the request's trace. The worker records no span of its own, so it passes
+ * the attempt's context on unchanged (W3C: a hop that does not participate forwards it); the
+ * engine's spans then hang under the controller's attempt span. A malformed one starts a new trace.
+ */
+function traceHeaders(context: GenerateContext | undefined): Record<string, string> {
+  if (!context?.traceparent) return {};
+  const parsed = parseTraceparent(context.traceparent);
+  const tracestate = parsed ? passTracestate(context.tracestate) : undefined;
+  return { traceparent: parsed ? formatTraceparent(parsed) : nextTraceparent(undefined), ...(tracestate ? { tracestate } : {}) };
+}
+
 export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
   const base = options.url.replace(/\/+$/, '');
   const configured = options.models !== undefined && options.models.length > 0 ? [...options.models] : undefined;
@@ -350,7 +363,7 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
     // An OpenAI-compatible server judges what its model supports; a 400 from it reaches the client.
     capabilities: () => ['chat', 'completions', 'embeddings', 'tools', 'vision'],
 
-    async generate(request, onText, signal, onDelta): Promise<EngineResult> {
+    async generate(request, onText, signal, onDelta, context): Promise<EngineResult> {
       // Without a continuation mode, resume is not advertised, so this is a protocol mistake.
       if (request.continuation !== undefined && continuation === 'off') {
         throw new EngineError('WORKER_ERROR', 'this engine is not configured to continue a partial answer (worker.openai.continuation)');
@@ -362,7 +375,7 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
         // The signal bounds every phase, connect included: a cancel or the deadline aborts at once.
         res = await fetch(`${base}${v2 ? endpointPath(request.endpoint) : '/chat/completions'}`, {
           method: 'POST',
-          headers: headers(request.stream ? 'text/event-stream' : 'application/json'),
+          headers: { ...headers(request.stream ? 'text/event-stream' : 'application/json'), ...traceHeaders(context) },
           body: JSON.stringify(v2 ? engineBodyV2(request, continuation) : engineBody(request, continuation)),
           signal,
         });

@@ -22,6 +22,8 @@ import {
   PROTOCOL_VERSION,
   readRequestHeaders,
   type CancelMessage,
+  type ControlMessage,
+  type ControlReply,
   type Heartbeat,
   type RefuseMessage,
   type Subjects,
@@ -30,10 +32,11 @@ import {
   type WireRequest,
 } from '../protocol';
 import { headers as natsHeaders } from '@nats-io/transport-node';
+import { hostname } from 'node:os';
 import { isWireRequestV2, type Capability, type ChoiceDelta } from '../protocol-v2';
 import { PartJoiner, publishParts, readPart } from '../parts';
 import { DeltaRelay } from './delta-relay';
-import { EngineError, type Engine, type EngineResult } from './engine';
+import { EngineError, type Engine, type EngineResult, type GenerateContext } from './engine';
 import { readWireRequestV2 } from './request-v2';
 import { validateWireRequest } from './validate';
 
@@ -104,6 +107,9 @@ export class Worker {
   /** Messages dropped (bad cancels, control messages for someone else), for the stop log line. */
   private dropped = 0;
   private state: 'new' | 'ready' | 'draining' | 'stopped' = 'new';
+  /** Drained by an operator (control subject): finishes its work, takes none, until undrained. */
+  private adminDrained = false;
+  private readonly drainedModels = new Set<string>();
   /** Changes whenever the engine's prompt cache starts empty: this start, or the engine coming back. */
   private cacheEpoch = randomUUID();
   private engineWasHealthy = true;
@@ -131,6 +137,7 @@ export class Worker {
     on(this.subjects.infer(this.id), (msg) => this.onInfer(msg));
     on(this.subjects.cancel(this.id), (msg) => this.onCancel(msg));
     on(this.subjects.discover, () => this.onDiscover());
+    // One control subject: a refused duplicate id (docs/security.md) or an operator's drain/undrain.
     on(controlSubject(this.prefix, this.id), (msg) => this.onControl(msg));
     // The server must know our subscriptions before anyone is told we exist.
     await this.nc.flush();
@@ -190,14 +197,44 @@ export class Worker {
       engine: this.engine.name,
       max_concurrent: this.maxConcurrent,
       in_flight: this.inFlight.size,
-      state: this.state !== 'ready' ? 'draining' : !healthy ? 'unhealthy' : 'ready',
+      state: this.reportedState(),
       interval_ms: this.heartbeatIntervalMs,
       continuation: this.engine.supportsContinuation === true,
+      host: hostname(),
+      pid: process.pid,
+      draining_models: [...this.drainedModels],
       capabilities: this.capabilities(),
       ...(cacheSize !== undefined && cacheSize > 0 ? { prompt_cache: { size: cacheSize, epoch: this.cacheEpoch } } : {}),
       instance: this.instance,
     };
     this.nc.publish(this.subjects.heartbeat, encode(hb));
+  }
+
+  private reportedState(): Heartbeat['state'] {
+    if (this.state !== 'ready' || this.adminDrained) return 'draining';
+    return this.engine.healthy?.() === false ? 'unhealthy' : 'ready';
+  }
+
+  /** An operator's drain or undrain (the whole worker, or one model); answered, then told to all by heartbeat. */
+  private onOperatorControl(msg: Msg, control: Partial<ControlMessage>): void {
+    const answer = (error?: string): void => {
+      const body: ControlReply = { ok: !error, state: this.reportedState(), draining_models: [...this.drainedModels], ...(error ? { error } : {}) };
+      if (msg.reply && !this.nc.isClosed()) this.nc.publish(msg.reply, encode(body));
+    };
+    if ((control.action !== 'drain' && control.action !== 'undrain') || (control.model !== undefined && typeof control.model !== 'string')) {
+      answer('control message must be {"action": "drain"|"undrain", "model"?: string}');
+      return;
+    }
+    const drain = control.action === 'drain';
+    if (control.model !== undefined) {
+      if (drain) this.drainedModels.add(control.model);
+      else this.drainedModels.delete(control.model);
+    } else {
+      this.adminDrained = drain;
+    }
+    this.log.info({ worker: this.id, action: control.action, model: control.model }, 'operator control');
+    answer();
+    this.heartbeat();
   }
 
   /** v2: what each model is served for (engines without a say: chat). */
@@ -223,10 +260,17 @@ export class Worker {
     }, Math.floor(this.random() * Math.min(250, this.heartbeatIntervalMs / 4)));
   }
 
-  /** A controller's notice on this worker's control subject: only a refusal of this very instance acts. */
+  /**
+   * A controller's message on this worker's control subject: an operator action (it has `action`),
+   * or a notice, of which only a refusal of this very instance acts.
+   */
   private onControl(msg: Msg): void {
-    const notice = decode<RefuseMessage>(msg.data);
-    if (!notice || typeof notice !== 'object' || notice.type !== 'refuse' || notice.instance !== this.instance) {
+    const notice = decode<RefuseMessage | Partial<ControlMessage>>(msg.data);
+    if (notice && typeof notice === 'object' && 'action' in notice) {
+      this.onOperatorControl(msg, notice);
+      return;
+    }
+    if (!notice || typeof notice !== 'object' || !('type' in notice) || notice.type !== 'refuse' || notice.instance !== this.instance) {
       this.drop('control message not for this instance');
       return;
     }
@@ -321,6 +365,10 @@ export class Worker {
       fail('WORKER_UNAVAILABLE', `worker ${this.id} is shutting down`);
       return;
     }
+    if (this.adminDrained) {
+      fail('WORKER_UNAVAILABLE', `worker ${this.id} is drained by an operator`);
+      return;
+    }
     // Refused like "not delivered" (retried elsewhere at once), not failed: no work was attempted.
     if (this.engine.healthy?.() === false) {
       fail('WORKER_UNAVAILABLE', `worker ${this.id}: its ${this.engine.name} engine is not answering`);
@@ -337,6 +385,10 @@ export class Worker {
       fail('MODEL_NOT_FOUND', `worker ${this.id} does not serve model ${parsed.model}`);
       return;
     }
+    if (this.drainedModels.has(parsed.model)) {
+      fail('WORKER_UNAVAILABLE', `worker ${this.id}: model ${parsed.model} is out of rotation`);
+      return;
+    }
     if (this.inFlight.has(reply)) {
       fail('REQUEST_VALIDATION_FAILED', `reply subject ${reply} is already in use by a request in flight`);
       return;
@@ -351,7 +403,8 @@ export class Worker {
     const deadline = Number.isFinite(meta.deadlineMs)
       ? setTimeout(() => controller.abort(new Error('deadline passed')), meta.deadlineMs)
       : undefined;
-    const done = this.serve(parsed, send, fail, controller.signal).finally(() => {
+    const trace = { traceparent: meta.traceparent, tracestate: meta.tracestate };
+    const done = this.serve(parsed, send, fail, controller.signal, trace).finally(() => {
       if (deadline) clearTimeout(deadline);
       this.inFlight.delete(key);
     });
@@ -363,6 +416,7 @@ export class Worker {
     send: (body: WireReply, seq?: number) => void,
     fail: (code: ErrorCode, message: string, extra?: Partial<WireError>) => void,
     signal: AbortSignal,
+    trace: GenerateContext,
   ): Promise<void> {
     let seq = 0;
     let text = '';
@@ -391,7 +445,7 @@ export class Worker {
     try {
       if (relay) {
         const onDelta = (d: ChoiceDelta): void => relay.push(d);
-        const result = await this.engine.generate(request, (piece) => onDelta({ index: 0, delta: { content: piece } }), signal, onDelta);
+        const result = await this.engine.generate(request, (piece) => onDelta({ index: 0, delta: { content: piece } }), signal, onDelta, trace);
         relay.flush();
         this.answerV2(request, relay, result, send, seq);
         return;
@@ -410,7 +464,7 @@ export class Worker {
         : (piece: string) => {
             text += piece;
           };
-      const result = await this.engine.generate(request, onText, signal);
+      const result = await this.engine.generate(request, onText, signal, undefined, trace);
       if (request.stream) {
         if (flushTimer) clearImmediate(flushTimer);
         flush();

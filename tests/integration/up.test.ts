@@ -8,22 +8,7 @@ import { connect } from '@nats-io/transport-node';
 import { startNatsServer } from '../../src/nats-server';
 import { decode, makeSubjects, type Heartbeat } from '../../src/protocol';
 import { CLI, MODEL, waitFor } from '../helpers/cluster';
-
-function childrenOf(pid: number): number[] {
-  const out = spawnSync('ps', ['-eo', 'pid=,ppid='], { encoding: 'utf8' }).stdout;
-  return out
-    .trim()
-    .split('\n')
-    .map((l) => l.trim().split(/\s+/).map(Number))
-    .filter(([, ppid]) => ppid === pid)
-    .map(([p]) => p);
-}
-
-/** Running (a zombie whose parent is gone, waiting for init to reap it, has stopped). */
-function alive(pid: number): boolean {
-  const stat = spawnSync('ps', ['-o', 'stat=', '-p', String(pid)], { encoding: 'utf8' }).stdout.trim();
-  return stat !== '' && !stat.startsWith('Z');
-}
+import { alive, childrenOf, startUp } from '../helpers/up';
 
 /** A process in group `pgid` still exists (zombies included: nothing may be left at all). */
 function groupAlive(pgid: number): boolean {
@@ -33,36 +18,6 @@ function groupAlive(pgid: number): boolean {
   } catch {
     return false;
   }
-}
-
-/** `mlx-router up` in its own process group, as a terminal runs it, with its own nats-server (`--nats local`). */
-function startUp(workers: number, extra: string[] = [], nats = 'local') {
-  const up = spawn(process.execPath, [CLI, 'up', '--nats', nats, '--port', '0', '--workers', String(workers), ...extra], {
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn' },
-  });
-  let out = '';
-  up.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  up.stderr.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | null>((resolve) => up.once('exit', (code) => resolve(code)));
-  return {
-    up,
-    exited,
-    output: () => out,
-    /** The URL from the "is up" line, once the cluster is ready. */
-    async ready(): Promise<string> {
-      const url = await waitFor(() => /mlx-router is up: (http:\/\/[0-9.:]+)/.exec(out)?.[1], 'the "is up" line', 20_000);
-      await waitFor(async () => (await fetch(`${url}/ready`)).status === 200, 'ready', 10_000);
-      return url;
-    },
-    /** Ctrl-C: the terminal sends SIGINT to the whole foreground process group. */
-    ctrlC: () => process.kill(-up.pid!, 'SIGINT'),
-    async kill(): Promise<void> {
-      if (up.exitCode === null && up.signalCode === null) process.kill(-up.pid!, 'SIGKILL');
-      await exited;
-    },
-  };
 }
 
 test('up - starts nats-server, workers and the controller, answers, and Ctrl-C leaves nothing behind', async () => {

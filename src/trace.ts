@@ -1,0 +1,56 @@
+/**
+ * W3C Trace Context (`traceparent`, `tracestate`): every request belongs to one trace. The
+ * controller keeps a client's trace id (or starts a trace when none or a malformed one came), each
+ * hop (an attempt over NATS, the worker's call to an HTTP engine) sends a new parent id under that
+ * trace id, and `tracestate` travels unchanged. Nothing is recorded here: spans are an exporter's
+ * business; propagation alone lets an engine's traces join the client's.
+ */
+import { randomBytes } from 'node:crypto';
+
+export const TRACEPARENT = 'traceparent';
+export const TRACESTATE = 'tracestate';
+
+export interface TraceContext {
+  traceId: string;
+  parentId: string;
+  flags: string;
+}
+
+const ZERO_TRACE = '0'.repeat(32);
+const ZERO_SPAN = '0'.repeat(16);
+// Version 00 has exactly four fields; a later version may append more (read the first four).
+const PATTERN = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;
+
+/** The header's context, or undefined when it is absent or invalid (then a new trace starts). */
+export function parseTraceparent(value: string | undefined): TraceContext | undefined {
+  if (typeof value !== 'string' || value.length > 512) return undefined;
+  const m = PATTERN.exec(value.trim());
+  if (!m) return undefined;
+  const [, version, traceId, parentId, flags, rest] = m;
+  if (version === 'ff' || (version === '00' && rest !== undefined)) return undefined;
+  if (traceId === ZERO_TRACE || parentId === ZERO_SPAN) return undefined;
+  return { traceId, parentId, flags };
+}
+
+export function formatTraceparent(t: TraceContext): string {
+  return `00-${t.traceId}-${t.parentId}-${t.flags}`;
+}
+
+/** The context of a new hop: the same trace (a new one when `parent` is absent), a new parent id. */
+export function childTrace(parent: TraceContext | undefined): TraceContext {
+  return {
+    traceId: parent?.traceId ?? randomBytes(16).toString('hex'),
+    parentId: randomBytes(8).toString('hex'),
+    flags: parent?.flags ?? '00',
+  };
+}
+
+/** A `traceparent` for the next hop after `incoming` (a header value, maybe absent or invalid). */
+export function nextTraceparent(incoming: string | undefined): string {
+  return formatTraceparent(childTrace(parseTraceparent(incoming)));
+}
+
+/** `tracestate` passes on as it came, when it is a sane header value. */
+export function passTracestate(value: string | undefined): string | undefined {
+  return typeof value === 'string' && value.length > 0 && value.length <= 512 && /^[\x20-\x7e]*$/.test(value) ? value : undefined;
+}
