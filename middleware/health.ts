@@ -13,11 +13,24 @@ export interface HealthDeps {
   registry: WorkerRegistry;
 }
 
+const TIMEOUT_CODES: ReadonlySet<string> = new Set(['WORKER_TIMEOUT', 'STREAM_IDLE_TIMEOUT', 'REQUEST_TIMEOUT']);
+
+/**
+ * What counts against a worker: errors, disconnects, broken streams, and timeouts only when the
+ * worker went quiet (no first token within its limit, silence mid-answer: `ctx.attempt.stalled`).
+ * A slow worker that keeps producing is never blamed for a deadline or a cap, and a request the
+ * client cancelled never counts.
+ */
+export function countsAgainst(err: RouterError, ctx: Pick<RouteContext, 'attempt'>): boolean {
+  if (!countsAgainstWorker(err.outcome)) return false;
+  return !TIMEOUT_CODES.has(err.code) || ctx.attempt.stalled !== undefined;
+}
+
 /**
  * health: records the attempt's outcome, by outcome class, where routing decisions read it.
  * Takes the breaker's half-open probe permit before dispatch (so exactly `halfOpenPermits` probes
- * go out); success and counted failures (timeouts, worker failures, broken streams) go to the
- * breaker; caller errors, overload rejections and cancellations only release the permit; "no
+ * go out); success and counted failures (a quiet worker's timeouts, worker failures, broken streams; see
+ * countsAgainst) go to the breaker; caller errors, overload rejections and cancellations only release the permit; "no
  * responders" marks the worker offline at once.
  */
 export function health(options: HealthOptions, deps: HealthDeps): Middleware {
@@ -44,7 +57,7 @@ export function health(options: HealthOptions, deps: HealthDeps): Middleware {
       // finishing other work, and its heartbeat already takes it out of selection.
       if (err.outcome === 'not_delivered' && !err.fromWorker) deps.registry.markOffline(id, `not delivered: ${err.message}`);
       if (options.breakerEnabled) {
-        if (countsAgainstWorker(err.outcome)) {
+        if (countsAgainst(err, ctx)) {
           if (deps.breakers.failure(id, ticket)) {
             ctx.metrics.circuitBreakerTrips++;
             ctx.log.warn({ worker: id, code: err.code }, 'circuit breaker opened');

@@ -31,6 +31,8 @@ export const BUILTIN_MIDDLEWARE = {
       attemptTimeoutMs: routing(c).attemptTimeoutMs,
       firstChunkTimeoutMs: routing(c).firstChunkTimeoutMs,
       idleTimeoutMs: routing(c).idleTimeoutMs,
+      firstChunkMsPer1kPromptTokens: routing(c).firstChunkMsPer1kPromptTokens,
+      deadlineShare: routing(c).deadlineShare,
     }),
     factory: timeout,
   },

@@ -99,6 +99,9 @@ export function retry(options: RetryOptions, deps: RetryDeps): Middleware {
   return async function retry(ctx: RouteContext): Promise<void> {
     for (;;) {
       let err: RouterError;
+      // What may follow this attempt: the timeout middleware keeps part of the deadline for it.
+      const more = ctx.sink?.committed ? (options.maxResumes ?? 0) - ctx.metrics.resumes : options.maxRetries - ctx.attempts.length;
+      ctx.retriesLeft = options.enabled && deps.budget.canRetry() ? Math.max(0, more) : 0;
       try {
         await ctx.runAttempt();
         deps.budget.onSuccess();

@@ -30,10 +30,22 @@ export interface AttemptState {
   /** Aborts when this attempt must end: its timeout, or the request's end. */
   readonly signal: AbortSignal;
   abort(reason: unknown): void;
-  /** Called by dispatch on every streamed chunk; the timeout middleware uses it for idle limits. */
+  /**
+   * Called by dispatch on every sign of generation: a streamed chunk, or a buffered attempt's
+   * `progress` message (protocol 1.1). The timeout middleware uses it for its TTFT and idle limits.
+   */
   progress: () => void;
   /** Chunks this attempt has delivered. */
   chunks: number;
+  /** When this attempt's first token showed (a chunk or a progress message), on the clock. */
+  firstTokenAt?: number;
+  /**
+   * Set by the timeout middleware when it ended the attempt because the worker went quiet: no
+   * first token within its limit, or silence mid-answer. Only such timeouts count against a
+   * worker's breaker; a limit that cut a producing attempt (the request deadline, the last-resort
+   * attempt cap) says nothing about the worker.
+   */
+  stalled?: 'first' | 'idle';
 }
 
 /** What the answer's `metadata` and headers report (DESIGN §8). */
@@ -76,6 +88,11 @@ export interface RouteContext {
   readonly attempts: AttemptRecord[];
   /** Stream resume: the text the next attempt must continue after (set by retry). */
   continuation?: string;
+  /**
+   * Set by `retry` before each attempt: how many more attempts may follow this one. The timeout
+   * middleware keeps part of the deadline for them (cluster.requestRouting.deadlineShare).
+   */
+  retriesLeft?: number;
   /** Runs one attempt through the part of the chain after the retry boundary. */
   runAttempt: () => Promise<void>;
 

@@ -15,6 +15,11 @@ export const HDR_ATTEMPT = 'Mlx-Attempt';
 export const HDR_DEADLINE_MS = 'Mlx-Deadline-Ms';
 export const HDR_STREAM = 'Mlx-Stream';
 export const HDR_SEQ = 'Mlx-Seq';
+/**
+ * Protocol 1.1 (progress): present (`1`) on a buffered request when the controller wants
+ * `progress` messages; a worker sends them only when asked, so 1.0 controllers never see one.
+ */
+export const HDR_PROGRESS = 'Mlx-Progress';
 
 /** A worker id becomes one subject token, so it is restricted to safe characters. */
 export const WORKER_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
@@ -100,7 +105,17 @@ export interface WireError {
   retry_after_ms?: number;
   seq?: number;
 }
-export type WireReply = WireResult | WireChunk | WireEnd | WireError;
+/**
+ * Protocol 1.1: "still generating". Sent to a buffered request's reply subject when the request
+ * carried `Mlx-Progress: 1`: at the first token at once, then at most every `progress_ms` while
+ * tokens flow. Never part of a stream's sequence (streams show progress by their chunks).
+ */
+export interface WireProgress {
+  type: 'progress';
+  /** Tokens (engine text pieces) produced so far in this attempt. */
+  tokens: number;
+}
+export type WireReply = WireResult | WireChunk | WireEnd | WireError | WireProgress;
 
 export interface Heartbeat {
   type: 'heartbeat';
@@ -119,6 +134,12 @@ export interface Heartbeat {
   interval_ms: number;
   /** The engine can continue a partial answer (`continuation` in the request): stream resume. */
   continuation?: boolean;
+  /**
+   * Protocol 1.1: the worker sends `progress` messages for buffered requests that ask for them,
+   * at most this often (ms). Absent: a 1.0 worker; buffered attempts to it get only the
+   * whole-attempt limit.
+   */
+  progress_ms?: number;
 }
 
 export interface Bye {
@@ -157,6 +178,8 @@ export interface RequestHeaders {
   attempt: number;
   deadlineMs: number;
   stream: boolean;
+  /** Ask for `progress` messages (buffered requests to 1.1 workers). */
+  progress?: boolean;
 }
 
 export function requestHeaders(h: RequestHeaders): MsgHdrs {
@@ -166,6 +189,7 @@ export function requestHeaders(h: RequestHeaders): MsgHdrs {
   hdrs.append(HDR_ATTEMPT, String(h.attempt));
   hdrs.append(HDR_DEADLINE_MS, String(Math.max(0, Math.floor(h.deadlineMs))));
   if (h.stream) hdrs.append(HDR_STREAM, '1');
+  if (h.progress && !h.stream) hdrs.append(HDR_PROGRESS, '1');
   return hdrs;
 }
 
@@ -179,6 +203,7 @@ export function readRequestHeaders(hdrs: MsgHdrs | undefined): RequestHeaders {
     attempt: Number.isFinite(attempt) ? attempt : 1,
     deadlineMs: Number.isFinite(deadline) ? deadline : Number.POSITIVE_INFINITY,
     stream: hdrs?.get(HDR_STREAM) === '1',
+    progress: hdrs?.get(HDR_PROGRESS) === '1',
   };
 }
 

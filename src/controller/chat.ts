@@ -9,6 +9,7 @@ import { RouterError, toRouterError } from '../errors';
 import type { Logger } from '../logger';
 import type { FinishReason, Usage } from '../protocol';
 import type { Pipeline, RouterDeps } from '../pipeline';
+import { checkMaxTokens } from './token-cap';
 import type { ValidatedChat } from './validate';
 
 /** A streaming transport: chunks (first one commits), then one clean end or one failure. */
@@ -106,6 +107,7 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
   const sink = request.stream && input.sink ? input.sink(ctx) : undefined;
   (ctx as { sink?: StreamSink }).sink = sink;
   try {
+    checkMaxTokens(config.cluster.maxTokens, request);
     await pipeline.run(ctx);
     if (sink) {
       sink.finish(ctx.end?.finish_reason ?? 'stop', answerUsage(ctx), input.chat.includeUsage, answerMetadata(ctx));

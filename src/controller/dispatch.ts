@@ -116,7 +116,11 @@ export function dispatch(deps: DispatchDeps): Middleware {
       await exchange(ctx, worker, deps);
       answered = true;
     } finally {
-      deps.registry.end(worker, answered ? ctx.clock.now() - started : undefined);
+      // The selection signal is the time to first token, never a whole answer's duration; only a
+      // buffered answer from a 1.0 worker (no progress) has nothing better than its duration.
+      const first = ctx.attempt.firstTokenAt;
+      const latency = first !== undefined ? first - started : answered && !ctx.stream ? ctx.clock.now() - started : undefined;
+      deps.registry.end(worker, answered || first !== undefined ? latency : undefined);
     }
   };
 }
@@ -141,8 +145,13 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
     };
     const onAbort = (): void => finish(abortReason(signal, worker.id), true);
 
+    const tokenSeen = (): void => {
+      ctx.attempt.firstTokenAt ??= ctx.clock.now();
+      ctx.attempt.progress();
+    };
     const reg = deps.mux.register((msg) => {
       if (settled) return;
+      deps.registry.heard(worker);
       if (isNoResponders(msg)) {
         finish(new RouterError('WORKER_UNAVAILABLE', `worker ${worker.id} is not listening (no responders)`, { worker: worker.id }));
         return;
@@ -154,6 +163,11 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       }
       if (reply.type === 'error') {
         finish(fromWireError(reply, worker.id));
+        return;
+      }
+      // Protocol 1.1: "still generating". Outside a stream's sequence; a stream ignores it.
+      if (reply.type === 'progress') {
+        if (!ctx.stream) tokenSeen();
         return;
       }
       if (!ctx.stream) {
@@ -177,7 +191,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       expected++;
       if (reply.type === 'chunk') {
         ctx.attempt.chunks++;
-        ctx.attempt.progress();
+        tokenSeen();
         if (!ctx.sink?.write(String(reply.text ?? ''))) {
           finish(new RouterError('STREAM_INTERRUPTED', 'client reads too slowly: stream buffer cap reached', { worker: worker.id, outcome: 'cancelled' }), true);
         }
@@ -208,7 +222,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       const wire = ctx.continuation ? { ...ctx.request, continuation: ctx.continuation } : ctx.request;
       deps.nc.publish(deps.subjects.infer(worker.id), encode(wire), {
         reply: reg.subject,
-        headers: requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream }),
+        headers: requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream, progress: worker.progressMs > 0 }),
       });
     } catch (err) {
       // A local failure says nothing about the worker: never "worker gone".

@@ -31,6 +31,12 @@ export interface WorkerInfo {
   gone: boolean;
   /** The worker's engine can continue a partial answer (stream resume). */
   continuation: boolean;
+  /** Protocol 1.1: the worker sends progress for buffered requests at most this often (ms); 0: it does not. */
+  progressMs: number;
+  /** The worker's heartbeat period as it reports it (ms; 0 unknown): a late heartbeat triggers a probe. */
+  heartbeatMs: number;
+  /** Last time (controller clock) any reply of this worker reached this controller, or an attempt to it began. */
+  lastActivityAt: number;
 }
 
 /** Told why a watched attempt cannot be answered: the worker went offline, or our transport did. */
@@ -47,6 +53,11 @@ export interface RegistryOptions {
   onForget?: (id: string) => void;
 }
 
+/** A finite number above 0, else 0 (a peer's field that is absent or garbage). */
+function positiveNumber(v: unknown): number {
+  return typeof v === 'number' && Number.isFinite(v) && v > 0 ? v : 0;
+}
+
 export class WorkerRegistry {
   private readonly workers = new Map<string, WorkerInfo>();
   private readonly clock: Clock;
@@ -57,6 +68,8 @@ export class WorkerRegistry {
   private readonly wasOnline = new Map<string, boolean>();
   private readonly watchers = new Map<string, Set<OfflineWatcher>>();
   private readonly capacityWaiters = new Set<() => void>();
+  /** False while this controller's NATS connection is down: no worker is reachable then. */
+  private transportUp = true;
 
   constructor(options: RegistryOptions) {
     this.clock = options.clock;
@@ -74,6 +87,8 @@ export class WorkerRegistry {
     const maxConcurrent = Number.isInteger(hb.max_concurrent) && hb.max_concurrent > 0 ? hb.max_concurrent : 1;
     const reported = Number.isFinite(hb.in_flight) ? hb.in_flight : 0;
     const state = hb.state === 'draining' || hb.state === 'unhealthy' ? hb.state : 'ready';
+    const progressMs = positiveNumber(hb.progress_ms);
+    const heartbeatMs = positiveNumber(hb.interval_ms);
     if (known) {
       known.models = models;
       known.engine = String(hb.engine ?? 'unknown');
@@ -84,6 +99,8 @@ export class WorkerRegistry {
       known.lastSeen = now;
       known.gone = false;
       known.continuation = hb.continuation === true;
+      known.progressMs = progressMs;
+      known.heartbeatMs = heartbeatMs;
     } else {
       this.workers.set(hb.id, {
         id: hb.id,
@@ -99,6 +116,9 @@ export class WorkerRegistry {
         lastSeen: now,
         gone: false,
         continuation: hb.continuation === true,
+        progressMs,
+        heartbeatMs,
+        lastActivityAt: now,
       });
     }
     this.noteTransition(hb.id);
@@ -123,8 +143,26 @@ export class WorkerRegistry {
     return !w.gone && now - w.lastSeen < this.offlineAfterMs;
   }
 
+  /**
+   * Our NATS connection went down (false) or came back (true). While down no worker is a
+   * candidate, so attempts wait (bounded) instead of publishing into a connection that may lose
+   * them. On the way back every worker must be re-learned by a heartbeat (answering discovery)
+   * before it is selected or judged again.
+   */
+  setTransport(up: boolean): void {
+    if (this.transportUp === up) return;
+    this.transportUp = up;
+    if (up) {
+      // Quietly: no watcher fires (in-flight attempts were already ended as NATS_DISCONNECTED).
+      for (const w of this.workers.values()) w.gone = true;
+      this.log.info({ workers: this.workers.size }, 'NATS back: re-learning workers from their heartbeats');
+    }
+    this.notifyCapacity();
+  }
+
   /** Online workers taking work (not draining, engine not unhealthy) that serve `model`. */
   forModel(model: string): WorkerInfo[] {
+    if (!this.transportUp) return [];
     const now = this.clock.now();
     const out: WorkerInfo[] = [];
     for (const w of this.workers.values()) {
@@ -179,9 +217,19 @@ export class WorkerRegistry {
   /** The controller sends a request to `id`. */
   begin(w: WorkerInfo): void {
     w.outstanding++;
+    w.lastActivityAt = this.clock.now();
   }
 
-  /** The request to `id` ended; `latencyMs` feeds the peak-EWMA when the worker answered. */
+  /** A reply of any kind (chunk, progress, result) came from the worker: it is alive and talking. */
+  heard(w: WorkerInfo): void {
+    w.lastActivityAt = this.clock.now();
+  }
+
+  /**
+   * The request to `id` ended; `latencyMs` feeds the peak-EWMA when the worker answered. Pass the
+   * time to first token (or a per-token time), never a whole answer's duration: a long answer
+   * says nothing about how fast the worker starts the next one.
+   */
   end(w: WorkerInfo, latencyMs?: number): void {
     w.outstanding = Math.max(0, w.outstanding - 1);
     if (latencyMs !== undefined) this.observeLatency(w, latencyMs);

@@ -1,7 +1,8 @@
 /**
  * The OpenAI-compatible HTTP engine: one adapter for mlx_lm.server, llama.cpp's llama-server, vLLM,
  * Ollama and LM Studio, which all serve `POST /v1/chat/completions` and `GET /v1/models`.
- * Generation is forwarded with Node's fetch and the request's AbortSignal (a cancel or the deadline
+ * Generation is always streamed from the engine (buffered answers are assembled by the worker, which
+ * so sees every token), forwarded with Node's fetch and the request's AbortSignal (a cancel or the deadline
  * closes the HTTP request at once); streams are read with eventsource-parser. A periodic
  * `GET /models` probe says whether the engine answers, without paying for tokens.
  */
@@ -316,13 +317,16 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
         throw new EngineError('WORKER_ERROR', 'this engine is not configured to continue a partial answer (worker.openai.continuation)');
       }
       signal.throwIfAborted();
+      // Always streamed from the engine, even for a buffered answer: the worker sees every token,
+      // so it can tell the controller it is making progress (protocol 1.1).
+      const upstream: WireRequest = request.stream ? request : { ...request, stream: true };
       let res: Response;
       try {
         // The signal bounds every phase, connect included: a cancel or the deadline aborts at once.
         res = await fetch(`${base}/chat/completions`, {
           method: 'POST',
-          headers: headers(request.stream ? 'text/event-stream' : 'application/json'),
-          body: JSON.stringify(engineBody(request, continuation)),
+          headers: headers('text/event-stream'),
+          body: JSON.stringify(engineBody(upstream, continuation)),
           signal,
         });
       } catch (err) {
@@ -342,7 +346,9 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
         }
         throw err;
       }
-      return request.stream ? readStream(res, request, onText, signal) : readBuffered(res, request, onText, signal);
+      // An engine that ignores `stream` and answers with one JSON body is read as such.
+      const json = (res.headers.get('content-type') ?? '').includes('application/json');
+      return json ? readBuffered(res, request, onText, signal) : readStream(res, request, onText, signal);
     },
   };
 }

@@ -40,6 +40,11 @@ export interface WorkerOptions {
   subjectPrefix?: string;
   /** How long shutdown waits for in-flight requests before cancelling them (default 10000 ms). */
   drainTimeoutMs?: number;
+  /**
+   * Protocol 1.1: buffered requests that ask for it get a `progress` message at their first token
+   * and then at most this often while tokens flow (ms, default 250).
+   */
+  progressIntervalMs?: number;
   clock?: Clock;
 }
 
@@ -64,6 +69,7 @@ export class Worker {
   private readonly maxConcurrent: number;
   private readonly heartbeatIntervalMs: number;
   private readonly drainTimeoutMs: number;
+  private readonly progressIntervalMs: number;
   private readonly subjects: Subjects;
   private readonly clock: Clock;
   private readonly inFlight = new Map<string, InFlight>();
@@ -79,6 +85,7 @@ export class Worker {
     this.maxConcurrent = options.maxConcurrent ?? 8;
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2000;
     this.drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
+    this.progressIntervalMs = options.progressIntervalMs ?? 250;
     this.subjects = makeSubjects(options.subjectPrefix);
     this.clock = options.clock ?? systemClock;
   }
@@ -138,12 +145,18 @@ export class Worker {
       state: this.state !== 'ready' ? 'draining' : this.engine.healthy?.() === false ? 'unhealthy' : 'ready',
       interval_ms: this.heartbeatIntervalMs,
       continuation: this.engine.supportsContinuation === true,
+      progress_ms: this.progressIntervalMs,
     };
     this.nc.publish(this.subjects.heartbeat, encode(hb));
   }
 
   private onCancel(msg: Msg): void {
     const cancel = decode<CancelMessage>(msg.data);
+    // A controller's liveness probe: answering it (protocol 1.1) settles the probe at once.
+    if (msg.reply && (cancel as { type?: unknown } | undefined)?.type === 'ping') {
+      msg.respond(encode({ type: 'pong', id: this.id }));
+      return;
+    }
     if (!cancel || typeof cancel.request_id !== 'string') return;
     const flight = typeof cancel.reply === 'string' ? this.inFlight.get(cancel.reply) : this.findFlight(cancel.request_id, cancel.attempt);
     if (flight) {
@@ -202,7 +215,7 @@ export class Worker {
     const deadline = Number.isFinite(meta.deadlineMs)
       ? setTimeout(() => controller.abort(new Error('deadline passed')), meta.deadlineMs)
       : undefined;
-    const done = this.serve(parsed, send, fail, controller.signal).finally(() => {
+    const done = this.serve(parsed, send, fail, controller.signal, meta.progress === true).finally(() => {
       if (deadline) clearTimeout(deadline);
       this.inFlight.delete(key);
     });
@@ -220,9 +233,13 @@ export class Worker {
     send: (body: WireReply, seq?: number) => void,
     fail: (code: ErrorCode, message: string, extra?: Partial<WireError>) => void,
     signal: AbortSignal,
+    progress = false,
   ): Promise<void> {
     let seq = 0;
     let text = '';
+    // Protocol 1.1: a buffered answer still shows it is alive, token by token (throttled).
+    let tokens = 0;
+    let progressAt = Number.NEGATIVE_INFINITY;
     // Streams coalesce: text produced within one event-loop turn goes out as one chunk, so a fast
     // engine (or a lagging publisher) sends fewer, larger messages instead of one per token.
     let pending = '';
@@ -248,6 +265,12 @@ export class Worker {
           }
         : (piece: string) => {
             text += piece;
+            tokens++;
+            if (!progress) return;
+            const now = this.clock.now();
+            if (now - progressAt < this.progressIntervalMs) return;
+            progressAt = now;
+            send({ type: 'progress', tokens });
           };
       const result = await this.engine.generate(request, onText, signal);
       if (request.stream) {

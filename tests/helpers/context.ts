@@ -22,6 +22,9 @@ export function makeWorker(id: string, patch: Partial<WorkerInfo> = {}): WorkerI
     lastSeen: 0,
     gone: false,
     continuation: true,
+    progressMs: 250,
+    heartbeatMs: 100,
+    lastActivityAt: 0,
     ...patch,
   };
 }

@@ -29,10 +29,12 @@ function setup(opts: { failureThreshold?: number; successThreshold?: number; hal
   registry.onHeartbeat(heartbeat('w1'));
   const mw = health({ breakerEnabled: opts.breakerEnabled ?? true }, { breakers, registry });
   /** One attempt on w1 that ends as `code` says (null: success). */
-  const attempt = async (code: ErrorCode | null) => {
+  /** `stalled` says what the timeout middleware saw: the worker went quiet (default for timeouts). */
+  const attempt = async (code: ErrorCode | null, stalled: 'first' | 'idle' | 'producing' = 'first') => {
     const ctx = makeCtx({ clock });
     ctx.worker = registry.get('w1');
     const next = jest.fn(async () => {
+      if (code && /TIMEOUT/.test(code) && stalled !== 'producing') ctx.attempt.stalled = stalled;
       if (code) throw new RouterError(code, `scripted ${code}`);
     });
     const outcome = await mw(ctx, next).then(
@@ -108,6 +110,31 @@ test('health - other failures leave the worker online', async () => {
   const s = setup();
   await s.attempt('WORKER_TIMEOUT');
   expect(s.registry.forModel(MODEL).map((w) => w.id)).toEqual(['w1']);
+});
+
+test.each<[ErrorCode]>([['WORKER_TIMEOUT'], ['STREAM_IDLE_TIMEOUT'], ['REQUEST_TIMEOUT']])(
+  'health - %s on an attempt that was still producing (not stalled) never counts against the worker',
+  async (code) => {
+    const s = setup({ failureThreshold: 1 });
+    for (let i = 0; i < 3; i++) {
+      const { outcome } = await s.attempt(code, 'producing');
+      expect(outcome?.code).toBe(code);
+    }
+    expect(failures(s)).toBe(0);
+    expect(s.transitions).toEqual([]);
+  },
+);
+
+test('health - a timeout of a worker that went quiet (idle mid-answer) counts', async () => {
+  const s = setup({ failureThreshold: 1 });
+  await s.attempt('STREAM_IDLE_TIMEOUT', 'idle');
+  expect(s.transitions).toEqual(['w1:closed->open']);
+});
+
+test('health - a request the client cancelled never counts', async () => {
+  const s = setup({ failureThreshold: 1 });
+  for (let i = 0; i < 3; i++) await s.attempt('CLIENT_CLOSED_REQUEST');
+  expect(failures(s)).toBe(0);
 });
 
 test('health - a trip increments ctx.metrics.circuitBreakerTrips only on the failure that opened it', async () => {
