@@ -90,6 +90,8 @@ export function timeout(options: TimeoutOptions): Middleware {
     let cap: NodeJS.Timeout | undefined;
     if (watched && options.attemptTimeoutMs < left()) {
       cap = setTimeout(() => {
+        // Before the first token the quiet-worker timer, armed no later than this, decides.
+        if (phase === 'first') return;
         attempt.abort(new RouterError('WORKER_TIMEOUT', `attempt on worker ${worker} ran past its last-resort limit of ${options.attemptTimeoutMs} ms`, { worker }));
       }, options.attemptTimeoutMs - (ctx.clock.now() - startedAt));
     }

@@ -51,7 +51,8 @@ test('openai worker - buffered completion carries the engine text, finish_reason
   expect(res.json.usage).toEqual({ prompt_tokens: FAKE_PROMPT_TOKENS, completion_tokens: 5, total_tokens: FAKE_PROMPT_TOKENS + 5 });
   const sent = fake1.chatRequests();
   expect(sent).toHaveLength(1);
-  expect(sent[0].body).toMatchObject({ model: MODEL, messages: [{ role: 'user', content: 'Say hi' }], max_tokens: 5, stream: false });
+  // Streamed from the engine even for a buffered answer: the worker sees every token (progress).
+  expect(sent[0].body).toMatchObject({ model: MODEL, messages: [{ role: 'user', content: 'Say hi' }], max_tokens: 5, stream: true });
 });
 
 test('openai worker - streamed completion relays the engine text, its usage and [DONE]', async () => {
