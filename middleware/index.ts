@@ -33,6 +33,7 @@ export const BUILTIN_MIDDLEWARE = {
       idleTimeoutMs: routing(c).idleTimeoutMs,
       firstChunkMsPer1kPromptTokens: routing(c).firstChunkMsPer1kPromptTokens,
       deadlineShare: routing(c).deadlineShare,
+      adaptive: routing(c).adaptiveLimits,
     }),
     factory: timeout,
   },

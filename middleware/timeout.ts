@@ -1,4 +1,5 @@
 import type { Middleware, RouteContext } from '../src/context';
+import { AdaptiveLimits, type AdaptiveOptions } from '../src/controller/adaptive-limits';
 import { RouterError } from '../src/errors';
 import { estimateTokens } from '../src/protocol';
 
@@ -19,6 +20,11 @@ export interface TimeoutOptions {
    * request has left (default 0.5; 1: no reserve), so a hung attempt leaves time for another.
    */
   deadlineShare?: number;
+  /**
+   * Learn the TTFT and idle limits per worker and model (cluster.requestRouting.adaptiveLimits);
+   * the configured limits are then the ceilings. Absent: the configured limits only.
+   */
+  adaptive?: AdaptiveOptions;
 }
 
 /** Prompt size in tokens as the controller estimates it (~4 characters a token, 3 per message). */
@@ -42,6 +48,7 @@ export function promptTokenEstimate(ctx: Pick<RouteContext, 'request'>): number 
 export function timeout(options: TimeoutOptions): Middleware {
   const share = options.deadlineShare ?? 0.5;
   const per1k = options.firstChunkMsPer1kPromptTokens ?? 0;
+  const learned = options.adaptive?.enabled ? new AdaptiveLimits(options.adaptive) : undefined;
   return async function timeout(ctx: RouteContext, next): Promise<void> {
     const attempt = ctx.attempt;
     const worker = ctx.worker?.id ?? 'unknown';
@@ -50,8 +57,12 @@ export function timeout(options: TimeoutOptions): Middleware {
     // Streams show progress by their chunks; buffered attempts only with a 1.1 worker.
     const progressMs = ctx.worker?.progressMs ?? 0;
     const watched = ctx.stream || progressMs > 0;
-    const ttft = options.firstChunkTimeoutMs + (per1k * promptTokenEstimate(ctx)) / 1000;
-    const idle = Math.max(options.idleTimeoutMs, 2 * progressMs);
+    const model = ctx.request.model;
+    const promptAllowance = (per1k * promptTokenEstimate(ctx)) / 1000;
+    const ttft = (learned?.ttftLimit(worker, model, options.firstChunkTimeoutMs) ?? options.firstChunkTimeoutMs) + promptAllowance;
+    const idle = Math.max(learned?.idleLimit(worker, model, options.idleTimeoutMs) ?? options.idleTimeoutMs, 2 * progressMs);
+    let lastTokenAt = 0;
+    let longestGap = 0;
     const reserve = (ms: number): number => ((ctx.retriesLeft ?? 0) > 0 ? Math.min(ms, share * left()) : ms);
 
     let phase: 'first' | 'idle' = 'first';
@@ -99,6 +110,11 @@ export function timeout(options: TimeoutOptions): Middleware {
     const idleFloor = 2 * progressMs;
     if (watched) {
       attempt.progress = () => {
+        if (learned && ctx.stream) {
+          const now = ctx.clock.now();
+          if (phase === 'idle' && now - lastTokenAt > longestGap) longestGap = now - lastTokenAt;
+          lastTokenAt = now;
+        }
         if (phase === 'first') {
           phase = 'idle';
           arm(idle, idleFloor);
@@ -115,6 +131,11 @@ export function timeout(options: TimeoutOptions): Middleware {
     }
     try {
       await next();
+      // A successful attempt teaches the worker's pace (the prompt's own allowance taken out).
+      if (learned && attempt.firstTokenAt !== undefined && ctx.worker) {
+        learned.observeTtft(worker, model, Math.max(0, attempt.firstTokenAt - startedAt - promptAllowance));
+        if (ctx.stream && attempt.chunks > 1) learned.observeGap(worker, model, longestGap);
+      }
     } finally {
       clearTimeout(timer);
       clearTimeout(cap);

@@ -31,6 +31,7 @@ export interface RouterConfig {
       idleTimeoutMs: number;
       firstChunkMsPer1kPromptTokens: number;
       deadlineShare: number;
+      adaptiveLimits: { enabled: boolean; factor: number; floorMs: number; minSamples: number };
       workerWaitTimeoutMs: number;
       strategy: Strategy;
       retry: {
@@ -169,6 +170,16 @@ const schema = {
         doc: "While retries remain, a time-to-first-token or idle limit uses at most this share of what the request has left, so a hung attempt leaves time for another.",
         format: 'ratio',
         default: 0.5,
+      },
+      adaptiveLimits: {
+        enabled: {
+          doc: 'Learn the time-to-first-token and idle limits per worker and model from recent successful attempts; the configured limits are the ceilings.',
+          format: Boolean,
+          default: true,
+        },
+        factor: { doc: "A learned limit is this many times the 99th percentile of the worker's recent observations.", format: Number, default: 4 },
+        floorMs: { doc: 'No learned limit is shorter than this (ms).', format: 'nat', default: 1000 },
+        minSamples: { doc: 'Successful attempts of a worker and model needed before its learned limits apply.', format: 'nat', default: 20 },
       },
       workerWaitTimeoutMs: {
         doc: 'When every worker for the model is busy, wait this long for a free one before 503 NO_WORKERS_AVAILABLE (ms; 0: no wait).',
@@ -382,6 +393,7 @@ function checkSemantics(cfg: RouterConfig): void {
   const unknownCode = rr.retry.retryOnErrors.find((c) => !isErrorCode(c));
   if (unknownCode !== undefined) fail('cluster.requestRouting.retry.retryOnErrors', `unknown error code '${unknownCode}' (see docs/errors.md)`);
   if (cfg.cluster.streaming.maxBufferedBytes < 1024) fail('cluster.streaming.maxBufferedBytes', 'must be at least 1024 (smaller cancels streams at their first chunk)');
+  if (!(rr.adaptiveLimits.factor >= 1)) fail('cluster.requestRouting.adaptiveLimits.factor', 'must be at least 1');
   if (rr.deadlineShare <= 0) fail('cluster.requestRouting.deadlineShare', 'must be above 0');
   if (cfg.cluster.maxTokens.cap < 1) fail('cluster.maxTokens.cap', 'must be at least 1');
   if (rr.streamingTimeoutMs < 1) fail('cluster.requestRouting.streamingTimeoutMs', 'must be at least 1');

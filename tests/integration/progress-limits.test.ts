@@ -71,12 +71,14 @@ describe('a slow but steady worker', () => {
       const streamSubjects = new Set(spy.replies.filter((r) => r.body.type === 'chunk').map((r) => r.subject));
       for (const s of progressSubjects) expect(streamSubjects.has(s)).toBe(false);
       expect(breakerKinds(cluster)).toEqual(['closed']);
+      // The selection signal is the time to first token, not the ~2.4 s the answers took.
+      expect(cluster.controller.deps.registry.get('steady')!.latencyMs).toBeLessThan(1000);
     } finally {
       spy.sub.unsubscribe();
     }
   });
 
-  test('max_tokens - three requests above the cap are refused with 400; three that run into the deadline while producing leave the breaker closed', async () => {
+  test('max_tokens - three requests above the cap are refused with 400 before any worker sees them; the breaker stays closed and normal traffic succeeds', async () => {
     const above = await Promise.all(
       Array.from({ length: 3 }, () => chat(cluster.url, { maxTokens: 1_000_000_000 })),
     );
@@ -235,6 +237,56 @@ describe('a 1.0 worker (no progress messages)', () => {
     } finally {
       for (const t of timers) clearTimeout(t);
       old.stop();
+    }
+  });
+});
+
+describe('adaptive limits', () => {
+  let cluster: Cluster;
+  const floorMs = 400;
+  const configuredMs = 8000;
+  beforeAll(async () => {
+    cluster = await startCluster({
+      workers: [
+        { id: 'x', ttftMs: 5 },
+        { id: 'y', ttftMs: 5 },
+      ],
+      config: {
+        'cluster.requestRouting.strategy': 'round-robin',
+        'cluster.requestRouting.firstChunkTimeoutMs': configuredMs,
+        'cluster.requestRouting.attemptTimeoutMs': 30_000,
+        'cluster.requestRouting.adaptiveLimits.floorMs': floorMs,
+        'cluster.requestRouting.adaptiveLimits.minSamples': 5,
+        'cluster.requestRouting.circuitBreaker.failureThreshold': 100,
+        'discovery.offlineAfterMs': 20_000,
+      },
+    });
+  });
+  afterAll(async () => cluster?.stop());
+
+  test('adaptive - once a fast worker is learned, a hang before its first token is left after about the floor, not the configured 8 s', async () => {
+    // Warm-up: at least five successful attempts on each worker, buffered and streamed.
+    for (let i = 0; i < 12; i++) {
+      const r = i % 2 === 0 ? await chat(cluster.url, { content: `warm ${i}` }) : await chatStream(cluster.url, { content: `warm ${i}` });
+      expect(r.status).toBe(200);
+    }
+    signalWorker(cluster, 'x', 'SIGSTOP');
+    try {
+      const runs = [];
+      for (let i = 0; i < 2; i++) {
+        const started = performance.now();
+        const r = await chat(cluster.url, { content: `after ${i}` });
+        runs.push({ r, ms: performance.now() - started });
+      }
+      const failedOver = runs.filter((x) => x.r.json.metadata.retryCount === 1);
+      expect(failedOver).toHaveLength(1);
+      for (const { r } of runs) expect(r.status).toBe(200);
+      const { r, ms } = failedOver[0];
+      expect(r.json.metadata.attempts[0]).toMatchObject({ worker: 'x', code: 'WORKER_TIMEOUT' });
+      expect(r.json.metadata.attempts[0].durationMs).toBeGreaterThanOrEqual(floorMs - 5);
+      expect(ms).toBeLessThan(floorMs + MARGIN_MS);
+    } finally {
+      signalWorker(cluster, 'x', 'SIGCONT');
     }
   });
 });

@@ -282,3 +282,36 @@ test("timeout - a buffered 1.1 attempt's idle limit never drops below twice its 
   jest.advanceTimersByTime(1);
   await run.done;
 });
+
+test('timeout - adaptive: after enough fast attempts a worker gets a learned TTFT limit (floor .. configured)', async () => {
+  const clock = new FakeClock();
+  const mw = timeout({ ...OPTIONS, firstChunkTimeoutMs: 5000, attemptTimeoutMs: 60_000, adaptive: { enabled: true, factor: 4, floorMs: 50, minSamples: 3 } });
+  for (let i = 0; i < 3; i++) {
+    const ctx = makeCtx({ clock, request: { stream: true } });
+    ctx.worker = makeWorker('w1');
+    await mw(ctx, async () => {
+      await clock.advance(10);
+      ctx.attempt.firstTokenAt = clock.now();
+      ctx.attempt.progress();
+    });
+  }
+  const ctx = makeCtx({ clock, request: { stream: true } });
+  ctx.worker = makeWorker('w1');
+  let settled = false;
+  const run = mw(ctx, () => hang(ctx)).catch(() => (settled = true));
+  jest.advanceTimersByTime(49);
+  expect(ctx.attempt.signal.aborted).toBe(false);
+  jest.advanceTimersByTime(1); // max(floor 50, 4 × 10), not the configured 5000
+  expect(ctx.attempt.signal.aborted).toBe(true);
+  await run;
+  expect(settled).toBe(true);
+  expect(ctx.attempt.stalled).toBe('first');
+  // Another worker has learned nothing: the configured limit applies to it.
+  const other = makeCtx({ clock, request: { stream: true } });
+  other.worker = makeWorker('w2');
+  const run2 = mw(other, () => hang(other)).catch(() => undefined);
+  jest.advanceTimersByTime(4999);
+  expect(other.attempt.signal.aborted).toBe(false);
+  jest.advanceTimersByTime(1);
+  await run2;
+});
