@@ -106,3 +106,54 @@ describe('chaos with tight deadlines', () => {
     expect(rate).toBeGreaterThanOrEqual(0.999);
   }, 120_000);
 });
+
+describe('one hung worker with the default configuration', () => {
+  let cluster: Cluster;
+  beforeAll(async () => {
+    cluster = await startCluster({
+      workers: [
+        { id: 'd1', ttftMs: 20, tokenMs: 5, heartbeatMs: 2000 },
+        { id: 'd2', ttftMs: 20, tokenMs: 5, heartbeatMs: 2000 },
+        { id: 'd3', ttftMs: 20, tokenMs: 5, heartbeatMs: 2000 },
+      ],
+      // The defaults of cluster.yaml for every limit (the test harness shortens some of them).
+      config: {
+        'cluster.requestRouting.attemptTimeoutMs': 300_000,
+        'cluster.requestRouting.firstChunkTimeoutMs': 10_000,
+        'cluster.requestRouting.retry.retryDelayMs': 100,
+        'cluster.requestRouting.retry.maxRetryDelayMs': 1000,
+        'worker.heartbeatIntervalMs': 2000,
+        'discovery.offlineAfterMs': 6000,
+      },
+    });
+  }, 60_000);
+  afterAll(async () => cluster?.stop());
+
+  test('default config - once the workers are learned, a hang costs about the learned TTFT limit (floor 1 s), not 10 s', async () => {
+    const expected = new Map<string, string>();
+    for (const p of PROMPTS) expected.set(p, (await expectedAnswer({ content: p, max_tokens: MAX_TOKENS })).text);
+    const outcomes: Array<Outcome & { at: number }> = [];
+    const t0 = performance.now();
+    let stopped = false;
+    const clients = Array.from({ length: 8 }, async (_, c) => {
+      for (let n = 0; performance.now() - t0 < 12_000; n++) {
+        if (!stopped && performance.now() - t0 > 4000) {
+          stopped = true;
+          cluster.workers.get('d2')!.kill('SIGSTOP');
+        }
+        const prompt = PROMPTS[(c + n) % PROMPTS.length];
+        const at = performance.now() - t0;
+        outcomes.push({ ...(await once(cluster.url, prompt, expected.get(prompt)!, c % 2 === 1)), at });
+      }
+    });
+    await Promise.all(clients);
+    cluster.workers.get('d2')!.kill('SIGCONT');
+    const after = outcomes.filter((o) => o.at > 4000).map((o) => o.ms).sort((a, b) => a - b);
+    const p99 = after[Math.floor(after.length * 0.99)];
+    const worst = after[after.length - 1];
+    process.stdout.write(`default config, one worker hung: ${after.length} requests after the hang, p99 ${Math.round(p99)} ms, worst ${Math.round(worst)} ms\n`);
+    expect(outcomes.every((o) => o.ok)).toBe(true);
+    // About two learned TTFT limits at most (floor 1000 ms), with room for a loaded machine.
+    expect(p99).toBeLessThan(2 * 1000 + 1000);
+  }, 120_000);
+});
