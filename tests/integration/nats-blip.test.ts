@@ -69,6 +69,7 @@ describe('nats-server killed and restarted under load', () => {
       await Promise.all(clients);
       const failures = outcomes.filter((o) => !o.ok);
       const rate = (outcomes.length - failures.length) / outcomes.length;
+      process.stdout.write(`nats blip: ${outcomes.length} requests, success ${(rate * 100).toFixed(2)} %, first success ${Math.round(firstSuccessMs)} ms after NATS was back\n`);
       if (rate < 0.99) throw new Error(`success ${(rate * 100).toFixed(2)}% of ${outcomes.length}; failures: ${failures.slice(0, 5).map((f) => f.what).join(' | ')}`);
       expect(rate).toBeGreaterThanOrEqual(0.99);
       expect(firstSuccessMs).toBeLessThan(3000);
