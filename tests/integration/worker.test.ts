@@ -32,7 +32,8 @@ afterAll(async () => {
 async function worker(id: string, extra: Partial<WorkerOptions> = {}): Promise<WorkerProcess> {
   const w = spawnWorker(nats.url, { id, heartbeatMs: 100, ...extra });
   workers.push(w);
-  await waitFor(() => heartbeats.some((h) => h.id === id), `heartbeat from ${id}`);
+  // A worker process can take several seconds to start on a loaded two-core machine.
+  await waitFor(() => heartbeats.some((h) => h.id === id), `heartbeat from ${id}`, 30_000);
   return w;
 }
 
