@@ -149,8 +149,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         await waitFor(
           () => ids.every((id) => ctl.deps.registry.forModel(MODEL).some((w) => w.id === id) || ctl.deps.registry.online().some((w) => w.id === id)),
           `workers ${ids.join(', ')} online`,
-          // A worker process can take several seconds to start on a loaded two-core machine.
-          30_000,
+          // A worker process can take several seconds to start on a loaded two-core machine
+          // (below the 30 s hook timeout, so a failure says what it waited for).
+          20_000,
         );
       },
       async restartNats(downMs) {

@@ -80,5 +80,5 @@ describe('nats-server killed and restarted under load', () => {
       clearInterval(watch);
       await Promise.all(clients);
     }
-  });
+  }, 90_000);
 });
