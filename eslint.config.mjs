@@ -16,6 +16,17 @@ export default tseslint.config(
     languageOptions: { sourceType: 'commonjs', globals: { module: 'writable', require: 'readonly', process: 'readonly', console: 'readonly' } },
   },
   {
+    // CI scripts and Jest configs are plain Node CommonJS.
+    files: ['.ci/**/*.js', 'jest.*.js'],
+    languageOptions: { globals: { __dirname: 'readonly' } },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
+  {
+    // ES module scripts run by Node itself (the import-graph check, the packed-package test).
+    files: ['**/*.mjs'],
+    languageOptions: { sourceType: 'module', globals: { process: 'readonly', console: 'readonly', URL: 'readonly', AbortController: 'readonly' } },
+  },
+  {
     // Tests read JSON answers of arbitrary shape.
     files: ['tests/**/*.ts'],
     rules: { '@typescript-eslint/no-explicit-any': 'off' },

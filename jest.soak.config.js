@@ -1,6 +1,14 @@
-/** `npm run test:soak`: the long chaos and soak runs under tests/soak/. */
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const base = require('./jest.config.js');
+/**
+ * `npm run test:soak`: the long soak and chaos runs (tests/soak/), kept out of `npm test`.
+ * CI (.ci/run) runs them once, on the machine's Node.
+ */
+const base = require('./jest.config');
 
 /** @type {import('jest').Config} */
-module.exports = { ...base, testPathIgnorePatterns: ['/node_modules/'], roots: ['<rootDir>/tests/soak'], maxWorkers: 1, testTimeout: 180000 };
+module.exports = {
+  ...base,
+  testPathIgnorePatterns: ['/node_modules/'],
+  roots: ['<rootDir>/tests/soak'],
+  maxWorkers: 1,
+  testTimeout: 180000,
+};

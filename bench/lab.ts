@@ -38,6 +38,10 @@ export interface WorkerSpec {
   /** Default 1024: the benchmark measures routing, not the worker's admission limit. */
   maxConcurrent?: number;
   heartbeatMs?: number;
+  /** --prompt-cache-size (default: the config's, 10). */
+  promptCacheSize?: number;
+  /** --prefill-us-per-token (default 0). */
+  prefillUsPerToken?: number;
 }
 
 const labs = new Set<Lab>();
@@ -175,6 +179,8 @@ export class Lab {
       '--max-concurrent', String(spec.maxConcurrent ?? 1024), '--heartbeat-ms', String(spec.heartbeatMs ?? 1000),
     ];
     if (spec.failRate !== undefined) args.push('--fail-rate', String(spec.failRate));
+    if (spec.promptCacheSize !== undefined) args.push('--prompt-cache-size', String(spec.promptCacheSize));
+    if (spec.prefillUsPerToken !== undefined) args.push('--prefill-us-per-token', String(spec.prefillUsPerToken));
     const env: NodeJS.ProcessEnv = {};
     for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MLX_ROUTER_')) env[k] = v;
     env.MLX_ROUTER_LOG_LEVEL = 'error';

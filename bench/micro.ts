@@ -7,7 +7,9 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { systemClock } from '../src/clock';
 import { loadConfig, type RouterConfig } from '../src/config';
-import { createContext, type Middleware, type RouteContext } from '../src/context';
+import type { RouterEvent } from '../src/attempt';
+import { createContext, newAttempt, type Middleware, type RouteContext } from '../src/context';
+import { Listeners } from '../src/listeners';
 import { BreakerBook } from '../src/controller/breakers';
 import { RouterMetrics } from '../src/controller/metrics';
 import { WorkerRegistry, type WorkerInfo } from '../src/controller/registry';
@@ -104,6 +106,7 @@ export function microWorld(workerCount = 1): MicroWorld {
     clock,
     log,
     random: Math.random,
+    events: new Listeners<RouterEvent>(),
   } as unknown as RouterDeps;
   const neverAborted = new AbortController().signal;
   return {
@@ -120,8 +123,7 @@ export function microWorld(workerCount = 1): MicroWorld {
         deadline: clock.now() + 30_000,
         sessionId: options.sessionId,
       });
-      const attempt = new AbortController();
-      ctx.attempt = { number: 1, startedAt: clock.now(), signal: attempt.signal, abort: (r) => attempt.abort(r), progress: () => undefined, chunks: 0 };
+      ctx.attempt = newAttempt(1, clock.now(), new AbortController());
       ctx.candidates = options.candidates ?? workers;
       ctx.worker = workers[0];
       return ctx;

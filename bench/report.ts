@@ -28,6 +28,7 @@ export const SCENARIOS: Record<number, string> = {
   5: 'Breaker decision',
   6: 'Scale',
   7: 'Memory',
+  8: 'Prefix-cache-aware routing (multi-turn, shared prefixes, no sharing, a worker killed)',
 };
 
 export interface Machine {

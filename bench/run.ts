@@ -21,6 +21,7 @@ import { breakerDecision } from './scenarios/breaker';
 import { chainCost } from './scenarios/chain';
 import { failoverCost } from './scenarios/failover';
 import { memory } from './scenarios/memory';
+import { prefixRouting } from './scenarios/prefix';
 import { floorAndRouter } from './scenarios/router';
 import { scale } from './scenarios/scale';
 
@@ -41,6 +42,7 @@ const GROUPS: Array<{ scenarios: number[]; run: (r: BenchRun) => Promise<void> }
   { scenarios: [5], run: breakerDecision },
   { scenarios: [6], run: scale },
   { scenarios: [7], run: memory },
+  { scenarios: [8], run: prefixRouting },
 ];
 
 function parse(argv: string[]): { smoke: boolean; only: Set<number>; docs: boolean; profile?: string } | undefined {

@@ -1,8 +1,6 @@
-import type { Clock } from '../src/clock';
+import type { AttemptRunner } from '../src/attempt';
 import type { Middleware, RouteContext } from '../src/context';
-import type { RetryBudget } from '../src/controller/retry-budget';
-import type { RouterMetrics } from '../src/controller/metrics';
-import type { WorkerRegistry } from '../src/controller/registry';
+import { defineMiddleware, type MiddlewareDeps } from '../src/define';
 import { isRetryableOutcome, RouterError, toRouterError } from '../src/errors';
 
 export interface RetryOptions {
@@ -16,22 +14,19 @@ export interface RetryOptions {
   maxRetryDelayMs: number;
   /** No retry when less than this is left of the request's deadline after the delay (ms, default 50). */
   minAttemptMs: number;
-  /** Codes that may be retried; only retryable outcome classes ever are. */
+  /** Codes that may be retried; only retryable outcome classes ever are (default: the five below). */
   retryOnErrors: string[];
   /** Continue a stream that broke after commit on another worker (cluster.streaming.resume, default true). */
-  resume?: boolean;
+  resume: boolean;
   /** Resumes of one stream at most (cluster.streaming.maxResumes, default 2). */
-  maxResumes?: number;
+  maxResumes: number;
 }
 
-export interface RetryDeps {
-  clock: Clock;
-  budget: RetryBudget;
-  metrics?: RouterMetrics;
+export interface RetryDeps extends Pick<MiddlewareDeps, 'clock' | 'budget'> {
   /** Random source in [0, 1) for jitter (default Math.random). */
   random?: () => number;
   /** A stream is resumed only while some known worker can continue it. */
-  registry?: Pick<WorkerRegistry, 'knowsContinuation'>;
+  registry?: Pick<MiddlewareDeps['registry'], 'knowsContinuation'>;
 }
 
 /** Full-jitter exponential backoff (AWS architecture blog): uniform in [0, min(cap, base·2ⁿ)]. */
@@ -79,7 +74,7 @@ export function finalError(ctx: RouteContext, last: RouterError): RouterError {
 function canResume(ctx: RouteContext, err: RouterError, options: RetryOptions, deps: RetryDeps): boolean {
   if (!options.enabled || !options.resume || ctx.signal.aborted) return false;
   if (err.outcome === 'cancelled' || err.outcome === 'caller' || err.code === 'REQUEST_TIMEOUT') return false;
-  if (ctx.metrics.resumes >= (options.maxResumes ?? 0) || ctx.deadline - ctx.clock.now() < options.minAttemptMs) return false;
+  if (ctx.metrics.resumes >= options.maxResumes || ctx.deadline - ctx.clock.now() < options.minAttemptMs) return false;
   // A resume is a retry too: the budget keeps resumes from multiplying load in an outage.
   if (!deps.budget.canRetry()) return false;
   // No known engine can continue a partial answer: say so now rather than wait for one.
@@ -87,13 +82,34 @@ function canResume(ctx: RouteContext, err: RouterError, options: RetryOptions, d
 }
 
 /**
- * retry: the boundary of the chain (DESIGN §2). Runs the attempt part (`ctx.runAttempt()`) up to
- * 1 + maxRetries times. Retries only retryable outcome classes whose code is in `retryOnErrors`,
- * never after a stream committed, never past the deadline, and only while the controller-wide
- * retry budget allows. "No responders" is retried at once; other failures after full-jitter
- * backoff, never shorter than a worker's Retry-After. `select` keeps retries off tried workers.
+ * retry: a boundary: runs the part of the chain after it through `runAttempt` up to
+ * 1 + maxRetries times and never calls `next`. Retries only retryable outcome classes whose code
+ * is in `retryOnErrors`, never after a stream committed, never past the deadline, and only while
+ * the controller-wide retry budget allows. "No responders" is retried at once; other failures
+ * after full-jitter backoff, never shorter than a worker's Retry-After. `select` keeps retries off
+ * tried workers.
  */
-export function retry(options: RetryOptions, deps: RetryDeps): Middleware {
+export const retry = defineMiddleware<RetryOptions, RetryDeps>({
+  name: 'retry',
+  boundary: true,
+  defaults: {
+    enabled: true,
+    maxRetries: 2,
+    retryDelayMs: 100,
+    maxRetryDelayMs: 1000,
+    minAttemptMs: 50,
+    retryOnErrors: ['WORKER_UNAVAILABLE', 'WORKER_OVERLOADED', 'WORKER_TIMEOUT', 'WORKER_ERROR', 'NATS_DISCONNECTED'],
+    resume: true,
+    maxResumes: 2,
+  },
+  fromConfig: (c) => {
+    const { budget: _budget, ...retry } = c.cluster.requestRouting.retry;
+    return { ...retry, resume: c.cluster.streaming.resume, maxResumes: c.cluster.streaming.maxResumes };
+  },
+  factory: retryMiddleware,
+});
+
+function retryMiddleware(options: RetryOptions, deps: RetryDeps, runAttempt: AttemptRunner): Middleware {
   const random = deps.random ?? Math.random;
   const retryable = new Set(options.retryOnErrors);
   return async function retry(ctx: RouteContext): Promise<void> {
@@ -103,7 +119,7 @@ export function retry(options: RetryOptions, deps: RetryDeps): Middleware {
       const more = ctx.sink?.committed ? (options.maxResumes ?? 0) - ctx.metrics.resumes : options.maxRetries - ctx.attempts.length;
       ctx.retriesLeft = options.enabled && deps.budget.canRetry() ? Math.max(0, more) : 0;
       try {
-        await ctx.runAttempt();
+        await runAttempt(ctx);
         deps.budget.onSuccess();
         return;
       } catch (e) {
@@ -112,12 +128,11 @@ export function retry(options: RetryOptions, deps: RetryDeps): Middleware {
       const classRetryable = isRetryableOutcome(err.outcome);
       if (classRetryable || err.outcome === 'committed') deps.budget.onFailure();
       if (ctx.sink?.committed) {
-        // After the commit point nothing is retried blindly: only resumed, where allowed (DESIGN §5).
+        // After the commit point nothing is retried blindly: only resumed, where allowed.
         if (!canResume(ctx, err, options, deps)) throw finalError(ctx, err);
         ctx.continuation = ctx.sink.streamed;
         ctx.metrics.resumes++;
         ctx.log.warn({ code: err.code, worker: err.worker, deliveredChars: ctx.continuation.length }, 'resuming stream on another worker');
-        deps.metrics?.retries.inc();
         continue;
       }
       const retriesDone = ctx.attempts.length - 1;
@@ -142,7 +157,6 @@ export function retry(options: RetryOptions, deps: RetryDeps): Middleware {
       if (err.outcome === 'rejected' && err.retryAfterMs !== undefined) delay = Math.max(delay, err.retryAfterMs);
       if (ctx.deadline - ctx.clock.now() - delay < options.minAttemptMs) throw finalError(ctx, err);
       ctx.log.debug({ attempt: ctx.attempts.length, code: err.code, worker: err.worker, delayMs: Math.round(delay) }, 'retrying');
-      deps.metrics?.retries.inc();
       if (delay > 0) {
         try {
           await deps.clock.sleep(delay, ctx.signal);

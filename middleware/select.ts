@@ -1,27 +1,23 @@
-import type { Middleware, RouteContext } from '../src/context';
-import type { RouterMetrics } from '../src/controller/metrics';
-import type { WorkerInfo, WorkerRegistry } from '../src/controller/registry';
-import { RouterError } from '../src/errors';
+import { candidatesFor } from '../src/attempt';
 import type { Strategy } from '../src/config';
+import type { Admission, Middleware, RouteContext } from '../src/context';
+import { defineMiddleware, type MiddlewareDeps } from '../src/define';
+import { RouterError } from '../src/errors';
+import type { WorkerInfo } from '../src/types';
 
 export interface SelectOptions {
   /** `round-robin`, `least-outstanding` (default) or `p2c`. */
   strategy: Strategy;
   /**
-   * When every candidate is busy, wait this long (ms) for a free one before failing with
-   * NO_WORKERS_AVAILABLE; bounded by the request's deadline (default 5000; 0 sends to a busy
-   * worker at once, which answers WORKER_OVERLOADED).
+   * How long (ms, default 5000) to wait, bounded by the request's deadline, when every worker for
+   * the model is busy (then NO_WORKERS_AVAILABLE) or offline (restarting, a NATS blip). 0: no
+   * wait; a busy worker is sent the request at once and answers WORKER_OVERLOADED.
    */
-  workerWaitTimeoutMs?: number;
+  workerWaitTimeoutMs: number;
 }
 
-export interface SelectDeps {
-  /** Random source in [0, 1) for p2c (default Math.random). */
-  random?: () => number;
-  /** Wakes waiters when capacity may have freed (needed when workerWaitTimeoutMs > 0). */
-  registry?: Pick<WorkerRegistry, 'waitForChange'>;
-  metrics?: RouterMetrics;
-}
+/** `registry` is needed for waiting (workerWaitTimeoutMs > 0); `events` hears of wait timeouts. */
+export type SelectDeps = Partial<Pick<MiddlewareDeps, 'random' | 'registry' | 'events'>>;
 
 /** Busy: this controller's requests plus other controllers' (as of the last heartbeat) fill it. */
 export function saturated(w: WorkerInfo): boolean {
@@ -33,7 +29,7 @@ export function p2cScore(w: WorkerInfo): number {
   return (w.outstanding + 1) * Math.max(1, w.latencyMs);
 }
 
-/** Load as DESIGN §6 counts it: this controller's in-flight requests plus other controllers'. */
+/** Load: this controller's in-flight requests plus other controllers'. */
 function load(w: WorkerInfo): number {
   return w.outstanding + w.foreignInFlight;
 }
@@ -44,64 +40,118 @@ function leastOutstanding(pool: WorkerInfo[]): WorkerInfo {
   return best;
 }
 
+function allowedByAll(admissions: readonly Admission[], w: WorkerInfo): boolean {
+  for (const a of admissions) if (!a.allows(w)) return false;
+  return true;
+}
+
+function admittedByAll(admissions: readonly Admission[], w: WorkerInfo): boolean {
+  for (const a of admissions) if (!a.admit(w)) return false;
+  return true;
+}
+
 /**
- * select: picks the attempt's worker from `ctx.candidates`. Prefers workers this request has not
- * tried yet, honours the session's sticky worker when it is still a candidate and not saturated,
- * and otherwise applies the strategy. Fails with NO_WORKERS_AVAILABLE (503) on an empty pool.
+ * select: picks the attempt's worker from `ctx.candidates`, and is the one place that waits for
+ * one. When every known worker for the model is offline it waits for one to come back; when every
+ * candidate is saturated it waits for a free one; both bounded by `workerWaitTimeoutMs` and the
+ * deadline. Prefers workers this request has not tried yet, honours the session's sticky worker
+ * when it is still a candidate and not saturated, and otherwise applies the strategy. The chosen
+ * worker must pass the attempt's admissions (the breaker's permit); a refused one is dropped and
+ * another picked. Fails with NO_WORKERS_AVAILABLE (503) on an empty pool.
  *
  * @example pipeline: [metrics, session, retry, breaker, select, timeout, health]
  */
-export function select(options: SelectOptions, deps: SelectDeps = {}): Middleware {
-  const random = deps.random ?? Math.random;
-  const waitMs = options.workerWaitTimeoutMs ?? 0;
-  let turn = 0;
-  const pick = (pool: WorkerInfo[]): WorkerInfo => {
-    if (pool.length === 1) return pool[0];
-    switch (options.strategy) {
-      case 'round-robin': {
-        // Order by id so the rotation is stable while workers come and go.
-        const sorted = [...pool].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-        return sorted[turn++ % sorted.length];
+export const select = defineMiddleware<SelectOptions, SelectDeps>({
+  name: 'select',
+  defaults: { strategy: 'least-outstanding', workerWaitTimeoutMs: 5000 },
+  fromConfig: (c) => ({ strategy: c.cluster.requestRouting.strategy, workerWaitTimeoutMs: c.cluster.requestRouting.workerWaitTimeoutMs }),
+  factory(options, deps = {}): Middleware {
+    const random = deps.random ?? Math.random;
+    const waitMs = options.workerWaitTimeoutMs;
+    const registry = deps.registry;
+    let turn = 0;
+    const pick = (pool: WorkerInfo[]): WorkerInfo => {
+      if (pool.length === 1) return pool[0];
+      switch (options.strategy) {
+        case 'round-robin': {
+          // Order by id so the rotation is stable while workers come and go.
+          const sorted = [...pool].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+          return sorted[turn++ % sorted.length];
+        }
+        case 'p2c': {
+          const i = Math.floor(random() * pool.length);
+          let j = Math.floor(random() * (pool.length - 1));
+          if (j >= i) j++;
+          return p2cScore(pool[j]) < p2cScore(pool[i]) ? pool[j] : pool[i];
+        }
+        default:
+          return leastOutstanding(pool);
       }
-      case 'p2c': {
-        const i = Math.floor(random() * pool.length);
-        let j = Math.floor(random() * (pool.length - 1));
-        if (j >= i) j++;
-        return p2cScore(pool[j]) < p2cScore(pool[i]) ? pool[j] : pool[i];
-      }
-      default:
-        return leastOutstanding(pool);
-    }
-  };
+    };
 
-  return async function select(ctx: RouteContext, next): Promise<void> {
-    if (ctx.candidates.length === 0) {
-      throw new RouterError('NO_WORKERS_AVAILABLE', `no online worker serves model ${ctx.request.model}`, { retryAfterMs: 1000 });
-    }
-    const tried = new Set<string>();
-    for (const a of ctx.attempts) if (a.worker) tried.add(a.worker);
-    const untried = ctx.candidates.filter((w) => !tried.has(w.id));
-    let pool = untried.length > 0 ? untried : ctx.candidates;
-    let free = pool.filter((w) => !saturated(w));
-    if (free.length === 0 && waitMs > 0 && deps.registry) {
-      // The fourth deadline: waiting for a worker. Counts are live, so re-check on every wake.
+    /** Waits, until `until`, for `found` to return something; counts are live, so re-check on every wake. */
+    const waitFor = async <T>(ctx: RouteContext, until: number, found: () => T[]): Promise<T[]> => {
+      let result = found();
+      while (result.length === 0 && registry && !ctx.attempt.signal.aborted && ctx.clock.now() < until) {
+        await registry.waitForChange(ctx.attempt.signal, until - ctx.clock.now());
+        result = found();
+      }
+      if (ctx.attempt.signal.aborted) throw ctx.attempt.signal.reason;
+      return result;
+    };
+
+    return async function select(ctx: RouteContext, next): Promise<void> {
+      const admissions = ctx.attempt.admissions;
       const until = Math.min(ctx.clock.now() + waitMs, ctx.deadline);
-      while (free.length === 0 && !ctx.attempt.signal.aborted && ctx.clock.now() < until) {
-        await deps.registry.waitForChange(ctx.attempt.signal, until - ctx.clock.now());
-        free = pool.filter((w) => !saturated(w));
+      const canWait = waitMs > 0 && registry !== undefined;
+      if (ctx.candidates.length === 0 && canWait && registry.knowsModel(ctx.request.model)) {
+        // Known workers for the model are all offline (restarting, NATS blip): wait for one to return.
+        ctx.candidates = await waitFor(ctx, until, () => candidatesFor(ctx, registry).filter((w) => allowedByAll(admissions, w)));
+        if (ctx.candidates.length === 0) deps.events?.emit({ type: 'wait-timeout', ctx });
       }
-      if (free.length === 0) {
-        if (ctx.attempt.signal.aborted) throw ctx.attempt.signal.reason;
-        deps.metrics?.timeouts.inc({ kind: 'wait' });
-        throw new RouterError('NO_WORKERS_AVAILABLE', `all ${pool.length} workers serving ${ctx.request.model} stayed busy for ${waitMs} ms`, {
-          retryAfterMs: 1000,
-        });
+      if (ctx.candidates.length === 0) {
+        const down = registry?.unhealthyFor(ctx.request.model).length ?? 0;
+        const why =
+          down > 0
+            ? `${down} worker(s) serve model ${ctx.request.model}, but their engines are unhealthy (down or not answering)`
+            : `no online worker serves model ${ctx.request.model}`;
+        throw new RouterError('NO_WORKERS_AVAILABLE', why, { retryAfterMs: 1000 });
       }
-    }
-    if (free.length > 0) pool = free;
-    const sticky = ctx.stickyWorker ? pool.find((w) => w.id === ctx.stickyWorker) : undefined;
-    ctx.worker = sticky ?? pick(pool);
-    ctx.metrics.selectedWorker = ctx.worker.id;
-    await next();
-  };
-}
+      const tried = new Set<string>();
+      for (const a of ctx.attempts) if (a.worker) tried.add(a.worker);
+      const untried = ctx.candidates.filter((w) => !tried.has(w.id));
+      let pool = untried.length > 0 ? untried : ctx.candidates;
+      const basePool = pool;
+      let free = pool.filter((w) => !saturated(w));
+      if (free.length === 0 && canWait) {
+        // The fourth deadline: waiting for a worker.
+        free = await waitFor(ctx, until, () => basePool.filter((w) => !saturated(w)));
+        if (free.length === 0) {
+          deps.events?.emit({ type: 'wait-timeout', ctx });
+          throw new RouterError('NO_WORKERS_AVAILABLE', `all ${pool.length} workers serving ${ctx.request.model} stayed busy for ${waitMs} ms`, {
+            retryAfterMs: 1000,
+          });
+        }
+      }
+      if (free.length > 0) pool = free;
+      for (;;) {
+        const sticky = ctx.stickyWorker ? pool.find((w) => w.id === ctx.stickyWorker) : undefined;
+        const chosen = sticky ?? pick(pool);
+        if (admissions.length === 0 || admittedByAll(admissions, chosen)) {
+          ctx.worker = chosen;
+          break;
+        }
+        pool = pool.filter((w) => w !== chosen);
+        if (pool.length === 0) {
+          // Never delivered: retried at once on another worker, and not counted against this one.
+          throw new RouterError('WORKER_UNAVAILABLE', `worker ${chosen.id} was refused admission (its breaker's probe permits are taken)`, {
+            outcome: 'not_delivered',
+            worker: chosen.id,
+          });
+        }
+      }
+      ctx.metrics.selectedWorker = ctx.worker.id;
+      await next();
+    };
+  },
+});

@@ -1,11 +1,9 @@
 import type { Middleware, RouteContext } from '../src/context';
-import type { SessionRegistry } from '../src/controller/sessions';
+import { defineMiddleware, type MiddlewareDeps } from '../src/define';
 
 export type SessionOptions = Record<string, never>;
 
-export interface SessionDeps {
-  sessions: SessionRegistry;
-}
+export type SessionDeps = Pick<MiddlewareDeps, 'sessions'>;
 
 /**
  * session: sticky routing. The session id comes from the `x-session-id` header or the body's
@@ -14,7 +12,9 @@ export interface SessionDeps {
  * model, breaker closed) and not saturated. After a success the session moves to the worker that
  * actually answered, so a failover moves the session too.
  */
-export function session(_options: SessionOptions, deps: SessionDeps): Middleware {
+export const session = defineMiddleware<SessionOptions, SessionDeps>({ name: 'session', defaults: {}, factory: sessionMiddleware });
+
+function sessionMiddleware(_options: SessionOptions, deps: SessionDeps): Middleware {
   return async function session(ctx: RouteContext, next): Promise<void> {
     const id = ctx.sessionId;
     if (!id) return next();

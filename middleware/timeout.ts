@@ -1,5 +1,7 @@
+import type { ClockTimer } from '../src/clock';
 import type { Middleware, RouteContext } from '../src/context';
-import { AdaptiveLimits, type AdaptiveOptions } from '../src/controller/adaptive-limits';
+import { AdaptiveLimits, type AdaptiveOptions } from '../src/adaptive-limits';
+import { defineMiddleware } from '../src/define';
 import { RouterError } from '../src/errors';
 import { estimateTokens } from '../src/protocol';
 
@@ -22,7 +24,8 @@ export interface TimeoutOptions {
   deadlineShare?: number;
   /**
    * Learn the TTFT and idle limits per worker and model (cluster.requestRouting.adaptiveLimits);
-   * the configured limits are then the ceilings. Absent: the configured limits only.
+   * the configured limits are then the ceilings (default: on, factor 4, floor 1000 ms, 20 samples).
+   * Disabled: the configured limits only.
    */
   adaptive?: AdaptiveOptions;
 }
@@ -45,7 +48,31 @@ export function promptTokenEstimate(ctx: Pick<RouteContext, 'request'>): number 
  * no first token within its limit, or silence longer than `idleTimeoutMs`. The deadline, the
  * last-resort cap and an idle limit shortened only to keep time for a retry never do. The timers are cleared in `finally`.
  */
-export function timeout(options: TimeoutOptions): Middleware {
+export const timeout = defineMiddleware<TimeoutOptions, object>({
+  name: 'timeout',
+  defaults: {
+    attemptTimeoutMs: 300000,
+    firstChunkTimeoutMs: 10000,
+    idleTimeoutMs: 10000,
+    firstChunkMsPer1kPromptTokens: 2000,
+    deadlineShare: 0.5,
+    adaptive: { enabled: true, factor: 4, floorMs: 1000, minSamples: 20 },
+  },
+  fromConfig: (c) => {
+    const r = c.cluster.requestRouting;
+    return {
+      attemptTimeoutMs: r.attemptTimeoutMs,
+      firstChunkTimeoutMs: r.firstChunkTimeoutMs,
+      idleTimeoutMs: r.idleTimeoutMs,
+      firstChunkMsPer1kPromptTokens: r.firstChunkMsPer1kPromptTokens,
+      deadlineShare: r.deadlineShare,
+      adaptive: r.adaptiveLimits,
+    };
+  },
+  factory: timeoutMiddleware,
+});
+
+function timeoutMiddleware(options: TimeoutOptions): Middleware {
   const share = options.deadlineShare ?? 0.5;
   const per1k = options.firstChunkMsPer1kPromptTokens ?? 0;
   const learned = options.adaptive?.enabled ? new AdaptiveLimits(options.adaptive) : undefined;
@@ -69,7 +96,7 @@ export function timeout(options: TimeoutOptions): Middleware {
     let limit = 0;
     let cutByDeadline = false;
     let cutByReserve = false;
-    let timer: NodeJS.Timeout | undefined;
+    let timer: ClockTimer | undefined;
     /**
      * (Re)arms the quiet-worker timer: `configured`, reserved for retries (never below `floor`,
      * the least a worker's own progress cadence needs) and cut to the deadline.
@@ -79,8 +106,8 @@ export function timeout(options: TimeoutOptions): Middleware {
       limit = Math.min(reserved, left());
       cutByDeadline = limit < reserved;
       cutByReserve = reserved < configured;
-      if (timer) clearTimeout(timer);
-      timer = setTimeout(fire, limit);
+      if (timer) timer.restart(limit);
+      else timer = ctx.clock.timer(limit, fire);
     };
     const fire = (): void => {
       const what = phase === 'first' ? (watched ? 'produce a first token' : 'answer') : ctx.stream ? 'send the next chunk' : 'report progress';
@@ -98,18 +125,19 @@ export function timeout(options: TimeoutOptions): Middleware {
     };
     arm(watched ? Math.min(ttft, options.attemptTimeoutMs) : options.attemptTimeoutMs);
     // The last resort: a producing attempt longer than this is cut, without blaming the worker.
-    let cap: NodeJS.Timeout | undefined;
+    let cap: ClockTimer | undefined;
     if (watched && options.attemptTimeoutMs < left()) {
-      cap = setTimeout(() => {
+      cap = ctx.clock.timer(options.attemptTimeoutMs - (ctx.clock.now() - startedAt), () => {
         // Before the first token the quiet-worker timer, armed no later than this, decides.
         if (phase === 'first') return;
         attempt.abort(new RouterError('WORKER_TIMEOUT', `attempt on worker ${worker} ran past its last-resort limit of ${options.attemptTimeoutMs} ms`, { worker }));
-      }, options.attemptTimeoutMs - (ctx.clock.now() - startedAt));
+      });
     }
     // A 1.1 worker reports progress at most every progressMs: never wait less than twice that.
     const idleFloor = 2 * progressMs;
     if (watched) {
-      attempt.progress = () => {
+      // The listener goes with the attempt's state; nothing to remove.
+      attempt.onProgress(() => {
         if (learned && ctx.stream) {
           const now = ctx.clock.now();
           if (phase === 'idle' && now - lastTokenAt > longestGap) longestGap = now - lastTokenAt;
@@ -124,10 +152,10 @@ export function timeout(options: TimeoutOptions): Middleware {
           // The retry reserve shrinks with the deadline, or the deadline is now the tighter bound.
           arm(idle, idleFloor);
         } else {
-          // refresh() re-arms the same timer: no allocation per chunk.
-          timer?.refresh();
+          // The same duration re-arms the same timer: no allocation per chunk.
+          timer?.restart();
         }
-      };
+      });
     }
     try {
       await next();
@@ -137,8 +165,8 @@ export function timeout(options: TimeoutOptions): Middleware {
         if (ctx.stream && attempt.chunks > 1) learned.observeGap(worker, model, longestGap);
       }
     } finally {
-      clearTimeout(timer);
-      clearTimeout(cap);
+      timer?.cancel();
+      cap?.cancel();
     }
   };
 }

@@ -9,22 +9,21 @@ import { runController } from './commands/controller';
 import { runUp } from './commands/up';
 import { runWorker } from './commands/worker';
 import { printConfig } from './commands/config';
+import { numberFlag, UsageError, type Flags } from './flags';
 
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
-  }
-}
+export { numberFlag, UsageError, type Flags };
 
 const USAGE = `mlx-router: route OpenAI-style requests over NATS to inference workers
 
 Usage:
-  mlx-router up [--workers N] [--port P] [--nats URL] [--config FILE]
-      a local cluster: NATS (started when none answers), N synthetic workers, the controller
+  mlx-router up [--workers N] [--port P] [--nats URL|local] [--config FILE]
+      a local cluster: NATS, N synthetic workers, the controller. Without --nats it uses the
+      configured NATS, or starts nats-server when that does not answer; --nats URL must answer;
+      --nats local always starts a private nats-server
   mlx-router controller [--nats URL] [--port P] [--host H] [--config FILE]
   mlx-router worker [--nats URL] [--id ID] [--model NAME]... [--max-concurrent N]
                     [--ttft-ms N] [--token-ms N] [--fail-rate F] [--heartbeat-ms N] [--config FILE]
+                    [--prompt-cache-size N] [--prefill-us-per-token N]
                     [--engine synthetic|openai] [--engine-url URL] [--engine-api-key KEY]
       --engine openai fronts an OpenAI-compatible server (mlx_lm.server, llama-server, vLLM, Ollama)
       at --engine-url (default http://127.0.0.1:8081/v1); without --model it advertises the models
@@ -33,8 +32,6 @@ Usage:
 
 Configuration: ./cluster.yaml when present (or --config FILE), then MLX_ROUTER_* variables, then flags.
 `;
-
-export type Flags = Record<string, string | boolean | string[] | undefined>;
 
 const COMMON: ParseArgsConfig['options'] = {
   config: { type: 'string' },
@@ -54,6 +51,8 @@ const COMMANDS: Record<string, { options: ParseArgsConfig['options']; run: (flag
       'ttft-ms': { type: 'string' },
       'token-ms': { type: 'string' },
       'fail-rate': { type: 'string' },
+      'prompt-cache-size': { type: 'string' },
+      'prefill-us-per-token': { type: 'string' },
       'heartbeat-ms': { type: 'string' },
       engine: { type: 'string' },
       'engine-url': { type: 'string' },
@@ -64,17 +63,6 @@ const COMMANDS: Record<string, { options: ParseArgsConfig['options']; run: (flag
   config: { options: COMMON, run: printConfig },
 };
 
-/** A flag's value as a number in [min, max]; a UsageError naming the flag otherwise. */
-export function numberFlag(flags: Flags, name: string, opts: { min?: number; max?: number; integer?: boolean } = {}): number | undefined {
-  const raw = flags[name];
-  if (raw === undefined) return undefined;
-  const n = Number(raw);
-  const { min = 0, max = Number.MAX_SAFE_INTEGER, integer = true } = opts;
-  if (typeof raw !== 'string' || raw.trim() === '' || !Number.isFinite(n) || (integer && !Number.isInteger(n)) || n < min || n > max) {
-    throw new UsageError(`--${name} must be ${integer ? 'an integer' : 'a number'} from ${min} to ${max}, got '${String(raw)}'`);
-  }
-  return n;
-}
 
 /** A one-line message for failures a user causes and can fix; undefined for real bugs. */
 function runtimeMessage(e: Error & { code?: string; address?: string; port?: number }): string | undefined {

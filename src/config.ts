@@ -52,6 +52,7 @@ export interface RouterConfig {
         halfOpenPermits: number;
       };
       session: { ttlMs: number; maxSessions: number };
+      prefix: { minPrefixTokens: number; ttftMarginTokens: number; maxImbalance: number; defaultCacheSize: number };
     };
     maxTokens: { cap: number; byModel: Record<string, number> };
     streaming: { maxBufferedBytes: number; resume: boolean; maxResumes: number };
@@ -74,7 +75,8 @@ export interface RouterConfig {
     heartbeatIntervalMs: number;
     progressIntervalMs: number;
     engine: EngineName;
-    synthetic: { ttftMs: number; tokenMs: number; failRate: number };
+    promptCacheSize: number;
+    synthetic: { ttftMs: number; tokenMs: number; failRate: number; prefillUsPerToken: number };
     openai: {
       url: string;
       apiKey: string;
@@ -215,6 +217,16 @@ const schema = {
         ttlMs: { doc: 'How long an idle session keeps its worker (ms); refreshed on use.', format: 'nat', default: 600000 },
         maxSessions: { doc: 'Most sessions remembered; the least recently used is forgotten first.', format: 'nat', default: 10000 },
       },
+      prefix: {
+        minPrefixTokens: { doc: 'prefix middleware: a predicted cached prefix shorter than this (tokens) counts as none, and so does a reported cached_tokens below it.', format: 'nat', default: 64 },
+        ttftMarginTokens: {
+          doc: "prefix middleware: leave the worker with the longest cached prefix when its predicted prefill work (queued + this prompt's uncached tokens) exceeds another candidate's by more than this (tokens).",
+          format: 'nat',
+          default: 256,
+        },
+        maxImbalance: { doc: 'prefix middleware: leave the worker with the longest cached prefix when it has this many more requests in flight than the least loaded candidate.', format: 'nat', default: 8 },
+        defaultCacheSize: { doc: "prefix middleware: prompt cache entries assumed for a worker that does not advertise its cache size.", format: 'nat', default: 10 },
+      },
     },
     maxTokens: {
       cap: {
@@ -273,8 +285,14 @@ const schema = {
       default: 250,
     },
     engine: { doc: 'Engine behind the worker: synthetic (built in) or openai (an OpenAI-compatible HTTP server, see docs/engines.md).', format: [...ENGINES], default: 'synthetic' },
+    promptCacheSize: {
+      doc: "Prompt cache entries (conversations) of the engine, advertised to controllers: the synthetic engine keeps this many; for the openai engine set it to the engine's own (mlx_lm.server --prompt-cache-size). 0: no cache.",
+      format: 'nat',
+      default: 10,
+    },
     synthetic: {
       ttftMs: { doc: 'Synthetic engine: time to first token (ms).', format: 'nat', default: 20 },
+      prefillUsPerToken: { doc: 'Synthetic engine: prefill time of one uncached prompt token (µs), one prompt at a time; adds to ttftMs.', format: 'nat', default: 0 },
       tokenMs: { doc: 'Synthetic engine: delay between tokens (ms).', format: 'nat', default: 5 },
       failRate: { doc: 'Synthetic engine: share of requests that fail before the first token.', format: 'ratio', default: 0 },
     },
@@ -321,11 +339,11 @@ function withEnv(node: SchemaNode, path: string[] = []): SchemaNode {
 const fullSchema = withEnv(schema as unknown as SchemaNode);
 
 /** Every leaf key with its doc and default, for docs and `mlx-router config`. */
-export function describeKeys(): Array<{ key: string; env: string; doc: string; default: unknown }> {
-  const out: Array<{ key: string; env: string; doc: string; default: unknown }> = [];
+export function describeKeys(): Array<{ key: string; env: string; doc: string; default: unknown; sensitive: boolean }> {
+  const out: Array<{ key: string; env: string; doc: string; default: unknown; sensitive: boolean }> = [];
   const walk = (node: SchemaNode, path: string[]): void => {
     if (isLeaf(node)) {
-      out.push({ key: path.join('.'), env: node.env as string, doc: node.doc as string, default: node.default });
+      out.push({ key: path.join('.'), env: node.env as string, doc: node.doc as string, default: node.default, sensitive: node.sensitive === true });
       return;
     }
     for (const [k, v] of Object.entries(node)) walk(v as SchemaNode, [...path, k]);

@@ -1,19 +1,19 @@
 /**
- * RouteContext: everything one request carries through the chain (STYLE §2). Fixed fields are set
+ * RouteContext: everything one request carries through the chain. Fixed fields are set
  * once by createContext; routing fields are reset for every attempt by the assembler; outputs are
  * filled by dispatch. Extensions go in `state`.
  */
 import type { Clock } from './clock';
 import type { AttemptRecord } from './errors';
 import type { Logger } from './logger';
-import type { WorkerInfo } from './controller/registry';
+import type { WorkerInfo } from './types';
 import type { Usage, WireEnd, WireRequest, WireResult } from './protocol';
 
 /** A middleware: `(ctx, next)`, as in koa-compose. */
 export type Next = () => Promise<void>;
 export type Middleware = (ctx: RouteContext, next: Next) => Promise<void>;
 
-/** Where a streamed answer goes. The first `write` is the commit point (DESIGN §5). */
+/** Where a streamed answer goes. The first `write` is the commit point. */
 export interface StreamSink {
   readonly committed: boolean;
   /** Text already delivered to the client (kept only when stream resume is on). */
@@ -32,9 +32,12 @@ export interface AttemptState {
   abort(reason: unknown): void;
   /**
    * Called by dispatch on every sign of generation: a streamed chunk, or a buffered attempt's
-   * `progress` message (protocol 1.1). The timeout middleware uses it for its TTFT and idle limits.
+   * `progress` message (protocol 1.1). Tells every progress listener (the timeout middleware's
+   * TTFT and idle limits).
    */
-  progress: () => void;
+  progress(): void;
+  /** Follows this attempt's progress (the timeout middleware's idle limit); returns the remover. */
+  onProgress(listener: () => void): () => void;
   /** Chunks this attempt has delivered. */
   chunks: number;
   /** When this attempt's first token showed (a chunk or a progress message), on the clock. */
@@ -42,13 +45,65 @@ export interface AttemptState {
   /**
    * Set by the timeout middleware when it ended the attempt because the worker went quiet: no
    * first token within its limit, or silence mid-answer. Only such timeouts count against a
-   * worker's breaker; a limit that cut a producing attempt (the request deadline, the last-resort
-   * attempt cap) says nothing about the worker.
+   * worker's breaker (the breaker's permit reads it); a limit that cut a producing attempt (the
+   * request deadline, the last-resort attempt cap) says nothing about the worker.
    */
   stalled?: 'first' | 'idle';
+  /**
+   * Checks the worker `select` chooses must pass, installed for this attempt by middleware before
+   * `select` (the breaker takes its permit here). Fresh for each attempt.
+   */
+  readonly admissions: Admission[];
 }
 
-/** What the answer's `metadata` and headers report (DESIGN §8). */
+/**
+ * A say over which worker an attempt may go to. `allows` filters candidates (also those that come
+ * online while `select` waits); `admit` is called once, for the chosen worker, and may refuse it
+ * (a half-open breaker whose permits were taken meanwhile): `select` then picks another.
+ */
+export interface Admission {
+  allows(worker: WorkerInfo): boolean;
+  admit(worker: WorkerInfo): boolean;
+}
+
+/** Attempt state with its methods on the prototype: nothing allocated per attempt beyond the object. */
+class Attempt implements AttemptState {
+  readonly signal: AbortSignal;
+  chunks = 0;
+  readonly admissions: Admission[] = [];
+  private listeners: Array<() => void> | undefined;
+
+  constructor(
+    readonly number: number,
+    readonly startedAt: number,
+    private readonly controller: AbortController,
+  ) {
+    this.signal = controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    this.controller.abort(reason);
+  }
+
+  progress(): void {
+    const listeners = this.listeners;
+    if (listeners) for (let i = 0; i < listeners.length; i++) listeners[i]();
+  }
+
+  onProgress(listener: () => void): () => void {
+    (this.listeners ??= []).push(listener);
+    return () => {
+      this.listeners = this.listeners?.filter((l) => l !== listener);
+    };
+  }
+}
+
+/** A fresh attempt state: `signal` and `abort` come from the attempt's own AbortController. */
+export function newAttempt(number: number, startedAt: number, controller: AbortController): AttemptState {
+  return new Attempt(number, startedAt, controller);
+}
+
+/** What the answer's `metadata` and headers report. */
 export interface RequestMetrics {
   retryCount: number;
   /** Streams continued on another worker after breaking mid-answer. */
@@ -93,8 +148,6 @@ export interface RouteContext {
    * middleware keeps part of the deadline for them (cluster.requestRouting.deadlineShare).
    */
   retriesLeft?: number;
-  /** Runs one attempt through the part of the chain after the retry boundary. */
-  runAttempt: () => Promise<void>;
 
   /** Buffered answer. */
   result?: WireResult;
@@ -119,7 +172,6 @@ export interface ContextInit {
   sink?: StreamSink;
 }
 
-const neverAborted = new AbortController().signal;
 
 /** The one constructor of RouteContext. */
 export function createContext(init: ContextInit): RouteContext {
@@ -136,9 +188,8 @@ export function createContext(init: ContextInit): RouteContext {
     headers: init.headers ?? {},
     sessionId: init.sessionId,
     candidates: [],
-    attempt: { number: 0, startedAt: now, signal: neverAborted, abort: () => undefined, progress: () => undefined, chunks: 0 },
+    attempt: newAttempt(0, now, new AbortController()),
     attempts: [],
-    runAttempt: () => Promise.reject(new Error('runAttempt is set by the pipeline')),
     sink: init.sink,
     metrics: { retryCount: 0, resumes: 0, circuitBreakerTrips: 0, timeouts: 0, failedWorkers: [], selectedWorker: null, totalDurationMs: 0 },
     state: {},

@@ -1,10 +1,10 @@
 /**
- * The one error catalogue (DESIGN §3). Every failure a request can meet is a RouterError with a
+ * The one error catalogue. Every failure a request can meet is a RouterError with a
  * stable code, an outcome class, an HTTP status and an OpenAI-shaped body. The class, never the
  * message text, decides retries, breaker accounting and the final answer.
  */
 
-/** Outcome classes of DESIGN §3; each attempt ends in exactly one. */
+/** Outcome classes (docs/errors.md); each attempt ends in exactly one. */
 export type OutcomeClass =
   | 'success'
   | 'not_delivered' // no responders, worker gone: retry at once elsewhere, mark offline
@@ -138,13 +138,13 @@ export function toRouterError(err: unknown): RouterError {
   return new RouterError('INTERNAL_ERROR', `internal error: ${message}`, { cause: err });
 }
 
-/** Classes after which another attempt may help (DESIGN §3). */
+/** Classes after which another attempt may help. */
 export function isRetryableOutcome(outcome: OutcomeClass): boolean {
   return outcome === 'not_delivered' || outcome === 'rejected' || outcome === 'ambiguous' || outcome === 'worker_failure';
 }
 
 /**
- * Classes that count against the worker's breaker (DESIGN §3). `not_delivered` does not: the
+ * Classes that count against the worker's breaker. `not_delivered` does not: the
  * worker is marked offline instead, and its breaker should not punish it when it comes back.
  */
 export function countsAgainstWorker(outcome: OutcomeClass): boolean {

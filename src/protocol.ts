@@ -58,6 +58,8 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** As in OpenAI's usage: prompt tokens the engine took from its prompt cache (prefix reuse). */
+  prompt_tokens_details?: { cached_tokens: number };
 }
 
 /** The request body a worker receives: the validated subset of OpenAI's chat request. */
@@ -140,6 +142,17 @@ export interface Heartbeat {
    * whole-attempt limit.
    */
   progress_ms?: number;
+  /**
+   * The engine's prompt cache, when it has one: `size` entries (conversations) at most, and an
+   * `epoch` that changes whenever the cache starts empty again (worker start, engine restart), so
+   * controllers forget what they predicted it holds. Prefix-aware routing reads it.
+   */
+  prompt_cache?: PromptCacheInfo;
+}
+
+export interface PromptCacheInfo {
+  size: number;
+  epoch: string;
 }
 
 export interface Bye {
@@ -216,3 +229,11 @@ export function isNoResponders(msg: { data: Uint8Array; headers?: MsgHdrs }): bo
 export function estimateTokens(text: string): number {
   return text.length === 0 ? 0 : Math.max(1, Math.ceil(text.length / 4));
 }
+
+/** Tokens one chat message takes in a prompt: its content and 3 for the chat template (OpenAI's cookbook count). */
+export function messageTokens(m: ChatMessage): number {
+  return 3 + estimateTokens(m.content);
+}
+
+/** Tokens the chat template adds after the messages (the assistant's header). */
+export const PROMPT_TAIL_TOKENS = 3;

@@ -1,5 +1,5 @@
 import { dirname } from 'node:path';
-import { numberFlag, type Flags } from '../cli';
+import { numberFlag, type Flags } from '../flags';
 import { Controller } from '../controller/controller';
 import { createLogger } from '../logger';
 import { configFromFlags, waitForSignal } from './shared';

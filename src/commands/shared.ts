@@ -1,5 +1,5 @@
 import { defaultConfigFile, loadConfig, type RouterConfig } from '../config';
-import type { Flags } from '../cli';
+import type { Flags } from '../flags';
 
 /** Loads config: --config FILE (or ./cluster.yaml), MLX_ROUTER_* variables, then flag overrides. */
 export function configFromFlags(flags: Flags, overrides: Record<string, unknown> = {}): { config: RouterConfig; file?: string } {

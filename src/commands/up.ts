@@ -1,13 +1,15 @@
 /**
  * `mlx-router up`: a whole local cluster in one command. Connects to the configured NATS or, when
- * none answers, starts `nats-server` as a child on a free port; then N synthetic worker processes
+ * the default one does not answer, starts `nats-server` as a child on a free port (servers the user
+ * named must answer, else it exits 1; `--nats local` always starts one); then N synthetic workers
  * and the controller (in this process). SIGINT or SIGTERM stops the controller, then the workers
  * (they deregister), then NATS, and leaves no process behind.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { dirname, resolve } from 'node:path';
-import { numberFlag, type Flags } from '../cli';
+import { numberFlag, type Flags } from '../flags';
 import { Controller } from '../controller/controller';
+import { describeKeys } from '../config';
 import { createLogger } from '../logger';
 import { connectNats } from '../nats';
 import { natsServerAvailable, startNatsServer, type NatsServerHandle } from '../nats-server';
@@ -17,6 +19,20 @@ const INSTALL_HINT = `no NATS server answers and no 'nats-server' binary is on P
 Install one:  apt-get install nats-server   (Debian/Ubuntu)
               brew install nats-server     (macOS)
 or point mlx-router at a running server:  --nats nats://HOST:4222`;
+
+/** `--nats local`: always start a private nats-server, whatever else answers. */
+export const LOCAL_NATS = 'local';
+
+/**
+ * True when the user chose the NATS servers (`--nats URL`, or `nats.servers` set away from its
+ * default in the file or environment): then an unreachable server is an error, never a reason to
+ * start a private one the user did not ask for.
+ */
+function serversNamed(flags: Flags, servers: readonly string[]): boolean {
+  if (typeof flags.nats === 'string') return true;
+  const fallback = describeKeys().find((k) => k.key === 'nats.servers')?.default;
+  return JSON.stringify(servers) !== JSON.stringify(fallback);
+}
 
 function stopChild(child: ChildProcess, graceMs: number): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
@@ -32,7 +48,10 @@ function stopChild(child: ChildProcess, graceMs: number): Promise<void> {
 
 export async function runUp(flags: Flags): Promise<number> {
   const workers = numberFlag(flags, 'workers', { min: 1, max: 64 }) ?? 3;
-  const { config, file } = configFromFlags(flags, { 'controller.port': numberFlag(flags, 'port', { max: 65535 }) });
+  const local = flags.nats === LOCAL_NATS;
+  const { config, file } = configFromFlags(local ? { ...flags, nats: undefined } : flags, {
+    'controller.port': numberFlag(flags, 'port', { max: 65535 }),
+  });
   const log = createLogger('mlx-router', config.log.level);
   const signal = waitForSignal();
   const children: ChildProcess[] = [];
@@ -55,9 +74,21 @@ export async function runUp(flags: Flags): Promise<number> {
 
   try {
     let servers = config.nats.servers;
-    const probe = await connectNats({ ...config.nats, reconnect: { ...config.nats.reconnect, enabled: false } }, 'mlx-router-up-probe', 1500).catch(
-      () => undefined,
-    );
+    let unreachable = '';
+    const probe = local
+      ? undefined
+      : await connectNats({ ...config.nats, reconnect: { ...config.nats.reconnect, enabled: false } }, 'mlx-router-up-probe', 1500).catch((err: Error) => {
+          unreachable = err.message;
+          return undefined;
+        });
+    if (!probe && !local && serversNamed(flags, servers)) {
+      process.stderr.write(
+        `mlx-router up: cannot connect to NATS at ${servers.join(',')}: ${unreachable}\n` +
+          `Start that server or name a reachable one with --nats URL; '--nats ${LOCAL_NATS}' starts a private nats-server instead.\n`,
+      );
+      signal.cancel();
+      return 1;
+    }
     if (probe) {
       await probe.close();
       log.info({ servers }, 'using the configured NATS');

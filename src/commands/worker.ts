@@ -1,5 +1,5 @@
 import { hostname } from 'node:os';
-import { UsageError, numberFlag, type Flags } from '../cli';
+import { UsageError, numberFlag, type Flags } from '../flags';
 import { systemClock } from '../clock';
 import type { RouterConfig } from '../config';
 import { createLogger, type Logger } from '../logger';
@@ -23,6 +23,7 @@ async function startEngine(config: RouterConfig, log: Logger): Promise<Engine> {
       probeIntervalMs: o.probeIntervalMs,
       connectTimeoutMs: o.connectTimeoutMs,
       continuation: o.continuation,
+      promptCacheSize: config.worker.promptCacheSize,
       log,
     });
     await engine.start();
@@ -30,7 +31,15 @@ async function startEngine(config: RouterConfig, log: Logger): Promise<Engine> {
     return engine;
   }
   const syn = config.worker.synthetic;
-  return syntheticEngine({ models: config.worker.models, ttftMs: syn.ttftMs, tokenMs: syn.tokenMs, failRate: syn.failRate, clock: systemClock });
+  return syntheticEngine({
+    models: config.worker.models,
+    ttftMs: syn.ttftMs,
+    tokenMs: syn.tokenMs,
+    failRate: syn.failRate,
+    promptCacheSize: config.worker.promptCacheSize,
+    prefillUsPerToken: syn.prefillUsPerToken,
+    clock: systemClock,
+  });
 }
 
 /**
@@ -60,6 +69,8 @@ export async function runWorker(flags: Flags): Promise<number> {
     'worker.synthetic.ttftMs': numberFlag(flags, 'ttft-ms'),
     'worker.synthetic.tokenMs': numberFlag(flags, 'token-ms'),
     'worker.synthetic.failRate': numberFlag(flags, 'fail-rate', { max: 1, integer: false }),
+    'worker.promptCacheSize': numberFlag(flags, 'prompt-cache-size'),
+    'worker.synthetic.prefillUsPerToken': numberFlag(flags, 'prefill-us-per-token'),
   };
   const { config } = configFromFlags(flags, overrides);
   const id = config.worker.id || `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${process.pid}`.slice(-64);

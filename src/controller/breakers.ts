@@ -1,10 +1,13 @@
 /**
- * BreakerBook: one circuit breaker per worker (DESIGN §6). State is a discriminated union; the
+ * BreakerBook: one circuit breaker per worker. State is a discriminated union; the
  * open → half-open step is taken by the clock on every read, so a breaker is half-open the moment
  * its open time ends, whether or not a call arrives. Half-open admits exactly `halfOpenPermits`
  * probes at a time; `successThreshold` successes close it, one failure reopens it for longer.
  */
 import type { Clock } from '../clock';
+import { countsAgainstWorker, type OutcomeClass } from '../errors';
+import { TIMEOUT_CODES } from '../attempt';
+import type { BreakerPermit, Breakers, FailureDetail } from '../types';
 
 export type BreakerState =
   | { kind: 'closed'; failures: number }
@@ -36,7 +39,7 @@ function isStale(now: BreakerState, ticket: BreakerState | undefined): boolean {
   return ticket !== undefined && now.kind === 'half-open' && now !== ticket;
 }
 
-export class BreakerBook {
+export class BreakerBook implements Breakers {
   private readonly breakers = new Map<string, BreakerState>();
   private readonly random: () => number;
 
@@ -78,6 +81,20 @@ export class BreakerBook {
     }
     return false;
   }
+
+  /**
+   * allow → acquire → record in one place (the `execute` shape of a breaker policy): takes the
+   * right to send one attempt and returns the permit its outcome is recorded with, or undefined
+   * when the breaker refuses now. Success counts towards closing; failures that count against a
+   * worker (timeouts, worker failures, broken streams) towards opening; anything else (caller
+   * errors, overload rejections, cancellations, not delivered) only frees a half-open permit.
+   */
+  admit(worker: string): BreakerPermit | undefined {
+    const ticket = this.state(worker);
+    if (!this.acquire(worker)) return undefined;
+    return new Permit(this, worker, ticket);
+  }
+
 
   /**
    * The state object a permit was taken from: pass it back with the outcome so that a probe
@@ -159,5 +176,39 @@ export class BreakerBook {
     this.breakers.set(worker, to);
     if (from.kind !== to.kind) this.options.onTransition?.(worker, from.kind, to.kind);
     return to;
+  }
+}
+
+/**
+ * What counts against a worker: errors, disconnects, broken streams, and timeouts only when the
+ * worker went quiet (no first token within its limit, silence mid-answer: `detail.stalled`). A
+ * slow worker that keeps producing is never blamed for a deadline or a cap, and a request the
+ * client cancelled never counts. Without a detail the outcome class alone decides.
+ */
+export function countsAgainst(outcome: OutcomeClass, detail?: FailureDetail): boolean {
+  if (!countsAgainstWorker(outcome)) return false;
+  return detail === undefined || !TIMEOUT_CODES.has(detail.code) || detail.stalled !== undefined;
+}
+
+/** One granted acquire; its outcome is recorded once. */
+class Permit implements BreakerPermit {
+  private recorded = false;
+
+  constructor(
+    private readonly book: BreakerBook,
+    readonly worker: string,
+    private readonly ticket: BreakerState,
+  ) {}
+
+  record(outcome: OutcomeClass | 'success', detail?: FailureDetail): boolean {
+    if (this.recorded) return false;
+    this.recorded = true;
+    if (outcome === 'success') {
+      this.book.success(this.worker, this.ticket);
+      return false;
+    }
+    if (countsAgainst(outcome, detail)) return this.book.failure(this.worker, this.ticket);
+    this.book.release(this.worker, this.ticket);
+    return false;
   }
 }

@@ -42,7 +42,7 @@ export interface ChatOutcome {
   error?: RouterError;
 }
 
-/** `metadata` of an answer (DESIGN §8). */
+/** `metadata` of an answer. */
 export function answerMetadata(ctx: RouteContext): Record<string, unknown> {
   return {
     requestId: ctx.requestId,
@@ -91,7 +91,7 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
   const sessionId = (headerSession && headerSession.length > 0 ? headerSession : undefined) ?? input.chat.sessionId;
   const budgetMs = request.stream ? routing.streamingTimeoutMs : routing.timeoutMs;
   const abort = new AbortController();
-  const deadlineTimer = setTimeout(() => abort.abort(new RouterError('REQUEST_TIMEOUT', `request deadline of ${budgetMs} ms passed`)), budgetMs);
+  const deadlineTimer = deps.clock.timer(budgetMs, () => abort.abort(new RouterError('REQUEST_TIMEOUT', `request deadline of ${budgetMs} ms passed`)));
   const removeGone = input.onClientGone(() => abort.abort(new RouterError('CLIENT_CLOSED_REQUEST', 'client closed the connection')));
   const ctxLog = log.child({ requestId: input.requestId });
   const ctx = createContext({
@@ -107,6 +107,8 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
   const sink = request.stream && input.sink ? input.sink(ctx) : undefined;
   (ctx as { sink?: StreamSink }).sink = sink;
   try {
+    // The one model check of every transport: 404 for a model nobody serves, before any routing.
+    checkModel(deps, request.model);
     checkMaxTokens(config.cluster.maxTokens, request);
     await pipeline.run(ctx);
     if (sink) {
@@ -124,7 +126,7 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
     }
     return { ctx, error: err };
   } finally {
-    clearTimeout(deadlineTimer);
+    deadlineTimer.cancel();
     removeGone();
   }
 }

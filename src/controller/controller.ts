@@ -6,6 +6,8 @@ import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { systemClock, type Clock } from '../clock';
 import type { RouterConfig } from '../config';
 import type { Logger } from '../logger';
+import type { RouterEvent } from '../attempt';
+import { Listeners } from '../listeners';
 import { connectNats } from '../nats';
 import { assemblePipeline, type Pipeline, type RouterDeps } from '../pipeline';
 import { decode, encode, makeSubjects, type Bye, type Heartbeat } from '../protocol';
@@ -75,6 +77,7 @@ export class Controller {
       clock,
       log,
       random,
+      events: new Listeners<RouterEvent>(),
     };
     let pipeline: Pipeline;
     try {

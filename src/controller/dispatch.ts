@@ -1,7 +1,7 @@
 /**
  * The terminal step of every chain: one NATS request to the selected worker. Replies arrive on
  * one shared wildcard inbox subscription (ReplyMux), never a subscription per request. This is the
- * one place NATS outcomes are translated into RouterErrors (STYLE §3).
+ * one place NATS outcomes are translated into RouterErrors.
  */
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { createInbox } from '@nats-io/transport-node';
@@ -91,7 +91,7 @@ function abortReason(signal: AbortSignal, worker: string): RouterError {
 }
 
 /**
- * After the first chunk reached the client, every failure is a committed one (DESIGN §5). Deadline
+ * After the first chunk reached the client, every failure is a committed one. Deadline
  * codes keep their own code (each deadline has one); anything else becomes STREAM_INTERRUPTED.
  */
 export function committed(err: RouterError, worker: string): RouterError {
@@ -130,7 +130,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
   return new Promise<void>((resolve, reject) => {
     let expected = 0;
     let settled = false;
-    // Cancels the worker's work when we stop listening before it finished (DESIGN §4).
+    // Cancels the worker's work when we stop listening before it finished.
     const finish = (err?: RouterError, cancelWorker = false): void => {
       if (settled) return;
       settled = true;

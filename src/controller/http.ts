@@ -9,7 +9,7 @@ import { isRouterError, RouterError, toRouterError } from '../errors';
 import { newId } from '../ids';
 import type { Logger } from '../logger';
 import type { Pipeline, RouterDeps } from '../pipeline';
-import { answerMetadata, checkModel, errorHeaders, executeChat, routingHeaders } from './chat';
+import { answerMetadata, errorHeaders, executeChat, routingHeaders } from './chat';
 import { SseSink } from './sse';
 import { registerWebSocket } from './ws';
 import { validateChatRequest } from './validate';
@@ -40,6 +40,15 @@ function parseJson(_req: FastifyRequest, body: string, done: (err: Error | null,
   } catch (e) {
     done(new RouterError('REQUEST_VALIDATION_FAILED', `request body is not valid JSON: ${(e as Error).message}`, { param: 'body' }));
   }
+}
+
+/** Why /ready says 503, in words an operator can act on. */
+function notReadyReason(nats: boolean, online: number, unhealthy: number): string {
+  if (!nats) return 'not connected to NATS';
+  if (online === 0) return 'no worker is online';
+  if (unhealthy === online) return `${online} worker(s) online, but every one reports its engine unhealthy (down or not answering)`;
+  if (unhealthy > 0) return `${online} worker(s) online: ${unhealthy} with an unhealthy engine, the others draining`;
+  return `${online} worker(s) online, all draining`;
 }
 
 export function buildHttpServer(options: HttpOptions): FastifyInstance {
@@ -85,9 +94,19 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
 
   app.get('/ready', async (_req, reply) => {
     const nats = options.natsConnected();
-    const workers = deps.registry.online().length;
-    const ready = nats && workers > 0;
-    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready', nats: nats ? 'connected' : 'disconnected', workersOnline: workers });
+    const online = deps.registry.online();
+    const workersReady = online.filter((w) => w.state === 'ready').length;
+    const enginesUnhealthy = online.filter((w) => w.state === 'unhealthy').length;
+    const ready = nats && workersReady > 0;
+    const body: Record<string, unknown> = {
+      status: ready ? 'ready' : 'not ready',
+      nats: nats ? 'connected' : 'disconnected',
+      workersOnline: online.length,
+      workersReady,
+      enginesUnhealthy,
+    };
+    if (!ready) body.reason = notReadyReason(nats, online.length, enginesUnhealthy);
+    return reply.code(ready ? 200 : 503).send(body);
   });
 
   app.get('/v1/models', async () => ({
@@ -105,7 +124,6 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   app.post('/v1/chat/completions', async (req, reply) => {
     const requestId = String(req.id);
     const chat = validateChatRequest(req.body);
-    checkModel(deps, chat.request.model);
     const created = Math.floor(Date.now() / 1000);
     const completionId = `chatcmpl-${requestId}`;
     if (chat.request.stream) reply.hijack();

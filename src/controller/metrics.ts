@@ -5,6 +5,7 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { BreakerBook, BreakerKind } from './breakers';
 import type { WorkerRegistry } from './registry';
+import type { RouterInstruments } from '../types';
 
 const BREAKER_VALUE: Record<BreakerKind, number> = { closed: 0, 'half-open': 1, open: 2 };
 
@@ -15,7 +16,7 @@ export interface MetricsSources {
   pendingReplies: () => number;
 }
 
-export class RouterMetrics {
+export class RouterMetrics implements RouterInstruments {
   readonly register = new Registry();
   readonly requests: Counter<'status' | 'code' | 'stream'>;
   readonly attempts: Counter<'outcome'>;
@@ -25,6 +26,11 @@ export class RouterMetrics {
   readonly duration: Histogram<'stream'>;
   readonly ttft: Histogram;
   readonly inFlight: Gauge;
+  readonly prefixDecisions: Counter<'decision'>;
+  readonly prefixRequests: Counter<'worker' | 'predicted' | 'reported'>;
+  readonly prefixCachedTokens: Histogram<'worker'>;
+  readonly prefixSavedTokens: Counter<'worker'>;
+  readonly prefixDrops: Counter<'worker'>;
 
   constructor(sources?: MetricsSources) {
     const registers = [this.register];
@@ -47,6 +53,22 @@ export class RouterMetrics {
       registers,
     });
     this.inFlight = new Gauge({ name: 'mlx_router_in_flight_requests', help: 'Requests being handled now.', registers });
+    this.prefixDecisions = new Counter({ name: 'mlx_router_prefix_decisions_total', help: 'prefix middleware: why each attempt went where it went.', labelNames: ['decision'], registers });
+    this.prefixRequests = new Counter({
+      name: 'mlx_router_prefix_requests_total',
+      help: 'prefix middleware: answered attempts per worker, by predicted and reported prompt cache hit (hit ratios).',
+      labelNames: ['worker', 'predicted', 'reported'],
+      registers,
+    });
+    this.prefixCachedTokens = new Histogram({
+      name: 'mlx_router_prefix_cached_tokens',
+      help: 'prefix middleware: cached prompt tokens each answer reported, per worker.',
+      labelNames: ['worker'],
+      buckets: [0, 64, 256, 1024, 4096, 16384, 65536],
+      registers,
+    });
+    this.prefixSavedTokens = new Counter({ name: 'mlx_router_prefix_prefill_tokens_saved_total', help: 'prefix middleware: prompt tokens not prefilled thanks to the prompt cache, per worker.', labelNames: ['worker'], registers });
+    this.prefixDrops = new Counter({ name: 'mlx_router_prefix_index_drops_total', help: "prefix middleware: a predicted hit missed, so the worker's predicted entries were dropped.", labelNames: ['worker'], registers });
     if (sources) {
       new Gauge({
         name: 'mlx_router_breaker_state',

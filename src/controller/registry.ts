@@ -5,38 +5,17 @@
  */
 import type { Clock } from '../clock';
 import type { Logger } from '../logger';
-import { WORKER_ID_PATTERN, type Heartbeat } from '../protocol';
+import { WORKER_ID_PATTERN, type Heartbeat, type PromptCacheInfo } from '../protocol';
+import type { WorkerDirectory, WorkerInfo } from '../types';
 
-export interface WorkerInfo {
-  readonly id: string;
-  models: string[];
-  engine: string;
-  maxConcurrent: number;
-  /** In-flight count the worker reported in its last heartbeat (all controllers together). */
-  reportedInFlight: number;
-  /** Requests this controller has outstanding at the worker now. */
-  outstanding: number;
-  /**
-   * Requests other controllers had at the worker at its last heartbeat: its reported in-flight
-   * count less ours at that moment. Our own count is always current; theirs only this fresh.
-   */
-  foreignInFlight: number;
-  /** Peak-EWMA latency of this controller's requests (ms); starts at 0 (unknown). */
-  latencyMs: number;
-  latencyAt: number;
-  /** `unhealthy`: online, but its engine is down; never selected (forModel skips it). */
-  state: 'ready' | 'draining' | 'unhealthy';
-  lastSeen: number;
-  /** Set by "no responders" or bye: offline until the next heartbeat. */
-  gone: boolean;
-  /** The worker's engine can continue a partial answer (stream resume). */
-  continuation: boolean;
-  /** Protocol 1.1: the worker sends progress for buffered requests at most this often (ms); 0: it does not. */
-  progressMs: number;
-  /** The worker's heartbeat period as it reports it (ms; 0 unknown): a late heartbeat triggers a probe. */
-  heartbeatMs: number;
-  /** Last time (controller clock) any reply of this worker reached this controller, or an attempt to it began. */
-  lastActivityAt: number;
+export type { WorkerInfo };
+
+/** A heartbeat's `prompt_cache`, when well-formed; a peer's garbage reads as absent. */
+function readPromptCache(v: unknown): PromptCacheInfo | undefined {
+  if (!v || typeof v !== 'object') return undefined;
+  const { size, epoch } = v as Record<string, unknown>;
+  if (typeof size !== 'number' || !Number.isInteger(size) || size < 0 || typeof epoch !== 'string' || epoch.length > 128) return undefined;
+  return { size, epoch };
 }
 
 /** Told why a watched attempt cannot be answered: the worker went offline, or our transport did. */
@@ -58,7 +37,7 @@ function positiveNumber(v: unknown): number {
   return typeof v === 'number' && Number.isFinite(v) && v > 0 ? v : 0;
 }
 
-export class WorkerRegistry {
+export class WorkerRegistry implements WorkerDirectory {
   private readonly workers = new Map<string, WorkerInfo>();
   private readonly clock: Clock;
   private readonly offlineAfterMs: number;
@@ -101,6 +80,7 @@ export class WorkerRegistry {
       known.continuation = hb.continuation === true;
       known.progressMs = progressMs;
       known.heartbeatMs = heartbeatMs;
+      known.promptCache = readPromptCache(hb.prompt_cache);
     } else {
       this.workers.set(hb.id, {
         id: hb.id,
@@ -119,6 +99,7 @@ export class WorkerRegistry {
         progressMs,
         heartbeatMs,
         lastActivityAt: now,
+        promptCache: readPromptCache(hb.prompt_cache),
       });
     }
     this.noteTransition(hb.id);
@@ -169,6 +150,12 @@ export class WorkerRegistry {
       if (w.state === 'ready' && this.isOnline(w, now) && w.models.includes(model)) out.push(w);
     }
     return out;
+  }
+
+  /** Online workers that serve `model` but report their engine unhealthy (so take no work). */
+  unhealthyFor(model: string): WorkerInfo[] {
+    const now = this.clock.now();
+    return [...this.workers.values()].filter((w) => w.state === 'unhealthy' && this.isOnline(w, now) && w.models.includes(model));
   }
 
   online(): WorkerInfo[] {

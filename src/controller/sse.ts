@@ -1,87 +1,71 @@
 /**
  * Server-sent events in OpenAI's chat.completion.chunk format. The first chunk written is the
- * commit point (DESIGN §5): headers go out with it. A failure after commit ends the stream with an
+ * commit point: headers go out with it. A failure after commit ends the stream with an
  * `event: error` and no `data: [DONE]`, so a broken stream never looks finished.
  */
 import type { ServerResponse } from 'node:http';
-import type { StreamSink } from '../context';
 import type { RouterError } from '../errors';
 import type { FinishReason, Usage } from '../protocol';
+import { SinkCore, type SinkCoreOptions } from './sink';
 
-export interface SseSinkOptions {
+export interface SseSinkOptions extends SinkCoreOptions {
   res: ServerResponse;
   completionId: string;
   model: string;
   created: number;
-  /** Bytes the client may leave unread before the stream is cancelled. */
-  maxBufferedBytes: number;
-  /** Headers to send at commit (worker, retries: known only then). */
-  headers: () => Record<string, string>;
-  /** Called once, at the commit point. */
-  onCommit?: () => void;
-  /** Keep the delivered text, so a broken stream can be resumed elsewhere (default false). */
-  keepText?: boolean;
 }
 
-export class SseSink implements StreamSink {
-  private isCommitted = false;
-  private closed = false;
-  private text = '';
+/** SSE's byte writer over the shared sink core. */
+export class SseSink extends SinkCore {
   private corked = false;
   private readonly prefix: string;
   private readonly suffix = '},"finish_reason":null}]}\n\n';
 
   constructor(private readonly options: SseSinkOptions) {
+    super(options);
     // Every content chunk shares this prefix: build it once, not a JSON object per token.
     this.prefix =
       `data: {"id":${JSON.stringify(options.completionId)},"object":"chat.completion.chunk","created":${options.created},` +
       `"model":${JSON.stringify(options.model)},"choices":[{"index":0,"delta":{"content":`;
   }
 
-  get committed(): boolean {
-    return this.isCommitted;
+  protected isOpen(): boolean {
+    return !this.options.res.destroyed;
   }
 
-  get streamed(): string {
-    return this.text;
+  protected bufferedBytes(): number {
+    return this.options.res.writableLength;
   }
 
-  /** The client is gone or the stream ended: nothing more can be written. */
-  get done(): boolean {
-    return this.closed || this.options.res.destroyed;
+  protected commitsOnFinish(): boolean {
+    return true;
   }
 
-  write(text: string): boolean {
-    if (this.done) return false;
+  protected override beforeWrite(): void {
     this.batch();
-    if (!this.isCommitted) this.commit();
-    if (this.options.keepText) this.text += text;
-    this.options.res.write(this.prefix + JSON.stringify(text) + this.suffix);
-    return this.options.res.writableLength <= this.options.maxBufferedBytes;
   }
 
-  /** Clean end: final chunk with finish_reason, optional usage chunk, metadata, `[DONE]`. */
-  finish(finishReason: FinishReason, usage: Usage | undefined, includeUsage: boolean, metadata: Record<string, unknown>): void {
-    if (this.done) return;
-    if (!this.isCommitted) this.commit();
+  protected writeChunk(text: string): void {
+    this.options.res.write(this.prefix + JSON.stringify(text) + this.suffix);
+  }
+
+  /** Final chunk with finish_reason, optional usage chunk, metadata, `[DONE]`. */
+  protected writeFinish(finishReason: FinishReason, usageChunk: Usage | undefined, _usage: Usage | undefined, metadata: Record<string, unknown>): void {
     const base = { id: this.options.completionId, object: 'chat.completion.chunk', created: this.options.created, model: this.options.model };
     this.send({ ...base, choices: [{ index: 0, delta: {}, finish_reason: finishReason }], metadata });
-    if (includeUsage && usage) this.send({ ...base, choices: [], usage });
+    if (usageChunk) this.send({ ...base, choices: [], usage: usageChunk });
     this.end('data: [DONE]\n\n');
-    this.closed = true;
   }
 
-  /** Failure: a plain JSON error before commit, an SSE error event after it. Never `[DONE]`. */
-  fail(err: RouterError, headers: Record<string, string>): void {
-    if (this.done) return;
+  /** A plain JSON error before commit, an SSE error event after it. Never `[DONE]`. */
+  protected writeFailure(err: RouterError, headers: Record<string, string>, committed: boolean): void {
     const res = this.options.res;
-    if (!this.isCommitted) {
+    if (!committed) {
       res.writeHead(err.status, { ...headers, 'content-type': 'application/json; charset=utf-8' });
       this.end(JSON.stringify(err.toJSON()));
     } else {
       this.end(`event: error\ndata: ${JSON.stringify(err.toJSON())}\n\n`);
     }
-    this.closed = true;
   }
 
   /**
@@ -111,10 +95,9 @@ export class SseSink implements StreamSink {
     this.options.res.end(last);
   }
 
-  private commit(): void {
-    this.isCommitted = true;
+  protected writeCommit(headers: Record<string, string>): void {
     this.options.res.writeHead(200, {
-      ...this.options.headers(),
+      ...headers,
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-cache',
       connection: 'keep-alive',
@@ -127,7 +110,6 @@ export class SseSink implements StreamSink {
       model: this.options.model,
       choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }],
     });
-    this.options.onCommit?.();
   }
 
   private send(value: unknown): void {

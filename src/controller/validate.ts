@@ -39,11 +39,45 @@ function messageContent(content: unknown, i: number): string {
   throw invalid(`messages[${i}].content`, `messages[${i}].content must be a string or a list of text parts`);
 }
 
+/** The largest integer OpenAI's API takes for a token count (a 32-bit int). */
+export const MAX_TOKENS_LIMIT = 2_147_483_647;
+
 function positiveInt(body: Record<string, unknown>, key: string): number | undefined {
   const v = body[key];
   if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw invalid(key, `${key} must be a positive integer`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > MAX_TOKENS_LIMIT) {
+    throw invalid(key, `${key} must be an integer from 1 to ${MAX_TOKENS_LIMIT}`);
+  }
   return v;
+}
+
+/**
+ * OpenAI's numeric sampling fields, each with the range OpenAI accepts. The router checks them
+ * so a client learns of a bad value at once, as OpenAI would tell it, whatever engine answers.
+ */
+const NUMBER_RANGES: Array<{ key: string; min: number; max: number; integer?: boolean }> = [
+  { key: 'top_p', min: 0, max: 1 },
+  { key: 'frequency_penalty', min: -2, max: 2 },
+  { key: 'presence_penalty', min: -2, max: 2 },
+  { key: 'top_logprobs', min: 0, max: 20, integer: true },
+  { key: 'seed', min: Number.MIN_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER, integer: true },
+];
+
+function checkNumberRanges(body: Record<string, unknown>): void {
+  for (const { key, min, max, integer } of NUMBER_RANGES) {
+    const v = body[key];
+    if (v === undefined || v === null) continue;
+    if (typeof v !== 'number' || !(v >= min && v <= max) || (integer && !Number.isInteger(v))) {
+      throw invalid(key, `${key} must be ${integer ? 'an integer' : 'a number'} from ${min} to ${max}`);
+    }
+  }
+  if (body.logprobs !== undefined && body.logprobs !== null && typeof body.logprobs !== 'boolean') throw invalid('logprobs', 'logprobs must be a boolean');
+  if (body.logit_bias !== undefined && body.logit_bias !== null) {
+    if (!isObject(body.logit_bias)) throw invalid('logit_bias', 'logit_bias must be an object of token ids to numbers from -100 to 100');
+    for (const [token, bias] of Object.entries(body.logit_bias)) {
+      if (typeof bias !== 'number' || !(bias >= -100 && bias <= 100)) throw invalid(`logit_bias.${token}`, `logit_bias.${token} must be a number from -100 to 100`);
+    }
+  }
 }
 
 export function validateChatRequest(body: unknown): ValidatedChat {
@@ -59,7 +93,11 @@ export function validateChatRequest(body: unknown): ValidatedChat {
     return { role: m.role, content: messageContent(m.content, i) };
   });
   if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw invalid('stream', 'stream must be a boolean');
-  const maxTokens = positiveInt(body, 'max_completion_tokens') ?? positiveInt(body, 'max_tokens');
+  // Both are checked, whichever is used.
+  const maxCompletionTokens = positiveInt(body, 'max_completion_tokens');
+  const maxTokens = maxCompletionTokens ?? positiveInt(body, 'max_tokens');
+  if (maxCompletionTokens !== undefined) positiveInt(body, 'max_tokens');
+  checkNumberRanges(body);
   let temperature: number | undefined;
   if (body.temperature !== undefined && body.temperature !== null) {
     if (typeof body.temperature !== 'number' || !(body.temperature >= 0 && body.temperature <= 2)) {

@@ -11,52 +11,49 @@ import type { WebSocket } from 'ws';
 import { isRouterError, RouterError, toRouterError } from '../errors';
 import { newId } from '../ids';
 import type { FinishReason, Usage } from '../protocol';
-import { checkModel, executeChat, routingHeaders, type ChatEnv, type ChatSink } from './chat';
+import { executeChat, routingHeaders, type ChatEnv } from './chat';
+import { SinkCore, type SinkCoreOptions } from './sink';
 import { validateChatRequest } from './validate';
 
-class WsSink implements ChatSink {
-  private isCommitted = false;
-  private closed = false;
-  private text = '';
-
+/** WebSocket's byte writer over the shared sink core: one JSON message per frame. */
+class WsSink extends SinkCore {
   constructor(
     private readonly socket: WebSocket,
     private readonly base: { id: string; object: 'chat.completion.chunk'; created: number; model: string },
-    private readonly options: { maxBufferedBytes: number; keepText: boolean; requestId: string; headers: () => Record<string, string>; onCommit: () => void },
-  ) {}
-
-  get committed(): boolean {
-    return this.isCommitted;
+    private readonly requestId: string,
+    options: SinkCoreOptions,
+  ) {
+    super(options);
   }
 
-  get streamed(): string {
-    return this.text;
+  protected isOpen(): boolean {
+    return this.socket.readyState === this.socket.OPEN;
   }
 
-  write(text: string): boolean {
-    if (this.closed || this.socket.readyState !== this.socket.OPEN) return false;
-    if (!this.isCommitted) {
-      this.isCommitted = true;
-      this.options.onCommit();
-      this.send({ ...this.base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }], routing: this.options.headers() });
-    }
-    if (this.options.keepText) this.text += text;
+  protected bufferedBytes(): number {
+    return this.socket.bufferedAmount;
+  }
+
+  protected commitsOnFinish(): boolean {
+    return false;
+  }
+
+  protected writeCommit(headers: Record<string, string>): void {
+    this.send({ ...this.base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }], routing: headers });
+  }
+
+  protected writeChunk(text: string): void {
     this.send({ ...this.base, choices: [{ index: 0, delta: { content: text }, finish_reason: null }] });
-    return this.socket.bufferedAmount <= this.options.maxBufferedBytes;
   }
 
-  finish(finishReason: FinishReason, usage: Usage | undefined, includeUsage: boolean, metadata: Record<string, unknown>): void {
-    if (this.closed) return;
+  protected writeFinish(finishReason: FinishReason, usageChunk: Usage | undefined, usage: Usage | undefined, metadata: Record<string, unknown>): void {
     this.send({ ...this.base, choices: [{ index: 0, delta: {}, finish_reason: finishReason }] });
-    if (includeUsage && usage) this.send({ ...this.base, choices: [], usage });
-    this.send({ type: 'done', request_id: this.options.requestId, finish_reason: finishReason, usage, metadata });
-    this.closed = true;
+    if (usageChunk) this.send({ ...this.base, choices: [], usage: usageChunk });
+    this.send({ type: 'done', request_id: this.requestId, finish_reason: finishReason, usage, metadata });
   }
 
-  fail(err: RouterError): void {
-    if (this.closed) return;
-    sendError(this.socket, err, this.options.requestId);
-    this.closed = true;
+  protected writeFailure(err: RouterError): void {
+    sendError(this.socket, err, this.requestId);
   }
 
   private send(value: unknown): void {
@@ -97,7 +94,6 @@ export function registerWebSocket(app: FastifyInstance, env: ChatEnv): void {
           }
           if (typeof body === 'object' && body !== null && !Array.isArray(body)) (body as Record<string, unknown>).stream = true;
           chat = validateChatRequest(body);
-          checkModel(deps, chat.request.model);
         } catch (e) {
           sendError(socket, isRouterError(e) ? e : toRouterError(e));
           return;
@@ -115,10 +111,9 @@ export function registerWebSocket(app: FastifyInstance, env: ChatEnv): void {
             return () => goneCallbacks.delete(cb);
           },
           sink: (ctx) =>
-            new WsSink(socket, base, {
+            new WsSink(socket, base, requestId, {
               maxBufferedBytes: config.cluster.streaming.maxBufferedBytes,
               keepText: config.cluster.streaming.resume,
-              requestId,
               headers: () => routingHeaders(ctx),
               onCommit: () => deps.metrics.ttft.observe((deps.clock.now() - ctx.startedAt) / 1000),
             }),

@@ -15,8 +15,12 @@ export interface EngineResult {
  */
 export interface Engine {
   readonly name: string;
+  /** Where the engine answers, for engines behind HTTP (named in the worker's logs). */
+  readonly url?: string;
   /** True when the engine honours `continuation` (stream resume); advertised in heartbeats. */
   readonly supportsContinuation?: boolean;
+  /** Entries of the engine's prompt cache (conversations it keeps), advertised in heartbeats; absent: unknown. */
+  readonly promptCacheSize?: number;
   models(): readonly string[];
   generate(request: WireRequest, onText: (text: string) => void, signal: AbortSignal): Promise<EngineResult>;
   close?(): Promise<void>;
@@ -27,7 +31,7 @@ export interface Engine {
   healthy?(): boolean;
 }
 
-/** An engine failure with a protocol error code (DESIGN §3 decides what the controller does). */
+/** An engine failure with a protocol error code (its outcome class decides what the controller does). */
 export class EngineError extends Error {
   constructor(
     readonly code: 'WORKER_ERROR' | 'CONTEXT_LENGTH_EXCEEDED' | 'REQUEST_VALIDATION_FAILED' | 'WORKER_OVERLOADED' | 'MODEL_NOT_FOUND',

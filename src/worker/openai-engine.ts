@@ -36,6 +36,8 @@ export interface OpenAIEngineOptions {
    * on the real engine that the continuation neither repeats nor drops text at the seam.
    */
   continuation?: ContinuationMode;
+  /** Entries of the engine's prompt cache (mlx_lm.server --prompt-cache-size), advertised; 0 or absent: none advertised. */
+  promptCacheSize?: number;
   log?: Logger;
   clock?: Clock;
 }
@@ -73,7 +75,12 @@ export function readUsage(value: unknown): Usage | undefined {
   const count = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0;
   if (!count(u.prompt_tokens) || !count(u.completion_tokens)) return undefined;
   const total = count(u.total_tokens) ? u.total_tokens : u.prompt_tokens + u.completion_tokens;
-  return { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: total };
+  const usage: Usage = { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: total };
+  // Prefix reuse the engine reports (mlx_lm.server, vLLM, llama-server) passes through for routing.
+  const details = u.prompt_tokens_details as Record<string, unknown> | null | undefined;
+  const cached = details && typeof details === 'object' ? details.cached_tokens : undefined;
+  if (count(cached) && cached <= u.prompt_tokens) usage.prompt_tokens_details = { cached_tokens: cached };
+  return usage;
 }
 
 /** Reported usage, or a count (~4 characters a token) marked as estimated. */
@@ -290,6 +297,7 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
   return {
     name: 'openai',
     supportsContinuation: continuation !== 'off',
+    ...(options.promptCacheSize ? { promptCacheSize: options.promptCacheSize } : {}),
     url: base,
     models: () => models,
     healthy: () => healthy,

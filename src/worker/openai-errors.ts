@@ -1,6 +1,6 @@
 /**
  * How an OpenAI-compatible engine's failures become EngineErrors, so that the controller treats
- * them by outcome class (DESIGN §3): the engine's HTTP status first, its message text only to tell
+ * them by outcome class: the engine's HTTP status first, its message text only to tell
  * "context too long" and "unknown model" apart from other 400s, since engines do not share codes.
  */
 import { EngineError } from './engine';

@@ -4,8 +4,9 @@
  * token i depends only on a hash of (model, messages) and i.
  */
 import type { Clock } from '../clock';
-import { estimateTokens, type WireRequest } from '../protocol';
+import { messageTokens, PROMPT_TAIL_TOKENS, type WireRequest } from '../protocol';
 import { EngineError, type Engine, type EngineResult } from './engine';
+import { chatTokens, PrefillQueue, PromptCache, textTokens } from './prompt-cache';
 
 export interface SyntheticOptions {
   /** Models advertised. */
@@ -19,6 +20,10 @@ export interface SyntheticOptions {
   clock: Clock;
   /** Random source for failure injection (default Math.random). */
   random?: () => number;
+  /** Prompt cache entries (0: no cache); see prompt-cache.ts. Default 0. */
+  promptCacheSize?: number;
+  /** Prefill time of one uncached prompt token (µs), on a serial prefill queue. Default 0. */
+  prefillUsPerToken?: number;
 }
 
 const VOCAB = [
@@ -63,7 +68,7 @@ export function promptSeed(request: Pick<WireRequest, 'model' | 'messages'>): nu
 
 export function promptTokens(request: Pick<WireRequest, 'messages'>): number {
   // Chat templates add a few tokens per message; 3 is what OpenAI's cookbook counts.
-  return request.messages.reduce((sum, m) => sum + 3 + estimateTokens(m.content), 3);
+  return request.messages.reduce((sum, m) => sum + messageTokens(m), PROMPT_TAIL_TOKENS);
 }
 
 /** Tokens in a synthetic answer prefix: every token after the first starts with one space. */
@@ -78,13 +83,20 @@ export function countSyntheticTokens(text: string): number {
  */
 export function syntheticEngine(options: SyntheticOptions): Engine {
   const random = options.random ?? Math.random;
+  const cacheSize = options.promptCacheSize ?? 0;
+  const cache = cacheSize > 0 ? new PromptCache(cacheSize) : undefined;
+  const prefill = new PrefillQueue(options.prefillUsPerToken ?? 0, options.clock);
   return {
     name: 'synthetic',
     supportsContinuation: true,
+    ...(cache ? { promptCacheSize: cacheSize } : {}),
     models: () => options.models,
     async generate(request, onText, signal): Promise<EngineResult> {
       const { clock } = options;
-      if (options.ttftMs > 0) await clock.sleep(options.ttftMs, signal);
+      const tokens = cache || options.prefillUsPerToken ? chatTokens(request.messages) : undefined;
+      const cached = tokens && cache ? cache.lookup(tokens) : 0;
+      const ttft = options.ttftMs + prefill.reserve((tokens?.length ?? 0) - cached);
+      if (ttft > 0) await clock.sleep(ttft, signal);
       if (signal.aborted) throw signal.reason;
       if (options.failRate > 0 && random() < options.failRate) {
         throw new EngineError('WORKER_ERROR', 'synthetic engine: injected failure');
@@ -116,8 +128,10 @@ export function syntheticEngine(options: SyntheticOptions): Engine {
         text += piece;
         emitted++;
       }
+      if (tokens && cache) cache.insert(textTokens(text, tokens));
       const prompt = promptTokens(request);
-      return { finishReason, usage: { prompt_tokens: prompt, completion_tokens: emitted, total_tokens: prompt + emitted } };
+      const details = cache ? { prompt_tokens_details: { cached_tokens: cached } } : {};
+      return { finishReason, usage: { prompt_tokens: prompt, completion_tokens: emitted, total_tokens: prompt + emitted, ...details } };
     },
   };
 }

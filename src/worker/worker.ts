@@ -4,6 +4,7 @@
  * shutdown stops taking work, lets in-flight requests finish (bounded), deregisters and closes.
  */
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import { randomUUID } from 'node:crypto';
 import type { Clock } from '../clock';
 import { systemClock } from '../clock';
 import type { ErrorCode, OutcomeClass } from '../errors';
@@ -76,6 +77,9 @@ export class Worker {
   private readonly subs: Subscription[] = [];
   private heartbeatTimer?: NodeJS.Timeout;
   private state: 'new' | 'ready' | 'draining' | 'stopped' = 'new';
+  /** Changes whenever the engine's prompt cache starts empty: this start, or the engine coming back. */
+  private cacheEpoch = randomUUID();
+  private engineWasHealthy = true;
 
   constructor(options: WorkerOptions) {
     this.nc = options.nc;
@@ -103,7 +107,12 @@ export class Worker {
     this.state = 'ready';
     this.heartbeat();
     this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatIntervalMs);
-    this.log.info({ worker: this.id, models: this.engine.models(), maxConcurrent: this.maxConcurrent }, 'worker ready');
+    const engine = { worker: this.id, engine: this.engine.name, engineUrl: this.engine.url, models: this.engine.models(), maxConcurrent: this.maxConcurrent };
+    if (this.engine.healthy?.() === false) {
+      this.log.warn(engine, `worker online, but its engine${this.engine.url ? ` at ${this.engine.url}` : ''} does not answer: it reports unhealthy and takes no work`);
+    } else {
+      this.log.info(engine, `worker ready, engine ${this.engine.name}${this.engine.url ? ` at ${this.engine.url}` : ''}`);
+    }
   }
 
   /** Stops taking work, waits for in-flight requests (bounded), cancels the rest, says bye. */
@@ -134,6 +143,11 @@ export class Worker {
 
   private heartbeat(): void {
     if (this.nc.isClosed() || this.state === 'new' || this.state === 'stopped') return;
+    const healthy = this.engine.healthy?.() !== false;
+    // An engine back from being down has most likely restarted with an empty cache.
+    if (healthy && !this.engineWasHealthy) this.cacheEpoch = randomUUID();
+    this.engineWasHealthy = healthy;
+    const cacheSize = this.engine.promptCacheSize;
     const hb: Heartbeat = {
       type: 'heartbeat',
       version: PROTOCOL_VERSION,
@@ -142,10 +156,11 @@ export class Worker {
       engine: this.engine.name,
       max_concurrent: this.maxConcurrent,
       in_flight: this.inFlight.size,
-      state: this.state !== 'ready' ? 'draining' : this.engine.healthy?.() === false ? 'unhealthy' : 'ready',
+      state: this.state !== 'ready' ? 'draining' : !healthy ? 'unhealthy' : 'ready',
       interval_ms: this.heartbeatIntervalMs,
       continuation: this.engine.supportsContinuation === true,
       progress_ms: this.progressIntervalMs,
+      ...(cacheSize !== undefined && cacheSize > 0 ? { prompt_cache: { size: cacheSize, epoch: this.cacheEpoch } } : {}),
     };
     this.nc.publish(this.subjects.heartbeat, encode(hb));
   }

@@ -12,6 +12,8 @@ import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
 import { makeSubjects } from '../../src/protocol';
 
 export const MODEL = 'mlx-community/Llama-3.2-3B-Instruct-4bit';
+/** How long a test waits for spawned workers to come online (within Jest's 60 s hook limit). */
+export const STARTUP_MS = 25_000;
 export const CLI = resolve(__dirname, '../../dist/src/cli.js');
 
 export interface WorkerOptions {
@@ -22,6 +24,10 @@ export interface WorkerOptions {
   tokenMs?: number;
   failRate?: number;
   heartbeatMs?: number;
+  /** --prompt-cache-size (default: the config's, 10). */
+  promptCacheSize?: number;
+  /** --prefill-us-per-token (default 0). */
+  prefillUsPerToken?: number;
 }
 
 export interface WorkerProcess {
@@ -51,6 +57,8 @@ export function spawnWorker(natsUrl: string, options: WorkerOptions): WorkerProc
   if (options.maxConcurrent !== undefined) args.push('--max-concurrent', String(options.maxConcurrent));
   args.push('--ttft-ms', String(options.ttftMs ?? 0), '--token-ms', String(options.tokenMs ?? 0));
   if (options.failRate !== undefined) args.push('--fail-rate', String(options.failRate));
+  if (options.promptCacheSize !== undefined) args.push('--prompt-cache-size', String(options.promptCacheSize));
+  if (options.prefillUsPerToken !== undefined) args.push('--prefill-us-per-token', String(options.prefillUsPerToken));
   return spawnCli(options.id, args);
 }
 
@@ -146,12 +154,17 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         workers.delete(id);
       },
       async waitForWorkers(ids) {
+        // Each seen online at least once: on starved cores one may miss a heartbeat window while
+        // another starts, and all of them online at one instant may take long to happen.
+        const seen = new Set<string>();
         await waitFor(
-          () => ids.every((id) => ctl.deps.registry.forModel(MODEL).some((w) => w.id === id) || ctl.deps.registry.online().some((w) => w.id === id)),
+          () => {
+            for (const w of ctl.deps.registry.online()) seen.add(w.id);
+            return ids.every((id) => seen.has(id));
+          },
           `workers ${ids.join(', ')} online`,
-          // A worker process can take several seconds to start on a loaded two-core machine
-          // (below the 30 s hook timeout, so a failure says what it waited for).
-          20_000,
+          // Starting node processes on a loaded two-core machine can take many seconds.
+          STARTUP_MS,
         );
       },
       async restartNats(downMs) {
@@ -377,7 +390,7 @@ export async function addEngineWorker(cluster: Cluster, options: EngineWorkerOpt
   for (const m of options.models ?? []) args.push('--model', m);
   const proc = spawnCli(options.id, args, options.env);
   cluster.workers.set(options.id, proc);
-  await waitFor(() => cluster.controller.deps.registry.online().some((w) => w.id === options.id), `engine worker ${options.id} online`);
+  await waitFor(() => cluster.controller.deps.registry.online().some((w) => w.id === options.id), `engine worker ${options.id} online`, STARTUP_MS);
   return proc;
 }
 

@@ -1,5 +1,5 @@
-import { createContext, type RouteContext, type StreamSink } from '../../src/context';
-import type { WorkerInfo } from '../../src/controller/registry';
+import { createContext, newAttempt, type RouteContext, type StreamSink } from '../../src/context';
+import type { WorkerInfo } from '../../src/types';
 import { silentLogger } from '../../src/logger';
 import type { WireRequest } from '../../src/protocol';
 import { FakeClock } from './fake-clock';
@@ -53,8 +53,7 @@ export function makeCtx(options: MakeCtxOptions = {}): RouteContext {
     sessionId: options.sessionId,
     sink: options.sink,
   });
-  const attempt = new AbortController();
-  ctx.attempt = { number: 1, startedAt: clock.now(), signal: attempt.signal, abort: (r) => attempt.abort(r), progress: () => undefined, chunks: 0 };
+  ctx.attempt = newAttempt(1, clock.now(), new AbortController());
   ctx.candidates = options.candidates ?? [];
   return ctx;
 }

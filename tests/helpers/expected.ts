@@ -3,9 +3,13 @@ import type { WireRequest } from '../../src/protocol';
 import { syntheticEngine } from '../../src/worker/synthetic';
 import { MODEL } from './cluster';
 
-/** What an uninterrupted synthetic worker answers to this request: text, finish reason, usage. */
+/**
+ * What an uninterrupted synthetic worker answers to this request, the first time it sees the
+ * prompt: text, finish reason, usage (with `cached_tokens: 0`, as a worker with the default
+ * prompt cache reports it).
+ */
 export async function expectedAnswer(request: Partial<WireRequest> & { content?: string; max_tokens?: number }) {
-  const engine = syntheticEngine({ models: [MODEL], ttftMs: 0, tokenMs: 0, failRate: 0, clock: systemClock });
+  const engine = syntheticEngine({ models: [MODEL], ttftMs: 0, tokenMs: 0, failRate: 0, clock: systemClock, promptCacheSize: 10 });
   let text = '';
   const wire: WireRequest = {
     model: request.model ?? MODEL,

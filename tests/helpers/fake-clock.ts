@@ -1,4 +1,4 @@
-import type { Clock } from '../../src/clock';
+import { processTimer, type Clock, type ClockTimer } from '../../src/clock';
 
 /**
  * Manual time for unit tests: `now()` only moves when a test calls `advance`, and sleepers wake
@@ -33,6 +33,11 @@ export class FakeClock implements Clock {
         { once: true },
       );
     });
+  }
+
+  /** Timers run on the process's timers, which tests that need them fake with Jest's fake timers. */
+  timer(ms: number, fn: () => void): ClockTimer {
+    return processTimer(ms, fn);
   }
 
   /** Moves time forward, waking every sleeper whose deadline passed. */

@@ -1,11 +1,11 @@
 /**
- * NATS authentication through configuration (DESIGN §7): user/password and token, for the
+ * NATS authentication through configuration: user/password and token, for the
  * controller and for worker processes (by MLX_ROUTER_* environment variables).
  */
 import { Controller } from '../../src/controller/controller';
 import { silentLogger } from '../../src/logger';
 import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
-import { chat, spawnCli, testConfig, waitFor, CLI, MODEL } from '../helpers/cluster';
+import { chat, spawnCli, STARTUP_MS, testConfig, waitFor, CLI, MODEL } from '../helpers/cluster';
 
 describe.each([
   ['user/password', ['--user', 'router', '--pass', 's3cret'], { 'nats.user': 'router', 'nats.pass': 's3cret' }, { MLX_ROUTER_NATS_USER: 'router', MLX_ROUTER_NATS_PASS: 's3cret' }, { 'nats.user': 'router', 'nats.pass': 'wrong' }],
@@ -21,7 +21,7 @@ describe.each([
     const controller = await Controller.start({ config: testConfig({ 'nats.servers': [nats.url], ...good }), log: silentLogger() });
     const worker = spawnCli('auth-w', [CLI, 'worker', '--nats', nats.url, '--id', 'auth-w', '--heartbeat-ms', '100', '--ttft-ms', '0', '--token-ms', '0'], workerEnv);
     try {
-      await waitFor(() => controller.deps.registry.forModel(MODEL).length === 1, 'the worker online');
+      await waitFor(() => controller.deps.registry.forModel(MODEL).length === 1, 'the worker online', STARTUP_MS);
       const res = await chat(controller.url, { maxTokens: 3 });
       expect(res.status).toBe(200);
       expect(res.json.metadata.selectedWorker).toBe('auth-w');

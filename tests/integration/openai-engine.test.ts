@@ -4,7 +4,7 @@
  * passes (buffered, streamed, usage, models, errors), then each engine fault and its answer.
  * The tests run in order: worker oa2 joins half-way, for the retry-elsewhere and engine-down cases.
  */
-import { addEngineWorker, chat, MODEL, parseSse, startCluster, streamedText, waitFor, type Cluster } from '../helpers/cluster';
+import { addEngineWorker, chat, MODEL, parseSse, startCluster, STARTUP_MS, streamedText, waitFor, type Cluster } from '../helpers/cluster';
 import { FAKE_PROMPT_TOKENS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
 
 /** A model only oa1's engine lists: oa1 is its only worker. */
@@ -30,6 +30,9 @@ beforeAll(async () => {
   ]);
   // No --model: oa1 advertises what fake1 lists.
   await addEngineWorker(cluster, { id: 'oa1', engineUrl: fake1.url, env: PROBE_ENV });
+  // Online comes first; the models follow from the engine's GET /models (a loaded machine may
+  // need a second probe for it).
+  await waitFor(() => cluster.controller.deps.registry.get('oa1')?.models.length === 2, 'oa1 advertising its engine models', STARTUP_MS);
 });
 
 afterAll(async () => {
@@ -134,14 +137,25 @@ test('openai worker - engine 429 with another worker is retried there and succee
   const answers = [await chat(cluster.url, { maxTokens: 3 }), await chat(cluster.url, { maxTokens: 3 })];
   expect(answers.map((a) => a.status)).toEqual([200, 200]);
   expect(answers.map((a) => a.json.choices[0].message.content)).toEqual([fakeAnswer(3).text, fakeAnswer(3).text]);
-  // Round robin sends one of the two first attempts to oa1; its 429 moves that request to oa2.
-  expect(fake1.chatRequests()).toHaveLength(1);
+  // Round robin sends one or both first attempts to oa1 (a retry takes a turn too, so which depends
+  // on the turns earlier tests took); each 429 there moved its request to oa2, which answered both.
+  expect(fake1.chatRequests().length).toBeGreaterThanOrEqual(1);
+  expect(answers.map((a) => a.json.metadata.selectedWorker)).toEqual(['oa2', 'oa2']);
   expect(fake2.chatRequests()).toHaveLength(2);
+  const movedFromOa1 = answers.filter((a) => a.json.metadata.failedWorkers.includes('oa1'));
+  expect(movedFromOa1.length).toBeGreaterThanOrEqual(1);
+  for (const a of movedFromOa1) {
+    expect(a.json.metadata.attempts[0]).toMatchObject({ worker: 'oa1', outcome: 'rejected', code: 'WORKER_OVERLOADED' });
+  }
 });
 
 test('openai worker - an engine that goes down makes its worker unhealthy and unselected, until it is back', async () => {
-  await fake1.close();
   const registry = cluster.controller.deps.registry;
+  // worker.promptCacheSize (default 10) is advertised with the cache's epoch.
+  const epoch = registry.get('oa1')?.promptCache?.epoch;
+  expect(registry.get('oa1')?.promptCache?.size).toBe(10);
+  expect(typeof epoch).toBe('string');
+  await fake1.close();
   await waitFor(() => registry.get('oa1')?.state === 'unhealthy', 'oa1 reported unhealthy', 5000);
   // Still online (heartbeating), still listing its models, but never selected.
   expect(registry.online().map((w) => w.id)).toContain('oa1');
@@ -156,7 +170,41 @@ test('openai worker - an engine that goes down makes its worker unhealthy and un
 
   await fake1.reopen();
   await waitFor(() => registry.get('oa1')?.state === 'ready', 'oa1 ready again', 5000);
+  // An engine back from being down may have restarted: its cache starts a new epoch.
+  expect(registry.get('oa1')?.promptCache?.epoch).not.toBe(epoch);
   const back = await chat(cluster.url, { body: { model: EXTRA }, maxTokens: 2 });
   expect(back.status).toBe(200);
   expect(fake1.chatRequests()).toHaveLength(1);
+});
+
+test('openai worker - with every engine down, /ready is 503 saying the workers are there but their engines are not, and the worker log names the engine URL', async () => {
+  const registry = cluster.controller.deps.registry;
+  // Nothing listens on port 1: this worker's engine is down from the start.
+  const down = 'http://127.0.0.1:1/v1';
+  const oa3 = await addEngineWorker(cluster, { id: 'oa3', engineUrl: down, models: [MODEL], env: PROBE_ENV });
+  // Its start-up line names the engine URL and says it is down (not "worker ready").
+  const line = await waitFor(() => oa3.output().split('\n').find((l) => l.includes('does not answer')), 'the worker start-up line', 10_000);
+  expect(JSON.parse(line)).toMatchObject({ worker: 'oa3', engine: 'openai', engineUrl: down });
+  expect(JSON.parse(line).msg).toContain(`its engine at ${down} does not answer`);
+  expect(oa3.output()).not.toMatch(/worker ready/);
+
+  await Promise.all([fake1.close(), fake2.close()]);
+  await waitFor(() => ['oa1', 'oa2', 'oa3'].every((id) => registry.get(id)?.state === 'unhealthy'), 'every engine reported unhealthy', 5000);
+  const ready = await fetch(`${cluster.url}/ready`);
+  expect(ready.status).toBe(503);
+  const body = (await ready.json()) as { reason: string };
+  expect(body).toMatchObject({ status: 'not ready', nats: 'connected', workersOnline: 3, workersReady: 0, enginesUnhealthy: 3 });
+  expect(body.reason).toMatch(/3 worker\(s\) online, but every one reports its engine unhealthy/);
+  // A request for their model says the same, instead of "no worker".
+  const r = await chat(cluster.url, { maxTokens: 2 });
+  expect(r.status).toBe(503);
+  expect(r.json.error.code).toBe('NO_WORKERS_AVAILABLE');
+  expect(r.json.error.message).toMatch(/3 worker\(s\) serve model .* but their engines are unhealthy/);
+
+  // One engine back: ready again.
+  await fake2.reopen();
+  await waitFor(() => registry.get('oa2')?.state === 'ready', 'oa2 ready again', 5000);
+  const again = await fetch(`${cluster.url}/ready`);
+  expect(again.status).toBe(200);
+  expect(await again.json()).toMatchObject({ status: 'ready', workersReady: 1, enginesUnhealthy: 2 });
 });

@@ -1,7 +1,6 @@
 /**
- * The reliability chain against real nats-server and worker processes: circuit breakers (issue 3
- * scenarios 4 and 5) and the "done when" of issue 3 — the order in cluster.pipeline really drives
- * behaviour. Faults are real: --fail-rate 1, and SIGSTOP for a hung worker (SIGCONT to wake it).
+ * The reliability chain against real nats-server and worker processes: circuit breakers, and
+ * proof that the order in cluster.pipeline really drives behaviour. Faults are real: --fail-rate 1, and SIGSTOP for a hung worker (SIGCONT to wake it).
  */
 import { ConfigError } from '../../src/config';
 import { Controller } from '../../src/controller/controller';

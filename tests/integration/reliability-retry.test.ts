@@ -1,6 +1,6 @@
 /**
- * The reliability chain against real nats-server and worker processes: retries (issue 3 scenarios
- * 2, 3, 7 and 10, plus the retry budget). Faults are real: workers started with --fail-rate fail
+ * The reliability chain against real nats-server and worker processes: retries and the retry
+ * budget. Faults are real: workers started with --fail-rate fail
  * every (or every other) request in their engine, before the first token.
  */
 import { chat, metricsText, metricValue, STEADY, startCluster, waitFor, type Cluster } from '../helpers/cluster';

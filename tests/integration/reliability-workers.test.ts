@@ -1,7 +1,6 @@
 /**
  * The reliability chain against real nats-server and worker processes: the plain path, session
- * affinity across a worker's death, "no responders" after a SIGKILL, and load (issue 3 scenarios
- * 1, 8 and 9). Workers are really killed (SIGKILL: no bye, heartbeats just stop).
+ * affinity across a worker's death, "no responders" after a SIGKILL, and load. Workers are really killed (SIGKILL: no bye, heartbeats just stop).
  */
 import { chat, MODEL, metricsText, metricValue, STEADY, startCluster, waitForNatsGone, type Cluster } from '../helpers/cluster';
 

@@ -1,5 +1,5 @@
 /**
- * Streams that never lie (issue 4): a worker SIGKILLed mid-stream is resumed on another worker
+ * Streams that never lie: a worker SIGKILLed mid-stream is resumed on another worker
  * with byte-identical output; without resume the stream ends in an error event, never `[DONE]`.
  */
 import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
@@ -68,8 +68,9 @@ describe('stream resume off', () => {
     expect(s.errors).toHaveLength(1);
     expect(s.errors[0].code).toBe('STREAM_INTERRUPTED');
     expect(s.errors[0].message).toMatch(/went offline/);
-    // Detected by heartbeat silence (offlineAfterMs 600, swept every 150 ms), not by a 30 s idle limit.
-    expect(elapsed).toBeLessThan(2000);
+    // Detected by heartbeat silence (offlineAfterMs 600, swept every 150 ms), not by a 30 s idle
+    // limit; the bound leaves room for a loaded machine.
+    expect(elapsed).toBeLessThan(10_000);
     await waitFor(() => cluster.controller.deps.mux.size === 0, 'no pending replies');
   });
 });

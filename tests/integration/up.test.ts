@@ -23,9 +23,19 @@ function alive(pid: number): boolean {
   return stat !== '' && !stat.startsWith('Z');
 }
 
-/** `mlx-router up` in its own process group, as a terminal runs it; port 1 never answers, so it starts its own nats-server. */
+/** A process in group `pgid` still exists (zombies included: nothing may be left at all). */
+function groupAlive(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** `mlx-router up` in its own process group, as a terminal runs it, with its own nats-server (`--nats local`). */
 function startUp(workers: number) {
-  const up = spawn(process.execPath, [CLI, 'up', '--nats', 'nats://127.0.0.1:1', '--port', '0', '--workers', String(workers)], {
+  const up = spawn(process.execPath, [CLI, 'up', '--nats', 'local', '--port', '0', '--workers', String(workers)], {
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn' },
@@ -136,7 +146,18 @@ test('up - a second Ctrl-C during a long drain forces the stop, still leaving no
     // Keep reading, so the stream stays open and the drain has to wait for it.
     const reading = res.text().catch(() => 'cut');
     cluster.ctrlC();
-    await new Promise((r) => setTimeout(r, 200));
+    // The drain has begun once the controller stops taking new requests; then Ctrl-C again.
+    await waitFor(
+      async () => {
+        try {
+          return (await fetch(`${url}/health`)).status === 503;
+        } catch {
+          return true;
+        }
+      },
+      'the drain to begin',
+      10_000,
+    );
     cluster.ctrlC();
     expect(await cluster.exited).toBe(130);
     await waitFor(() => children.every((p) => !alive(p)), 'every child gone', 5000);
@@ -147,9 +168,9 @@ test('up - a second Ctrl-C during a long drain forces the stop, still leaving no
   }
 }, 40_000);
 
-test('up - with no NATS reachable and no nats-server binary it says how to install one and exits 1', async () => {
+test('up - asked for a private NATS with no nats-server binary, it says how to install one and exits 1', async () => {
   // A PATH holding only node: no nats-server to start.
-  const child = spawn(process.execPath, [CLI, 'up', '--nats', 'nats://127.0.0.1:1', '--port', '0'], {
+  const child = spawn(process.execPath, [CLI, 'up', '--nats', 'local', '--port', '0'], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, PATH: dirname(process.execPath), MLX_ROUTER_LOG_LEVEL: 'silent' },
   });
@@ -159,6 +180,28 @@ test('up - with no NATS reachable and no nats-server binary it says how to insta
   expect(code).toBe(1);
   expect(err).toMatch(/apt-get install nats-server/);
   expect(err).toMatch(/brew install nats-server/);
+});
+
+test('up - an unreachable NATS the user named is a clear error and exit 1, not a private NATS started in its place', async () => {
+  const child = spawn(process.execPath, [CLI, 'up', '--nats', 'nats://127.0.0.1:1', '--port', '0', '--workers', '1'], {
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'info' },
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  // Its process group (it and anything it started) is empty once it has exited.
+  const groupLeft = groupAlive(child.pid!);
+  if (groupLeft) process.kill(-child.pid!, 'SIGKILL');
+  expect(code).toBe(1);
+  expect(err).toMatch(/^mlx-router up: cannot connect to NATS at nats:\/\/127\.0\.0\.1:1: /);
+  expect(err).toMatch(/--nats local/);
+  // Nothing was started: no nats-server, no workers, no controller.
+  expect(out + err).not.toMatch(/started nats-server|mlx-router is up/);
+  expect(groupLeft).toBe(false);
 });
 
 test('up - a bad flag exits 2 naming it', async () => {

@@ -1,5 +1,5 @@
 /** Adaptive limits: a percentile of recent observations times a factor, between floor and ceiling. */
-import { AdaptiveLimits } from '../../src/controller/adaptive-limits';
+import { AdaptiveLimits } from '../../src/adaptive-limits';
 
 const options = { enabled: true, factor: 4, floorMs: 200, minSamples: 5, window: 16 };
 

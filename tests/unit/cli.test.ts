@@ -75,3 +75,30 @@ describe('numberFlag', () => {
     expect(() => numberFlag({ workers: true }, 'workers')).toThrow('--workers');
   });
 });
+
+test('cli - config masks the keys the schema marks sensitive, and only those', async () => {
+  const env = {
+    MLX_ROUTER_NATS_PASS: 'hunter2',
+    MLX_ROUTER_NATS_TOKEN: 's3cret-token',
+    MLX_ROUTER_WORKER_OPENAI_API_KEY: 'sk-live',
+    MLX_ROUTER_WORKER_SYNTHETIC_TOKEN_MS: '7',
+  };
+  const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, env);
+  try {
+    expect(await main(['config'])).toBe(0);
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+  const out = written(stdout);
+  const line = (key: string): string => out.split('\n').find((l) => l.startsWith(`${key} = `)) ?? `(no line for ${key})`;
+  for (const key of ['nats.pass', 'nats.token', 'worker.openai.apiKey']) expect(line(key)).toMatch(new RegExp(`^${key.replace(/\./g, '\\.')} = "\\*\\*\\*"`));
+  expect(out).not.toMatch(/hunter2|s3cret-token|sk-live/);
+  // Ordinary values whose names merely contain "token" print as they are.
+  expect(line('worker.synthetic.tokenMs')).toMatch(/^worker\.synthetic\.tokenMs = 7 /);
+  expect(line('cluster.requestRouting.retry.budget.maxTokens')).toMatch(/^cluster\.requestRouting\.retry\.budget\.maxTokens = 100 /);
+  expect(line('cluster.requestRouting.retry.budget.tokenRatio')).toMatch(/^cluster\.requestRouting\.retry\.budget\.tokenRatio = 0\.1 /);
+});

@@ -32,7 +32,7 @@ function configError(load: () => unknown): ConfigError {
   throw new Error('expected a ConfigError');
 }
 
-test('config - defaults load with the PRD keys and meanings', () => {
+test('config - defaults load with the documented keys and meanings', () => {
   const c = loadConfig({ env: {} });
   const rr = c.cluster.requestRouting;
   expect(c.cluster.pipeline).toEqual(DEFAULT_PIPELINE);

@@ -24,7 +24,7 @@ test.each<[ErrorCode, number, OutcomeClass]>([
   ['RETRY_BUDGET_EXHAUSTED', 503, 'no_capacity'],
   ['WORKER_TIMEOUT', 504, 'ambiguous'],
   ['STREAM_INTERRUPTED', 502, 'committed'],
-])('errors - %s is HTTP %i with outcome %s (DESIGN §3)', (code, status, outcome) => {
+])('errors - %s is HTTP %i with outcome %s', (code, status, outcome) => {
   const err = new RouterError(code, 'm');
   expect(err.status).toBe(status);
   expect(err.outcome).toBe(outcome);
@@ -105,7 +105,7 @@ test('errors - toRouterError keeps a RouterError and wraps anything else as INTE
   expect(toRouterError('text').message).toContain('text');
 });
 
-test('errors - retryable classes and classes counted against the worker follow DESIGN §3', () => {
+test('errors - retryable classes and classes counted against the worker follow the outcome classes', () => {
   const retryable = OUTCOME_CLASSES.filter(isRetryableOutcome);
   const counted = OUTCOME_CLASSES.filter(countsAgainstWorker);
   expect(retryable.sort()).toEqual(['ambiguous', 'not_delivered', 'rejected', 'worker_failure']);

@@ -5,7 +5,9 @@
  * each inference request after a per-worker delay on the fake clock; everything else is real.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { resolve } from 'node:path';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { ConfigError, loadConfig } from '../../src/config';
 import { createContext, type RouteContext } from '../../src/context';
 import { BreakerBook } from '../../src/controller/breakers';
@@ -15,6 +17,9 @@ import { WorkerRegistry } from '../../src/controller/registry';
 import { RetryBudget } from '../../src/controller/retry-budget';
 import { SessionRegistry } from '../../src/controller/sessions';
 import { silentLogger } from '../../src/logger';
+import { Listeners } from '../../src/listeners';
+import type { RouterEvent } from '../../src/attempt';
+import { defineMiddleware } from '../../src/define';
 import { assemblePipeline, type RouterDeps } from '../../src/pipeline';
 import { encode, makeSubjects, PROTOCOL_VERSION, type WireReply, type WireRequest } from '../../src/protocol';
 import { InstantClock } from '../helpers/fake-clock';
@@ -100,6 +105,7 @@ function makeDeps(script: Script): { deps: RouterDeps; clock: InstantClock; publ
     clock,
     log,
     random: () => 0,
+    events: new Listeners<RouterEvent>(),
   };
   return { deps, clock, published };
 }
@@ -167,6 +173,62 @@ test('pipeline custom - a failing chain is recorded by the example and still fai
 
   await expect(pipeline.run(ctx)).rejects.toMatchObject({ code: 'WORKER_ERROR' });
   expect(timings(ctx)).toEqual([{ attempt: 1, worker: 'w1', ok: false, ms: 5 }]);
+});
+
+test('pipeline custom - without breaker in the pipeline no worker is refused for its breaker', async () => {
+  const { deps, clock, published } = makeDeps({ w1: { delayMs: 5, reply: RESULT } });
+  for (let i = 0; i < 10; i++) deps.breakers.failure('w1');
+  expect(deps.breakers.allows('w1')).toBe(false);
+  const pipeline = assemblePipeline(configWith(['metrics', 'retry', 'select', 'timeout', 'health']), deps, ROOT);
+  const ctx = makeRequestCtx(clock);
+  await pipeline.run(ctx);
+  expect(ctx.result?.text).toBe('Hello there');
+  expect(published).toEqual(['mlx.v1.worker.w1.infer']);
+  // With breaker listed, the same open breaker fails fast.
+  const guarded = assemblePipeline(configWith(['retry', 'breaker', 'select', 'health']), deps, ROOT);
+  await expect(guarded.run(makeRequestCtx(clock))).rejects.toMatchObject({ code: 'CIRCUIT_BREAKER_OPEN' });
+  expect(published).toHaveLength(1);
+});
+
+test('pipeline custom - a boundary is declared, not found by name: a custom boundary gets the runner and runs attempts', async () => {
+  // A "fallback" boundary: one attempt, then a second one on any failure, with no name matching.
+  const fallback = defineMiddleware({
+    name: 'fallback',
+    boundary: true,
+    defaults: { attempts: 2 },
+    factory: (options, _deps, runAttempt) =>
+      async function fallback(ctx) {
+        for (let i = 1; ; i++) {
+          try {
+            return await runAttempt(ctx);
+          } catch (e) {
+            if (i >= options.attempts) throw e;
+          }
+        }
+      },
+  });
+  const dir = mkdtempSync(join(tmpdir(), 'mlx-router-boundary-'));
+  try {
+    const file = join(dir, 'fallback.js');
+    writeFileSync(file, 'module.exports = globalThis.__fallbackDefinition;');
+    (globalThis as Record<string, unknown>).__fallbackDefinition = fallback;
+    const { deps, clock } = makeDeps({ w1: { delayMs: 30, reply: FAILURE }, w2: { delayMs: 25, reply: RESULT } });
+    const pipeline = assemblePipeline(configWith(['metrics', file, 'select', EXAMPLE]), deps, ROOT);
+    const ctx = makeRequestCtx(clock);
+    await pipeline.run(ctx);
+    expect(ctx.result?.text).toBe('Hello there');
+    expect(ctx.attempts.map((a) => [a.worker, a.outcome])).toEqual([
+      ['w1', 'worker_failure'],
+      ['w2', 'success'],
+    ]);
+    // The example after the boundary ran once per attempt.
+    expect(timings(ctx).map((t) => t.attempt)).toEqual([1, 2]);
+    // Two boundaries in one chain are refused at start-up.
+    expect(() => assemblePipeline(configWith([file, 'retry', 'select']), deps, ROOT)).toThrow(/only one boundary/);
+  } finally {
+    delete (globalThis as Record<string, unknown>).__fallbackDefinition;
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 describe('pipeline custom - bad lists fail at start-up naming the entry', () => {

@@ -226,3 +226,16 @@ test('registry - a worker that goes offline ends the attempts watching it; a NAT
   registry.interruptAll('NATS connection lost');
   expect(seen).toEqual(['w1 worker bye', 'w2 transport']);
 });
+
+test('registry - prompt_cache (size, epoch) is read from heartbeats; a malformed one reads as absent', () => {
+  const { registry } = setup();
+  registry.onHeartbeat(hb('w1', { prompt_cache: { size: 10, epoch: 'e1' } }));
+  expect(registry.get('w1')?.promptCache).toEqual({ size: 10, epoch: 'e1' });
+  registry.onHeartbeat(hb('w1', { prompt_cache: { size: -1, epoch: 'e2' } }));
+  expect(registry.get('w1')?.promptCache).toBeUndefined();
+  registry.onHeartbeat(hb('w1', { prompt_cache: 'big' as never }));
+  expect(registry.get('w1')?.promptCache).toBeUndefined();
+  registry.onHeartbeat(hb('w2', { prompt_cache: { size: 4, epoch: 7 as never } }));
+  expect(registry.get('w2')?.promptCache).toBeUndefined();
+  expect(registry.get('w2')?.state).toBe('ready');
+});

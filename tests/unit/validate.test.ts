@@ -36,6 +36,22 @@ test.each<[string, unknown, string]>([
   ['fractional max_tokens', { ...base, max_tokens: 1.5 }, 'max_tokens'],
   ['string max_tokens', { ...base, max_tokens: '10' }, 'max_tokens'],
   ['negative max_completion_tokens', { ...base, max_completion_tokens: -1 }, 'max_completion_tokens'],
+  ['max_tokens 1e308', { ...base, max_tokens: 1e308 }, 'max_tokens'],
+  ['max_tokens above a 32-bit int', { ...base, max_tokens: 2 ** 31 }, 'max_tokens'],
+  ['max_completion_tokens 1e308', { ...base, max_completion_tokens: 1e308 }, 'max_completion_tokens'],
+  ['a bad max_tokens next to a good max_completion_tokens', { ...base, max_completion_tokens: 5, max_tokens: 1e308 }, 'max_tokens'],
+  ['top_p 2', { ...base, top_p: 2 }, 'top_p'],
+  ['negative top_p', { ...base, top_p: -0.5 }, 'top_p'],
+  ['string top_p', { ...base, top_p: '0.9' }, 'top_p'],
+  ['frequency_penalty 3', { ...base, frequency_penalty: 3 }, 'frequency_penalty'],
+  ['presence_penalty -2.5', { ...base, presence_penalty: -2.5 }, 'presence_penalty'],
+  ['top_logprobs 21', { ...base, top_logprobs: 21 }, 'top_logprobs'],
+  ['fractional top_logprobs', { ...base, top_logprobs: 1.5 }, 'top_logprobs'],
+  ['seed 1e308', { ...base, seed: 1e308 }, 'seed'],
+  ['fractional seed', { ...base, seed: 0.5 }, 'seed'],
+  ['a string logprobs', { ...base, logprobs: 'yes' }, 'logprobs'],
+  ['logit_bias that is a list', { ...base, logit_bias: [1] }, 'logit_bias'],
+  ['a logit_bias of 101', { ...base, logit_bias: { '50256': 101 } }, 'logit_bias.50256'],
   ['temperature above 2', { ...base, temperature: 2.5 }, 'temperature'],
   ['negative temperature', { ...base, temperature: -0.1 }, 'temperature'],
   ['string temperature', { ...base, temperature: 'hot' }, 'temperature'],
@@ -102,4 +118,22 @@ test('validate - stream, temperature, include_usage and session_id pass through'
 test('validate - unknown fields the OpenAI SDK sends are ignored, not passed on', () => {
   const v = validateChatRequest({ ...base, user: 'u1', seed: 3, n: 1, frequency_penalty: 0 });
   expect(Object.keys(v.request).sort()).toEqual(['messages', 'model', 'stream']);
+});
+
+test('validate - numeric fields at the edges of their ranges are accepted', () => {
+  expect(() =>
+    validateChatRequest({
+      ...base,
+      max_tokens: 2_147_483_647,
+      top_p: 1,
+      temperature: 2,
+      frequency_penalty: -2,
+      presence_penalty: 2,
+      top_logprobs: 20,
+      seed: -1,
+      logprobs: true,
+      logit_bias: { '1': -100, '2': 100 },
+    }),
+  ).not.toThrow();
+  expect(() => validateChatRequest({ ...base, top_p: 0, top_logprobs: 0, seed: Number.MAX_SAFE_INTEGER })).not.toThrow();
 });

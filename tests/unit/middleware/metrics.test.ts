@@ -9,7 +9,9 @@ import { RetryBudget } from '../../../src/controller/retry-budget';
 import { RouterError, toRouterError, type ErrorCode } from '../../../src/errors';
 import { metrics } from '../../../middleware/metrics';
 import { retry, type RetryOptions } from '../../../middleware/retry';
-import { makeCtx } from '../../helpers/context';
+import { attemptRunner, type RouterEvent } from '../../../src/attempt';
+import { Listeners } from '../../../src/listeners';
+import { makeCtx, makeWorker } from '../../helpers/context';
 import { FakeClock, InstantClock } from '../../helpers/fake-clock';
 
 /** Counter samples by label set, read through the controller's own registry as /metrics would. */
@@ -27,46 +29,70 @@ async function gaugeValue(m: RouterMetrics, name: string): Promise<number> {
   return values[0]?.value ?? 0;
 }
 
-const retryOptions: RetryOptions = {
-  enabled: true,
-  maxRetries: 2,
-  retryDelayMs: 100,
-  maxRetryDelayMs: 1000,
-  minAttemptMs: 50,
+const retryOptions: Partial<RetryOptions> = {
   retryOnErrors: ['WORKER_UNAVAILABLE', 'WORKER_OVERLOADED', 'WORKER_TIMEOUT', 'WORKER_ERROR'],
 };
 
-/** ctx.runAttempt that fails with the given codes in turn (null = success), recording attempts like the assembler. */
-function scriptAttempts(ctx: RouteContext, clock: FakeClock, script: Array<ErrorCode | null>): void {
-  ctx.runAttempt = async () => {
-    const n = ctx.attempts.length;
-    const worker = `w${n + 1}`;
-    await clock.advance(10);
-    const code = script[n] ?? null;
-    if (code === null) {
-      ctx.attempts.push({ attempt: n + 1, worker, outcome: 'success', code: null, durationMs: 10 });
-      ctx.metrics.selectedWorker = worker;
-      return;
-    }
-    const err = new RouterError(code, `scripted ${code}`, { worker });
-    ctx.attempts.push({ attempt: n + 1, worker, outcome: err.outcome, code, durationMs: 10 });
-    throw err;
-  };
+/**
+ * The real attempt runner over a scripted worker: attempt n goes to worker w<n>, takes 10 ms and
+ * ends as script[n - 1] says (null = success).
+ */
+function scriptedRunner(clock: FakeClock, script: Array<ErrorCode | null>, events?: Listeners<RouterEvent>) {
+  return attemptRunner(
+    async (ctx) => {
+      const n = ctx.attempt.number;
+      ctx.worker = makeWorker(`w${n}`);
+      await clock.advance(10);
+      const code = script[n - 1] ?? null;
+      if (code !== null) throw new RouterError(code, `scripted ${code}`, { worker: ctx.worker.id });
+    },
+    { events },
+  );
 }
 
-function chain(m: RouterMetrics, clock: FakeClock) {
+function chain(m: RouterMetrics, clock: FakeClock, script: Array<ErrorCode | null>) {
+  const events = new Listeners<RouterEvent>();
   return compose<RouteContext>([
-    metrics({}, { metrics: m, clock }),
-    retry(retryOptions, { clock, budget: new RetryBudget({ maxTokens: 10, tokenRatio: 0.1 }), random: () => 0.5 }),
+    metrics({}, { metrics: m, clock, events }),
+    retry(retryOptions, { clock, budget: new RetryBudget({ maxTokens: 10, tokenRatio: 0.1 }), random: () => 0.5 }, scriptedRunner(clock, script, events)),
   ]);
 }
+
+async function counterValues(m: RouterMetrics, name: string): Promise<Record<string, number>> {
+  const metric = m.register.getSingleMetric(name);
+  if (!metric) throw new Error(`${name} is not registered`);
+  const { values } = await metric.get();
+  return Object.fromEntries(values.map((v) => [Object.values(v.labels).join(',') || '-', v.value]));
+}
+
+test('metrics - observes attempt events: attempts by outcome, retries and timeouts by kind', async () => {
+  const m = new RouterMetrics();
+  const clock = new InstantClock();
+  await chain(m, clock, ['WORKER_ERROR', 'WORKER_TIMEOUT', null])(makeCtx({ clock }));
+  expect(await counterValues(m, 'mlx_router_attempts_total')).toEqual({ worker_failure: 1, ambiguous: 1, success: 1 });
+  expect(await counterValues(m, 'mlx_router_retries_total')).toEqual({ '-': 2 });
+  expect(await counterValues(m, 'mlx_router_timeouts_total')).toEqual({ attempt: 1 });
+});
+
+test('metrics - without the metrics middleware the same attempts touch no metric', async () => {
+  const m = new RouterMetrics();
+  const clock = new InstantClock();
+  const events = new Listeners<RouterEvent>();
+  const runner = scriptedRunner(clock, ['WORKER_ERROR', null], events);
+  const mw = retry(retryOptions, { clock, budget: new RetryBudget({ maxTokens: 10, tokenRatio: 0.1 }), random: () => 0.5 }, runner);
+  const ctx = makeCtx({ clock });
+  await mw(ctx, () => Promise.resolve());
+  expect(ctx.attempts.map((a) => a.outcome)).toEqual(['worker_failure', 'success']);
+  expect(events.size).toBe(0);
+  const text = await m.register.metrics();
+  expect(text).not.toMatch(/^mlx_router_(attempts|retries|timeouts|requests)_total\{?.* [1-9]/m);
+});
 
 test('metrics - counts one 200 after a retry that succeeded, not the failed attempt', async () => {
   const m = new RouterMetrics();
   const clock = new InstantClock();
   const ctx = makeCtx({ clock });
-  scriptAttempts(ctx, clock, ['WORKER_ERROR', null]);
-  await chain(m, clock)(ctx);
+  await chain(m, clock, ['WORKER_ERROR', null])(ctx);
   expect(ctx.attempts).toHaveLength(2);
   expect(await requestCounts(m)).toEqual([{ status: '200', code: '', value: 1 }]);
 });
@@ -75,8 +101,7 @@ test('metrics - counts the final 502 ALL_RETRIES_EXHAUSTED after all retries, an
   const m = new RouterMetrics();
   const clock = new InstantClock();
   const ctx = makeCtx({ clock });
-  scriptAttempts(ctx, clock, ['WORKER_ERROR', 'WORKER_TIMEOUT', 'WORKER_ERROR']);
-  await expect(chain(m, clock)(ctx)).rejects.toMatchObject({ code: 'ALL_RETRIES_EXHAUSTED', status: 502 });
+  await expect(chain(m, clock, ['WORKER_ERROR', 'WORKER_TIMEOUT', 'WORKER_ERROR'])(ctx)).rejects.toMatchObject({ code: 'ALL_RETRIES_EXHAUSTED', status: 502 });
   expect(ctx.attempts).toHaveLength(3);
   expect(await requestCounts(m)).toEqual([{ status: '502', code: 'ALL_RETRIES_EXHAUSTED', value: 1 }]);
 });
@@ -85,9 +110,8 @@ test('metrics - sets totalDurationMs to the whole request, backoff included', as
   const m = new RouterMetrics();
   const clock = new InstantClock();
   const ctx = makeCtx({ clock });
-  scriptAttempts(ctx, clock, ['WORKER_ERROR', null]);
   const started = clock.now();
-  await chain(m, clock)(ctx);
+  await chain(m, clock, ['WORKER_ERROR', null])(ctx);
   // Two attempts of 10 ms plus one backoff of 0.5 × 100 ms (stub random 0.5).
   expect(clock.sleeps).toEqual([50]);
   expect(ctx.metrics.totalDurationMs).toBe(clock.now() - started);

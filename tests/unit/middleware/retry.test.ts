@@ -1,25 +1,22 @@
 /**
- * retry middleware: the chain's boundary. ctx.runAttempt is driven by a small stand-in for the
- * assembler that runs the real `select` middleware and then a scripted worker, recording one
- * AttemptRecord per attempt exactly as src/pipeline.ts does.
+ * retry middleware: the chain's boundary. It gets the real attempt runner (src/attempt.ts), here
+ * over the real `select` middleware and then a scripted worker, as the assembler builds it.
  */
 import compose from 'koa-compose';
 import type { Middleware, RouteContext, StreamSink } from '../../../src/context';
-import type { WorkerInfo } from '../../../src/controller/registry';
+import type { WorkerInfo } from '../../../src/types';
 import { RetryBudget } from '../../../src/controller/retry-budget';
+import { attemptRunner } from '../../../src/attempt';
 import { RouterError, toRouterError, type ErrorCode } from '../../../src/errors';
 import { backoffDelay, finalError, retry, type RetryOptions } from '../../../middleware/retry';
 import { select } from '../../../middleware/select';
 import { makeCtx, makeWorker } from '../../helpers/context';
 import { InstantClock } from '../../helpers/fake-clock';
 
-const DEFAULTS: RetryOptions = {
-  enabled: true,
-  maxRetries: 2,
-  retryDelayMs: 100,
-  maxRetryDelayMs: 1000,
-  minAttemptMs: 50,
+/** The definition's defaults, with four retryable codes and stream resume off unless a test turns it on. */
+const DEFAULTS: Partial<RetryOptions> = {
   retryOnErrors: ['WORKER_UNAVAILABLE', 'WORKER_OVERLOADED', 'WORKER_TIMEOUT', 'WORKER_ERROR'],
+  resume: false,
 };
 
 /** What a scripted worker does on one attempt: answer, or fail with an error. */
@@ -66,25 +63,9 @@ function harness(h: HarnessOptions): Harness {
     const steps = h.script[id] ?? [ok];
     await steps[Math.min(n, steps.length - 1)](c);
   };
-  const attemptChain = compose<RouteContext>([select({ strategy: 'least-outstanding' }), worker]);
-  ctx.runAttempt = async () => {
-    const started = clock.now();
-    const ac = new AbortController();
-    ctx.attempt = { number: ctx.attempts.length + 1, startedAt: started, signal: ac.signal, abort: (r) => ac.abort(r), progress: () => undefined, chunks: 0 };
-    ctx.worker = undefined;
-    ctx.candidates = h.pool();
-    const selected = (): string | null => ctx.worker?.id ?? null;
-    try {
-      await attemptChain(ctx);
-      ctx.attempts.push({ attempt: ctx.attempt.number, worker: selected(), outcome: 'success', code: null, durationMs: clock.now() - started });
-    } catch (e) {
-      const err = toRouterError(e);
-      ctx.attempts.push({ attempt: ctx.attempt.number, worker: selected(), outcome: err.outcome, code: err.code, durationMs: clock.now() - started });
-      throw err;
-    }
-  };
+  const runAttempt = attemptRunner(compose<RouteContext>([select({ strategy: 'least-outstanding', workerWaitTimeoutMs: 0 }), worker]), { candidates: () => h.pool() });
   const registry = h.canContinue === undefined ? undefined : { knowsContinuation: () => h.canContinue === true };
-  const mw = retry({ ...DEFAULTS, ...h.options }, { clock, budget, random: h.random ?? (() => 0.5), registry });
+  const mw = retry({ ...DEFAULTS, ...h.options }, { clock, budget, random: h.random ?? (() => 0.5), registry }, runAttempt);
   return { ctx, clock, budget, run: () => mw(ctx, () => Promise.resolve()), workers: () => ctx.attempts.map((a) => a.worker) };
 }
 

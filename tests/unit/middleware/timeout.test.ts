@@ -8,7 +8,14 @@ import { timeout, type TimeoutOptions } from '../../../middleware/timeout';
 import { makeCtx, makeWorker } from '../../helpers/context';
 import { FakeClock } from '../../helpers/fake-clock';
 
-const OPTIONS: TimeoutOptions = { attemptTimeoutMs: 1000, firstChunkTimeoutMs: 500, idleTimeoutMs: 200 };
+/** The configured limits alone: no prompt allowance and no learned limits unless a test asks. */
+const OPTIONS: TimeoutOptions = {
+  attemptTimeoutMs: 1000,
+  firstChunkTimeoutMs: 500,
+  idleTimeoutMs: 200,
+  firstChunkMsPer1kPromptTokens: 0,
+  adaptive: { enabled: false, factor: 4, floorMs: 1000, minSamples: 20 },
+};
 
 beforeEach(() => {
   // Only timers are faked: FakeClock.advance yields through a real setImmediate, and getTimerCount

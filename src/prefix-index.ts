@@ -1,0 +1,117 @@
+/**
+ * PrefixIndex: what this controller believes each worker's engine has in its prompt cache, without
+ * asking the engine (mlx_lm.server, llama-server and Ollama publish no cache events). A conversation
+ * is a chain of hashes at message boundaries (hash i covers the model and messages 0..i), so two
+ * requests sharing a system prompt, or a turn and the turn before it, share a prefix of the chain.
+ * Per worker, an LRU of such chains (PrefixLru, the same rules as the synthetic engine's cache) with
+ * the capacity the worker advertises. Routing a request records its chain; an answer's reported
+ * `cached_tokens` corrects it (a predicted hit that the engine missed drops the worker's entries);
+ * a new cache epoch (the worker or its engine restarted) empties it.
+ */
+import { createHash } from 'node:crypto';
+import { PrefixLru } from './prefix-lru';
+import { messageTokens, PROMPT_TAIL_TOKENS, type ChatMessage, type PromptCacheInfo } from './protocol';
+
+export interface Conversation {
+  /** Hash of the model and messages 0..i, for each message i. */
+  hashes: string[];
+  /** Estimated prompt tokens through message i (chat template included), for each message i. */
+  tokens: number[];
+  /** Estimated tokens of the whole prompt. */
+  total: number;
+}
+
+/** A message's content as text: a string as is, anything else (content parts) as JSON. */
+function contentText(m: ChatMessage): string {
+  const c: unknown = m.content;
+  return typeof c === 'string' ? c : (JSON.stringify(c) ?? '');
+}
+
+function link(previous: string, m: ChatMessage): string {
+  return createHash('sha1').update(previous).update('\u0000').update(String(m.role)).update('\u0000').update(contentText(m)).digest('base64url').slice(0, 22);
+}
+
+/** The request's chain of boundary hashes and token counts. */
+export function conversation(model: string, messages: readonly ChatMessage[]): Conversation {
+  const hashes: string[] = [];
+  const tokens: number[] = [];
+  let h = createHash('sha1').update(model).digest('base64url').slice(0, 22);
+  let count = 0;
+  for (const m of messages) {
+    h = link(h, m);
+    count += messageTokens({ role: m.role, content: contentText(m) });
+    hashes.push(h);
+    tokens.push(count);
+  }
+  return { hashes, tokens, total: count + PROMPT_TAIL_TOKENS };
+}
+
+/** The chain once the answer is in: the next turn's prompt starts with it. */
+export function withAnswer(conv: Conversation, answer: string): string[] {
+  const last = conv.hashes[conv.hashes.length - 1];
+  return last === undefined ? conv.hashes : [...conv.hashes, link(last, { role: 'assistant', content: answer })];
+}
+
+interface WorkerCache {
+  lru: PrefixLru<string>;
+  epoch?: string;
+}
+
+export class PrefixIndex {
+  private readonly workers = new Map<string, WorkerCache>();
+
+  /** `defaultCapacity`: entries assumed for a worker that does not advertise its cache. */
+  constructor(private readonly defaultCapacity: number) {}
+
+  /**
+   * Follows what the worker advertises: its capacity, and its epoch (a new one means the cache
+   * started empty again, so every entry goes). Call before predicting for a worker.
+   */
+  sync(id: string, cache: PromptCacheInfo | undefined): void {
+    let w = this.workers.get(id);
+    if (!w) this.workers.set(id, (w = { lru: new PrefixLru<string>(this.defaultCapacity), epoch: cache?.epoch }));
+    if (cache && w.epoch !== cache.epoch) {
+      w.lru.clear();
+      w.epoch = cache.epoch;
+    }
+    const capacity = cache ? cache.size : this.defaultCapacity;
+    if (w.lru.capacity !== capacity) {
+      w.lru.capacity = capacity;
+      w.lru.trim();
+    }
+  }
+
+  /** Prompt tokens of `conv` predicted to be in `id`'s cache (0: none). */
+  predict(id: string, conv: Conversation): number {
+    const w = this.workers.get(id);
+    if (!w) return 0;
+    const n = w.lru.match(conv.hashes).length;
+    return n === 0 ? 0 : Math.min(conv.tokens[n - 1], conv.total - 1);
+  }
+
+  /**
+   * `id` takes `chain` (a request routed there, or its answer): the entry it reused becomes the
+   * most recent, then the chain is stored, replacing the entries it extends.
+   */
+  record(id: string, chain: readonly string[]): void {
+    const w = this.workers.get(id);
+    if (!w || w.lru.capacity <= 0) return;
+    w.lru.touch(w.lru.match(chain).at);
+    w.lru.insert(chain);
+  }
+
+  /** Forgets everything predicted for `id` (a miss where a hit was predicted). */
+  drop(id: string): void {
+    this.workers.get(id)?.lru.clear();
+  }
+
+  /** Forgets workers not in `ids` (gone offline or forgotten: they lose their entries). */
+  retain(ids: ReadonlySet<string>): void {
+    for (const id of this.workers.keys()) if (!ids.has(id)) this.workers.delete(id);
+  }
+
+  /** Entries predicted for `id`. */
+  entries(id: string): number {
+    return this.workers.get(id)?.lru.size ?? 0;
+  }
+}
