@@ -29,6 +29,7 @@ export const SCENARIOS: Record<number, string> = {
   6: 'Scale',
   7: 'Memory',
   8: 'Prefix-cache-aware routing (multi-turn, shared prefixes, no sharing, a worker killed)',
+  9: 'Several controllers',
 };
 
 export interface Machine {

@@ -18,6 +18,7 @@ import { BenchRun } from './measure';
 import { say } from './progress';
 import { machine, markdownTable, terminalTable, writeDocSection, SCENARIOS } from './report';
 import { breakerDecision } from './scenarios/breaker';
+import { severalControllers } from './scenarios/controllers';
 import { chainCost } from './scenarios/chain';
 import { failoverCost } from './scenarios/failover';
 import { memory } from './scenarios/memory';
@@ -43,6 +44,7 @@ const GROUPS: Array<{ scenarios: number[]; run: (r: BenchRun) => Promise<void> }
   { scenarios: [6], run: scale },
   { scenarios: [7], run: memory },
   { scenarios: [8], run: prefixRouting },
+  { scenarios: [9], run: severalControllers },
 ];
 
 function parse(argv: string[]): { smoke: boolean; only: Set<number>; docs: boolean; profile?: string } | undefined {

@@ -74,6 +74,8 @@ export function finalError(ctx: RouteContext, last: RouterError): RouterError {
 function canResume(ctx: RouteContext, err: RouterError, options: RetryOptions, deps: RetryDeps): boolean {
   if (!options.enabled || !options.resume || ctx.signal.aborted) return false;
   if (err.outcome === 'cancelled' || err.outcome === 'caller' || err.code === 'REQUEST_TIMEOUT') return false;
+  // The client got a tool call or several choices: no engine continues those exactly.
+  if (ctx.sink?.resumable === false) return false;
   if (ctx.metrics.resumes >= options.maxResumes || ctx.deadline - ctx.clock.now() < options.minAttemptMs) return false;
   // A resume is a retry too: the budget keeps resumes from multiplying load in an outage.
   if (!deps.budget.canRetry()) return false;

@@ -1,4 +1,5 @@
 import { candidatesFor } from '../src/attempt';
+import { rendezvousPick } from '../src/rendezvous';
 import type { Strategy } from '../src/config';
 import type { Admission, Middleware, RouteContext } from '../src/context';
 import { defineMiddleware, type MiddlewareDeps } from '../src/define';
@@ -55,9 +56,9 @@ function admittedByAll(admissions: readonly Admission[], w: WorkerInfo): boolean
  * one. When every known worker for the model is offline it waits for one to come back; when every
  * candidate is saturated it waits for a free one; both bounded by `workerWaitTimeoutMs` and the
  * deadline. Prefers workers this request has not tried yet, honours the session's sticky worker
- * when it is still a candidate and not saturated, and otherwise applies the strategy. The chosen
- * worker must pass the attempt's admissions (the breaker's permit); a refused one is dropped and
- * another picked. Fails with NO_WORKERS_AVAILABLE (503) on an empty pool.
+ * when it is still a candidate and not saturated (else moves the session by rendezvous hash over
+ * the pool), and otherwise applies the strategy. The chosen worker must pass the attempt's
+ * admissions (the breaker's permit); a refused one is dropped and another picked. Fails with NO_WORKERS_AVAILABLE (503) on an empty pool.
  *
  * @example pipeline: [metrics, session, retry, breaker, select, timeout, health]
  */
@@ -136,7 +137,10 @@ export const select = defineMiddleware<SelectOptions, SelectDeps>({
       if (free.length > 0) pool = free;
       for (;;) {
         const sticky = ctx.stickyWorker ? pool.find((w) => w.id === ctx.stickyWorker) : undefined;
-        const chosen = sticky ?? pick(pool);
+        // A session whose worker cannot take this attempt falls back by the same hash over what is
+        // left, so every controller moves it to the same place (the move is then shared by `session`).
+        const fallback = ctx.stickyWorker && ctx.sessionId ? rendezvousPick(ctx.sessionId, pool, (w) => w.id) : undefined;
+        const chosen = sticky ?? fallback ?? pick(pool);
         if (admissions.length === 0 || admittedByAll(admissions, chosen)) {
           ctx.worker = chosen;
           break;

@@ -8,6 +8,7 @@
 import { newAttempt, type RouteContext } from './context';
 import { isRouterError, toRouterError, type AttemptRecord, type RouterError } from './errors';
 import type { Listeners } from './listeners';
+import { canServe } from './protocol-v2';
 import type { WorkerDirectory, WorkerInfo } from './types';
 
 /** Runs one attempt of `ctx` and records it in `ctx.attempts`; rejects with its RouterError. */
@@ -29,7 +30,7 @@ export interface AttemptRunnerOptions {
 
 /** Online workers serving the request's model (resumes need engines that continue a partial answer). */
 export function candidatesFor(ctx: RouteContext, registry: Pick<WorkerDirectory, 'forModel'>): WorkerInfo[] {
-  const all = registry.forModel(ctx.request.model);
+  const all = registry.forModel(ctx.request.model).filter((w) => canServe(w, ctx.request));
   return ctx.continuation === undefined ? all : all.filter((w) => w.continuation);
 }
 

@@ -16,10 +16,11 @@ export { numberFlag, UsageError, type Flags };
 const USAGE = `mlx-router: route OpenAI-style requests over NATS to inference workers
 
 Usage:
-  mlx-router up [--workers N] [--port P] [--nats URL|local] [--config FILE]
+  mlx-router up [--workers N] [--controllers N] [--port P] [--nats URL|local] [--config FILE]
       a local cluster: NATS, N synthetic workers, the controller. Without --nats it uses the
       configured NATS, or starts nats-server when that does not answer; --nats URL must answer;
-      --nats local always starts a private nats-server
+      --nats local always starts a private nats-server; --controllers N starts N controllers on
+      consecutive ports from P, which agree on sessions
   mlx-router controller [--nats URL] [--port P] [--host H] [--config FILE]
   mlx-router worker [--nats URL] [--id ID] [--model NAME]... [--max-concurrent N]
                     [--ttft-ms N] [--token-ms N] [--fail-rate F] [--heartbeat-ms N] [--config FILE]
@@ -40,7 +41,7 @@ const COMMON: ParseArgsConfig['options'] = {
 };
 
 const COMMANDS: Record<string, { options: ParseArgsConfig['options']; run: (flags: Flags) => Promise<number> }> = {
-  up: { options: { ...COMMON, workers: { type: 'string' }, port: { type: 'string' } }, run: runUp },
+  up: { options: { ...COMMON, workers: { type: 'string' }, controllers: { type: 'string' }, port: { type: 'string' } }, run: runUp },
   controller: { options: { ...COMMON, port: { type: 'string' }, host: { type: 'string' } }, run: runController },
   worker: {
     options: {

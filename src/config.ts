@@ -50,8 +50,9 @@ export interface RouterConfig {
         timeoutMs: number;
         maxTimeoutMs: number;
         halfOpenPermits: number;
+        peerOpenMs: number;
       };
-      session: { ttlMs: number; maxSessions: number };
+      session: { ttlMs: number; maxSessions: number; sharedBucket: string; sharedReplicas: number };
       prefix: { minPrefixTokens: number; ttftMarginTokens: number; maxImbalance: number; defaultCacheSize: number };
     };
     maxTokens: { cap: number; byModel: Record<string, number> };
@@ -59,6 +60,7 @@ export interface RouterConfig {
   };
   nats: {
     servers: string[];
+    randomize: boolean;
     subjectPrefix: string;
     user: string;
     pass: string;
@@ -212,10 +214,21 @@ const schema = {
         timeoutMs: { doc: 'How long a breaker stays open after its first trip (ms); grows with repeated trips.', format: 'nat', default: 30000 },
         maxTimeoutMs: { doc: 'Cap of the open duration after repeated trips (ms).', format: 'nat', default: 300000 },
         halfOpenPermits: { doc: 'Probe requests admitted while half-open (at least 1; never unlimited).', format: 'nat', default: 1 },
+        peerOpenMs: {
+          doc: "When another controller opens its breaker for a worker, open this controller's (if closed) for this long, then probe by its own judgement (ms; 0 ignores peers).",
+          format: 'nat',
+          default: 5000,
+        },
       },
       session: {
         ttlMs: { doc: 'How long an idle session keeps its worker (ms); refreshed on use.', format: 'nat', default: 600000 },
         maxSessions: { doc: 'Most sessions remembered; the least recently used is forgotten first.', format: 'nat', default: 10000 },
+        sharedBucket: {
+          doc: 'JetStream key-value bucket where controllers share session moves (failover, saturation); empty, or no JetStream: rendezvous hashing alone.',
+          format: String,
+          default: 'mlx_router_sessions',
+        },
+        sharedReplicas: { doc: 'Copies of the session bucket in a JetStream cluster (1, 3 or 5); 3 survives losing a NATS node.', format: 'nat', default: 1 },
       },
       prefix: {
         minPrefixTokens: { doc: 'prefix middleware: a predicted cached prefix shorter than this (tokens) counts as none, and so does a reported cached_tokens below it.', format: 'nat', default: 64 },
@@ -248,6 +261,7 @@ const schema = {
   },
   nats: {
     servers: { doc: 'NATS seed servers.', format: 'string-list', default: ['nats://127.0.0.1:4222'] },
+    randomize: { doc: 'Try the seed servers in random order, spreading processes over a NATS cluster; false: in the order listed.', format: Boolean, default: true },
     subjectPrefix: { doc: 'Subject prefix of protocol v1.', format: String, default: 'mlx.v1' },
     user: { doc: 'NATS user name (with pass).', format: String, default: '' },
     pass: { doc: 'NATS password.', format: String, default: '', sensitive: true },
@@ -269,9 +283,9 @@ const schema = {
     host: { doc: 'HTTP listen address.', format: String, default: '127.0.0.1' },
     port: { doc: 'HTTP port (0: any free port).', format: 'port', default: 8080 },
     bodyLimitBytes: {
-      doc: "Largest request body accepted (bytes); larger gets 413. Every request must fit one NATS message: keep it 8 KiB below the server's max_payload (1 MiB by default).",
+      doc: 'Largest request body accepted (bytes); larger gets 413. Bodies larger than one NATS message travel to v2 workers in parts.',
       format: 'nat',
-      default: 1040384,
+      default: 16777216,
     },
   },
   worker: {
@@ -405,6 +419,8 @@ function checkSemantics(cfg: RouterConfig): void {
     fail('cluster.requestRouting.retry.maxRetryDelayMs', 'must be >= cluster.requestRouting.retry.retryDelayMs');
   }
   if (rr.timeoutMs < 1) fail('cluster.requestRouting.timeoutMs', 'must be at least 1');
+  if (!/^[A-Za-z0-9_-]*$/.test(rr.session.sharedBucket)) fail('cluster.requestRouting.session.sharedBucket', 'may hold only letters, digits, - and _');
+  if (![1, 3, 5].includes(rr.session.sharedReplicas)) fail('cluster.requestRouting.session.sharedReplicas', 'must be 1, 3 or 5');
   for (const key of ['attemptTimeoutMs', 'firstChunkTimeoutMs', 'idleTimeoutMs'] as const) {
     if (rr[key] < 1) fail(`cluster.requestRouting.${key}`, 'must be at least 1 (every attempt would time out at once)');
   }

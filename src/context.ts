@@ -8,6 +8,7 @@ import type { AttemptRecord } from './errors';
 import type { Logger } from './logger';
 import type { WorkerInfo } from './types';
 import type { Usage, WireEnd, WireRequest, WireResult } from './protocol';
+import type { ChoiceDelta } from './protocol-v2';
 
 /** A middleware: `(ctx, next)`, as in koa-compose. */
 export type Next = () => Promise<void>;
@@ -20,6 +21,13 @@ export interface StreamSink {
   readonly streamed: string;
   /** Forwards one piece of text to the client; false when the client is too slow (over the cap). */
   write(text: string): boolean;
+  /** v2: forwards engine deltas whole (tool calls, several choices, logprobs); as `write` otherwise. */
+  writeChoices?(choices: ChoiceDelta[]): boolean;
+  /**
+   * False once the client got more than choice 0's plain text (a tool call, another choice): a
+   * resume could not continue that exactly, so a break then ends the stream (docs/streaming.md).
+   */
+  readonly resumable?: boolean;
 }
 
 /** Per-attempt state: fresh for each attempt. */

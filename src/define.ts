@@ -19,7 +19,7 @@ import type { RouterConfig } from './config';
 import type { Middleware } from './context';
 import type { Listeners } from './listeners';
 import type { Logger } from './logger';
-import type { Breakers, RetryBudgetView, RouterInstruments, SessionStore, WorkerDirectory } from './types';
+import type { Breakers, RetryBudgetView, RouterInstruments, SessionMoveLog, SessionStore, WorkerDirectory } from './types';
 
 /** The controller's shared objects, injected into every middleware factory; never module state. */
 export interface MiddlewareDeps {
@@ -27,6 +27,8 @@ export interface MiddlewareDeps {
   breakers: Breakers;
   budget: RetryBudgetView;
   sessions: SessionStore;
+  /** Shares session moves with the other controllers, once the JetStream bucket is open. */
+  sessionMoves?: SessionMoveLog;
   metrics: RouterInstruments;
   /** Attempt ends and other routing events, for observers such as `metrics`. */
   events: Listeners<RouterEvent>;

@@ -25,6 +25,8 @@ export interface NatsServerOptions {
   timeoutMs?: number;
   /** More server flags, e.g. `--user a --pass b` or `--auth TOKEN`. */
   args?: string[];
+  /** Enable JetStream, stored in the server's temp dir (removed by stop). */
+  jetstream?: boolean;
 }
 
 /** True when a `nats-server` binary can be run. */
@@ -36,6 +38,7 @@ export function natsServerAvailable(binary = 'nats-server'): boolean {
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServerHandle> {
   const dir = mkdtempSync(join(tmpdir(), 'mlx-nats-'));
   const args = ['-a', '127.0.0.1', '-p', String(options.port ?? -1), '--ports_file_dir', dir, ...(options.args ?? [])];
+  if (options.jetstream) args.push('--jetstream', '--store_dir', join(dir, 'jetstream'));
   const child = spawn(options.binary ?? 'nats-server', args, { stdio: ['ignore', 'ignore', 'pipe'], detached: options.detached ?? false });
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => {

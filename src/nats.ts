@@ -9,6 +9,7 @@ export function connectionOptions(cfg: RouterConfig['nats'], name: string): Node
   const opts: NodeConnectionOptions = {
     servers: cfg.servers,
     name,
+    noRandomize: !cfg.randomize,
     reconnect: cfg.reconnect.enabled,
     maxReconnectAttempts: cfg.reconnect.maxAttempts,
     reconnectTimeWait: cfg.reconnect.waitMs,

@@ -5,8 +5,10 @@
  */
 import { headers as natsHeaders, type MsgHdrs } from '@nats-io/transport-node';
 import type { ErrorCode, OutcomeClass } from './errors';
+import type { Capability, ChoiceDelta, ChoiceFinish, Endpoint } from './protocol-v2';
 
-export const PROTOCOL_VERSION = 1;
+/** The version this worker speaks (heartbeat `version`); controllers still serve v1 workers. */
+export const PROTOCOL_VERSION = 2;
 export const DEFAULT_SUBJECT_PREFIX = 'mlx.v1';
 
 export const HDR_REQUEST_ID = 'Mlx-Request-Id';
@@ -35,6 +37,8 @@ export interface Subjects {
   bye: string;
   /** A controller publishes here on start; every worker answers with a heartbeat at once. */
   discover: string;
+  /** Controllers share their breaker transitions here (`BreakerSignal`), as evidence for each other. */
+  breaker: string;
 }
 
 export function makeSubjects(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects {
@@ -44,6 +48,7 @@ export function makeSubjects(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects 
     heartbeat: `${prefix}.heartbeat`,
     bye: `${prefix}.bye`,
     discover: `${prefix}.discover`,
+    breaker: `${prefix}.controller.breaker`,
   };
 }
 
@@ -52,14 +57,15 @@ export interface ChatMessage {
   content: string;
 }
 
-export type FinishReason = 'stop' | 'length' | 'cancelled';
+export type FinishReason = 'stop' | 'length' | 'cancelled' | 'tool_calls' | 'content_filter' | 'function_call';
 
 export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
-  /** As in OpenAI's usage: prompt tokens the engine took from its prompt cache (prefix reuse). */
-  prompt_tokens_details?: { cached_tokens: number };
+  /** v2: as the engine reported them (`cached_tokens`, `reasoning_tokens`...). */
+  prompt_tokens_details?: Record<string, unknown>;
+  completion_tokens_details?: Record<string, unknown>;
 }
 
 /** The request body a worker receives: the validated subset of OpenAI's chat request. */
@@ -76,6 +82,12 @@ export interface WireRequest {
    * workers whose heartbeat says `continuation: true`.
    */
   continuation?: string;
+  /** v2 (controller side, never encoded as such): the client's body as sent; see protocol-v2.ts. */
+  body?: Record<string, unknown>;
+  /** v2: the endpoint the request came in on (default chat.completions). */
+  endpoint?: Endpoint;
+  /** v2: capabilities a worker must advertise for the model to be a candidate. */
+  needs?: Capability[];
 }
 
 export interface WireResult {
@@ -85,11 +97,17 @@ export interface WireResult {
   usage: Usage;
   /** Present (true) when the engine reported no usage and the worker counted it (~4 chars a token). */
   usage_estimated?: true;
+  /** v2: the answer's choices as the engine gave them (message with tool_calls, logprobs...). */
+  choices?: Array<Record<string, unknown>>;
+  /** v2: the engine's other top-level answer fields (system_fingerprint...); embeddings: `data`. */
+  extra?: Record<string, unknown>;
 }
 export interface WireChunk {
   type: 'chunk';
   seq: number;
   text: string;
+  /** v2: the engine's chunk choices, `delta` whole, in order (finish_reason moved to `end`). */
+  choices?: ChoiceDelta[];
 }
 export interface WireEnd {
   type: 'end';
@@ -98,6 +116,8 @@ export interface WireEnd {
   usage: Usage;
   /** As in WireResult: present (true) only when usage was estimated. */
   usage_estimated?: true;
+  /** v2: every choice's finish reason (n > 1). */
+  choices?: ChoiceFinish[];
 }
 export interface WireError {
   type: 'error';
@@ -114,7 +134,11 @@ export interface WireError {
  */
 export interface WireProgress {
   type: 'progress';
-  /** Tokens (engine text pieces) produced so far in this attempt. */
+  /**
+   * Tokens (engine text pieces) produced so far in this attempt. 0: keep-alive from a worker whose
+   * engine cannot show this answer's tokens (an OpenAI engine given a buffered v2 body), sent every
+   * `progress_ms` while it works: the worker is alive, but no first token is claimed.
+   */
   tokens: number;
 }
 export type WireReply = WireResult | WireChunk | WireEnd | WireError | WireProgress;
@@ -136,6 +160,8 @@ export interface Heartbeat {
   interval_ms: number;
   /** The engine can continue a partial answer (`continuation` in the request): stream resume. */
   continuation?: boolean;
+  /** v2: what each model is served for (absent: `chat` only). */
+  capabilities?: Record<string, Capability[]>;
   /**
    * Protocol 1.1: the worker sends `progress` messages for buffered requests that ask for them,
    * at most this often (ms). Absent: a 1.0 worker; buffered attempts to it get only the
@@ -158,6 +184,15 @@ export interface PromptCacheInfo {
 export interface Bye {
   type: 'bye';
   id: string;
+}
+
+/** A controller's breaker for `worker` opened or closed by its own judgement. */
+export interface BreakerSignal {
+  type: 'breaker';
+  /** The controller that saw it (each ignores its own). */
+  controller: string;
+  worker: string;
+  state: 'open' | 'closed';
 }
 
 export interface CancelMessage {

@@ -7,6 +7,7 @@
 import type { Counter, Gauge, Histogram } from 'prom-client';
 import type { OutcomeClass } from './errors';
 import type { PromptCacheInfo } from './protocol';
+import type { Capability } from './protocol-v2';
 
 /** What the controller knows of one worker, from its heartbeats and this controller's traffic. */
 export interface WorkerInfo {
@@ -41,6 +42,10 @@ export interface WorkerInfo {
   heartbeatMs: number;
   /** Last time (controller clock) any reply of this worker reached this controller, or an attempt to it began. */
   lastActivityAt: number;
+  /** Protocol version of its heartbeat: 1 gets the v1 request subset, 2 the client's body. */
+  version: number;
+  /** What each model is served for (v1 workers: chat only). */
+  capabilities: Record<string, Capability[]>;
 }
 
 /** The worker registry as middleware see it. */
@@ -99,6 +104,11 @@ export interface RetryBudgetView {
 }
 
 /** Session id → the worker that last answered it. */
+/** Where a controller shares the session moves it makes, so that its peers follow them. */
+export interface SessionMoveLog {
+  record(session: string, worker: string): void;
+}
+
 export interface SessionStore {
   get(session: string): string | undefined;
   set(session: string, worker: string): void;

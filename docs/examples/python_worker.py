@@ -1,4 +1,5 @@
-"""A minimal mlx-router worker in Python with nats-py (protocol v1, docs/protocol.md).
+"""A minimal mlx-router worker in Python with nats-py (protocol v1, docs/protocol.md; a v2 controller
+sends it the v1 subset of chat requests: see "Writing a v2 worker" there to serve tools, JSON mode, etc.).
 
     pip install nats-py        # Python >= 3.11
     NATS_URL=nats://127.0.0.1:4222 WORKER_ID=py-1 python3 python_worker.py

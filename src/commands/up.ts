@@ -2,12 +2,13 @@
  * `mlx-router up`: a whole local cluster in one command. Connects to the configured NATS or, when
  * the default one does not answer, starts `nats-server` as a child on a free port (servers the user
  * named must answer, else it exits 1; `--nats local` always starts one); then N synthetic workers
- * and the controller (in this process). SIGINT or SIGTERM stops the controller, then the workers
+ * and the controllers (in this process: one, or `--controllers N` on consecutive ports). SIGINT or
+ * SIGTERM stops the controllers, then the workers
  * (they deregister), then NATS, and leaves no process behind.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { dirname, resolve } from 'node:path';
-import { numberFlag, type Flags } from '../flags';
+import { numberFlag, UsageError, type Flags } from '../flags';
 import { Controller } from '../controller/controller';
 import { describeKeys } from '../config';
 import { createLogger } from '../logger';
@@ -48,20 +49,24 @@ function stopChild(child: ChildProcess, graceMs: number): Promise<void> {
 
 export async function runUp(flags: Flags): Promise<number> {
   const workers = numberFlag(flags, 'workers', { min: 1, max: 64 }) ?? 3;
+  const controllerCount = numberFlag(flags, 'controllers', { min: 1, max: 16 }) ?? 1;
   const local = flags.nats === LOCAL_NATS;
   const { config, file } = configFromFlags(local ? { ...flags, nats: undefined } : flags, {
     'controller.port': numberFlag(flags, 'port', { max: 65535 }),
   });
+  if (config.controller.port !== 0 && config.controller.port + controllerCount - 1 > 65535) {
+    throw new UsageError(`--controllers ${controllerCount} from port ${config.controller.port} would pass port 65535`);
+  }
   const log = createLogger('mlx-router', config.log.level);
   const signal = waitForSignal();
   const children: ChildProcess[] = [];
   let nats: NatsServerHandle | undefined;
-  let controller: Controller | undefined;
+  const controllers: Controller[] = [];
   let stopping = false;
 
   const shutdown = async (): Promise<void> => {
     stopping = true;
-    await controller?.stop().catch((err) => log.error({ err }, 'controller stop failed'));
+    await Promise.all(controllers.map((c) => c.stop().catch((err) => log.error({ err }, 'controller stop failed'))));
     await Promise.all(children.map((c) => stopChild(c, 15_000)));
     await nats?.stop();
   };
@@ -98,7 +103,8 @@ export async function runUp(flags: Flags): Promise<number> {
         signal.cancel();
         return 1;
       }
-      nats = await startNatsServer({ detached: true });
+      // Several controllers share session moves through JetStream key-value: give them one.
+      nats = await startNatsServer({ detached: true, jetstream: controllerCount > 1 });
       servers = [nats.url];
       log.info({ url: nats.url }, 'started nats-server');
     }
@@ -118,14 +124,22 @@ export async function runUp(flags: Flags): Promise<number> {
       children.push(child);
     }
 
-    controller = await Controller.start({
-      config: { ...config, nats: { ...config.nats, servers } },
-      log,
-      baseDir: file ? dirname(file) : process.cwd(),
-    });
-    const url = controller.url.replace('0.0.0.0', '127.0.0.1');
+    // Consecutive ports from controller.port (any free port each when it is 0).
+    for (let i = 0; i < controllerCount; i++) {
+      const port = config.controller.port === 0 ? 0 : config.controller.port + i;
+      controllers.push(
+        await Controller.start({
+          config: { ...config, nats: { ...config.nats, servers }, controller: { ...config.controller, port } },
+          log: controllerCount > 1 ? log.child({ controller: i + 1 }) : log,
+          baseDir: file ? dirname(file) : process.cwd(),
+        }),
+      );
+    }
+    const urls = controllers.map((c) => c.url.replace('0.0.0.0', '127.0.0.1'));
+    const url = urls[0];
+    const more = controllerCount > 1 ? `  (${controllerCount} controllers: ${urls.join(' ')})` : '';
     process.stdout.write(
-      `\nmlx-router is up: ${url}  (NATS ${servers.join(',')}, ${workers} workers)\n\n` +
+      `\nmlx-router is up: ${url}  (NATS ${servers.join(',')}, ${workers} workers)${more}\n\n` +
         `  curl ${url}/v1/chat/completions -H 'content-type: application/json' \\\n` +
         `    -d '{"model":"${config.worker.models[0]}","messages":[{"role":"user","content":"Hello"}]}'\n\n` +
         `Ctrl-C stops everything.\n\n`,

@@ -7,7 +7,7 @@ import { connectNats } from '../nats';
 import { WORKER_ID_PATTERN } from '../protocol';
 import type { Engine } from '../worker/engine';
 import { openaiEngine } from '../worker/openai-engine';
-import { syntheticEngine } from '../worker/synthetic';
+import { syntheticEngineV2 } from '../worker/synthetic-structured';
 import { Worker } from '../worker/worker';
 import { configFromFlags, waitForSignal } from './shared';
 
@@ -31,7 +31,7 @@ async function startEngine(config: RouterConfig, log: Logger): Promise<Engine> {
     return engine;
   }
   const syn = config.worker.synthetic;
-  return syntheticEngine({
+  return syntheticEngineV2({
     models: config.worker.models,
     ttftMs: syn.ttftMs,
     tokenMs: syn.tokenMs,

@@ -30,8 +30,11 @@ export interface BreakerOptions {
   clock: Clock;
   /** Jitter source in [0, 1) (default Math.random). */
   random?: () => number;
-  /** Called on every state change, for logs and metrics. */
-  onTransition?: (worker: string, from: BreakerKind, to: BreakerKind) => void;
+  /**
+   * Called on every state change, for logs and metrics; `cause` is `peer` when another
+   * controller's evidence made it (peerOpened, peerClosed), so it is not shared back.
+   */
+  onTransition?: (worker: string, from: BreakerKind, to: BreakerKind, cause: 'local' | 'peer') => void;
 }
 
 /** A half-open outcome whose permit came from another period says nothing about this one. */
@@ -160,6 +163,24 @@ export class BreakerBook implements Breakers {
     return [...this.breakers.keys()].map((w) => [w, this.state(w).kind]);
   }
 
+  /**
+   * Another controller opened its breaker for `worker`: evidence, not a verdict. A closed breaker
+   * here opens for `ms`, then half-opens by the clock and its own probes decide; an open or
+   * half-open one is already under this controller's own judgement and is left alone.
+   */
+  peerOpened(worker: string, ms: number): void {
+    const s = this.state(worker);
+    if (s.kind !== 'closed' || !(ms > 0)) return;
+    // trips 0: a failed probe then opens it as a first trip of its own (timeoutMs), not a repeat.
+    this.move(worker, s, { kind: 'open', until: this.options.clock.now() + ms, trips: 0 }, 'peer');
+  }
+
+  /** Another controller closed its breaker for `worker`: an open one here half-opens now, to probe. */
+  peerClosed(worker: string): void {
+    const s = this.state(worker);
+    if (s.kind === 'open') this.move(worker, s, { kind: 'half-open', inUse: 0, successes: 0, trips: s.trips }, 'peer');
+  }
+
   forget(worker: string): void {
     this.breakers.delete(worker);
   }
@@ -172,9 +193,9 @@ export class BreakerBook implements Breakers {
     return { kind: 'open', until: clock.now() + duration, trips };
   }
 
-  private move(worker: string, from: BreakerState, to: BreakerState): BreakerState {
+  private move(worker: string, from: BreakerState, to: BreakerState, cause: 'local' | 'peer' = 'local'): BreakerState {
     this.breakers.set(worker, to);
-    if (from.kind !== to.kind) this.options.onTransition?.(worker, from.kind, to.kind);
+    if (from.kind !== to.kind) this.options.onTransition?.(worker, from.kind, to.kind, cause);
     return to;
   }
 }

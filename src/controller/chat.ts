@@ -11,10 +11,13 @@ import type { FinishReason, Usage } from '../protocol';
 import type { Pipeline, RouterDeps } from '../pipeline';
 import { checkMaxTokens } from './token-cap';
 import type { ValidatedChat } from './validate';
+import { checkCapabilities } from './capabilities';
+import type { WireRequest } from '../protocol';
+import type { ChoiceFinish } from '../protocol-v2';
 
 /** A streaming transport: chunks (first one commits), then one clean end or one failure. */
 export interface ChatSink extends StreamSink {
-  finish(finishReason: FinishReason, usage: Usage | undefined, includeUsage: boolean, metadata: Record<string, unknown>): void;
+  finish(finishReason: FinishReason, usage: Usage | undefined, includeUsage: boolean, metadata: Record<string, unknown>, finishes?: ChoiceFinish[]): void;
   /** Before commit: a plain error answer; after: an in-band error, never a clean end. */
   fail(err: RouterError, headers: Record<string, string>): void;
 }
@@ -72,9 +75,15 @@ export function errorHeaders(err: RouterError): Record<string, string> {
   return seconds === undefined ? {} : { 'retry-after': String(seconds) };
 }
 
-/** Unknown model: 404 when other models are served, 503 when nothing is online at all. */
-export function checkModel(deps: RouterDeps, model: string): void {
-  if (deps.registry.knowsModel(model)) return;
+/**
+ * Unknown model: 404 when other models are served, 503 when nothing is online at all. With
+ * `request`, also a 400 when no worker of the model has a capability it needs (tools, vision...).
+ */
+export function checkModel(deps: RouterDeps, model: string, request?: Pick<WireRequest, 'model' | 'needs'>): void {
+  if (deps.registry.knowsModel(model)) {
+    if (request) checkCapabilities(deps.registry.known(), request);
+    return;
+  }
   if (deps.registry.online().length === 0) throw new RouterError('NO_WORKERS_AVAILABLE', 'no worker is online', { retryAfterMs: 1000 });
   throw new RouterError('MODEL_NOT_FOUND', `model '${model}' is not served by any worker (see GET /v1/models)`, { param: 'model' });
 }
@@ -108,11 +117,11 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
   (ctx as { sink?: StreamSink }).sink = sink;
   try {
     // The one model check of every transport: 404 for a model nobody serves, before any routing.
-    checkModel(deps, request.model);
+    checkModel(deps, request.model, request);
     checkMaxTokens(config.cluster.maxTokens, request);
     await pipeline.run(ctx);
     if (sink) {
-      sink.finish(ctx.end?.finish_reason ?? 'stop', answerUsage(ctx), input.chat.includeUsage, answerMetadata(ctx));
+      sink.finish(ctx.end?.finish_reason ?? 'stop', answerUsage(ctx), input.chat.includeUsage, answerMetadata(ctx), ctx.end?.choices);
       return { ctx };
     }
     if (!ctx.result) throw new RouterError('INTERNAL_ERROR', 'the chain ended without an answer (does cluster.pipeline end in dispatch?)');

@@ -11,13 +11,16 @@ import { Listeners } from '../listeners';
 import { connectNats } from '../nats';
 import { assemblePipeline, type Pipeline, type RouterDeps } from '../pipeline';
 import { decode, encode, makeSubjects, type Bye, type Heartbeat } from '../protocol';
+import { newId } from '../ids';
 import { BreakerBook } from './breakers';
+import { BreakerSignals } from './breaker-signals';
 import { ReplyMux } from './dispatch';
 import { LivenessProber } from './liveness';
 import { buildHttpServer } from './http';
 import { RouterMetrics } from './metrics';
 import { WorkerRegistry } from './registry';
 import { RetryBudget } from './retry-budget';
+import { SharedSessionMoves } from './session-moves';
 import { SessionRegistry } from './sessions';
 
 export interface ControllerOptions {
@@ -41,6 +44,12 @@ export class Controller {
     private readonly prober: LivenessProber,
     private readonly ownsConnection: boolean,
     readonly url: string,
+    /** This controller's id among its peers (breaker signals, session moves). */
+    readonly id: string,
+    private readonly signals: BreakerSignals,
+    /** Resolves once the shared session bucket is open (undefined if it is stopped first, or off). */
+    readonly sessionMoves: Promise<SharedSessionMoves | undefined>,
+    private readonly stopOpening: AbortController,
   ) {}
 
   static async start(options: ControllerOptions): Promise<Controller> {
@@ -50,6 +59,7 @@ export class Controller {
     const nc = options.nc ?? (await connectNats(config.nats, 'mlx-router-controller'));
     const ownsConnection = !options.nc;
     const subjects = makeSubjects(config.nats.subjectPrefix);
+    const id = newId('controller');
     // Worker ids churn (hostname-pid by default): forgetting one must drop its breaker too.
     const registry = new WorkerRegistry({ clock, offlineAfterMs: config.discovery.offlineAfterMs, log, onForget: (id) => breakers.forget(id) });
     const cb = config.cluster.requestRouting.circuitBreaker;
@@ -57,12 +67,14 @@ export class Controller {
       ...cb,
       clock,
       random,
-      onTransition: (worker, from, to) => {
-        log.warn({ worker, from, to }, 'circuit breaker transition');
-        // `metrics` is declared below; transitions only happen once requests flow.
+      onTransition: (worker, from, to, cause) => {
+        log.warn({ worker, from, to, cause }, 'circuit breaker transition');
+        // `metrics` and `signals` are declared below; transitions only happen once requests flow.
         metrics.breakerTransitions.inc({ worker, from, to });
+        signals.onTransition(worker, to, cause);
       },
     });
+    const signals = new BreakerSignals(nc, breakers, { subject: subjects.breaker, controllerId: id, peerOpenMs: cb.peerOpenMs, log });
     const mux = new ReplyMux(nc);
     const metrics = new RouterMetrics({ registry, breakers, pendingReplies: () => mux.size });
     const deps: RouterDeps = {
@@ -83,10 +95,27 @@ export class Controller {
     try {
       pipeline = assemblePipeline(config, deps, options.baseDir);
     } catch (err) {
+      signals.close();
       mux.close();
       if (ownsConnection) await nc.close();
       throw err;
     }
+    const session = config.cluster.requestRouting.session;
+    // Opened in the background: routing never waits for JetStream, it only follows moves sooner.
+    const stopOpening = new AbortController();
+    const sessionMoves = session.sharedBucket
+      ? SharedSessionMoves.keepOpening(nc, {
+          bucket: session.sharedBucket,
+          ttlMs: session.ttlMs,
+          replicas: session.sharedReplicas,
+          controllerId: id,
+          log,
+          onMove: (s, worker) => deps.sessions.set(s, worker),
+        }, clock, stopOpening.signal).then((moves) => {
+          deps.sessionMoves = moves;
+          return moves;
+        })
+      : Promise.resolve(undefined);
 
     const subs = [
       nc.subscribe(subjects.heartbeat, {
@@ -102,10 +131,10 @@ export class Controller {
         },
       }),
     ];
-    // A body near the limit must still fit one NATS message (headers and JSON framing included).
+    // Bodies over one NATS message travel to v2 workers in parts; v1 workers cannot take them.
     const maxPayload = nc.info?.max_payload;
     if (maxPayload !== undefined && config.controller.bodyLimitBytes + 4096 > maxPayload) {
-      log.warn({ bodyLimitBytes: config.controller.bodyLimitBytes, maxPayload }, 'controller.bodyLimitBytes is close to the NATS max_payload: the largest requests will fail with 413');
+      log.debug({ bodyLimitBytes: config.controller.bodyLimitBytes, maxPayload }, 'large requests travel in parts (v1 workers answer them 413)');
     }
     // Running workers answer discovery with a heartbeat, so the registry fills at once.
     await nc.flush();
@@ -145,12 +174,15 @@ export class Controller {
       clearInterval(sweepTimer);
       prober.stop();
       for (const s of subs) s.unsubscribe();
+      signals.close();
+      stopOpening.abort();
+      await (await sessionMoves)?.close();
       mux.close();
       if (ownsConnection) await nc.close();
       throw err;
     }
-    log.info({ url, pipeline: pipeline.names, nats: config.nats.servers }, 'controller listening');
-    return new Controller(deps, pipeline, app, subs, sweepTimer, prober, ownsConnection, url);
+    log.info({ url, id, pipeline: pipeline.names, nats: config.nats.servers }, 'controller listening');
+    return new Controller(deps, pipeline, app, subs, sweepTimer, prober, ownsConnection, url, id, signals, sessionMoves, stopOpening);
   }
 
   /** Stops accepting requests, lets in-flight ones finish, then releases NATS. */
@@ -159,6 +191,9 @@ export class Controller {
     clearInterval(this.sweepTimer);
     this.prober.stop();
     for (const s of this.subs) s.unsubscribe();
+    this.signals.close();
+    this.stopOpening.abort();
+    await (await this.sessionMoves)?.close();
     this.deps.mux.close();
     if (this.ownsConnection && !this.deps.nc.isClosed()) await this.deps.nc.drain().catch(() => this.deps.nc.close());
   }

@@ -19,6 +19,11 @@ import {
   type WireReply,
   type WireResult,
 } from '../protocol';
+import { PROTOCOL_V2, wireRequestFor } from '../protocol-v2';
+import { PartJoiner, publishParts, readPart } from '../parts';
+
+/** Largest answer joined from parts (bytes). */
+const MAX_ANSWER_BYTES = 256 * 1024 * 1024;
 import type { WorkerInfo, WorkerRegistry } from './registry';
 
 type Handler = (msg: Msg) => void;
@@ -149,6 +154,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       ctx.attempt.firstTokenAt ??= ctx.clock.now();
       ctx.attempt.progress();
     };
+    let joiner: PartJoiner | undefined;
     const reg = deps.mux.register((msg) => {
       if (settled) return;
       deps.registry.heard(worker);
@@ -156,7 +162,22 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
         finish(new RouterError('WORKER_UNAVAILABLE', `worker ${worker.id} is not listening (no responders)`, { worker: worker.id }));
         return;
       }
-      const reply = decode<WireReply>(msg.data);
+      // A buffered answer larger than one NATS message arrives in numbered parts.
+      const part = readPart(msg.headers);
+      let data = msg.data;
+      if (part) {
+        const whole = (joiner ??= new PartJoiner(MAX_ANSWER_BYTES)).add(msg.data, part);
+        if (whole === undefined) {
+          ctx.attempt.progress();
+          return;
+        }
+        if (whole instanceof Error) {
+          finish(new RouterError('WORKER_ERROR', `worker ${worker.id} sent a bad answer part: ${whole.message}`, { worker: worker.id }), true);
+          return;
+        }
+        data = whole;
+      }
+      const reply = decode<WireReply>(data);
       if (!reply || typeof reply !== 'object') {
         finish(new RouterError('WORKER_ERROR', `worker ${worker.id} sent an unreadable reply`, { worker: worker.id }), true);
         return;
@@ -167,7 +188,12 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       }
       // Protocol 1.1: "still generating". Outside a stream's sequence; a stream ignores it.
       if (reply.type === 'progress') {
-        if (!ctx.stream) tokenSeen();
+        // `tokens` 0: keep-alive from a worker whose engine cannot show this answer's tokens; it
+        // proves the worker alive (the limits follow it) but is no first token.
+        if (!ctx.stream) {
+          if (reply.tokens === 0) ctx.attempt.progress();
+          else tokenSeen();
+        }
         return;
       }
       if (!ctx.stream) {
@@ -192,7 +218,9 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       if (reply.type === 'chunk') {
         ctx.attempt.chunks++;
         tokenSeen();
-        if (!ctx.sink?.write(String(reply.text ?? ''))) {
+        const sink = ctx.sink;
+        const delivered = Array.isArray(reply.choices) && sink?.writeChoices ? sink.writeChoices(reply.choices) : sink?.write(String(reply.text ?? ''));
+        if (!delivered) {
           finish(new RouterError('STREAM_INTERRUPTED', 'client reads too slowly: stream buffer cap reached', { worker: worker.id, outcome: 'cancelled' }), true);
         }
       } else if (reply.type === 'end') {
@@ -219,11 +247,11 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
     signal.addEventListener('abort', onAbort, { once: true });
     const remaining = ctx.deadline - ctx.clock.now();
     try {
-      const wire = ctx.continuation ? { ...ctx.request, continuation: ctx.continuation } : ctx.request;
-      deps.nc.publish(deps.subjects.infer(worker.id), encode(wire), {
-        reply: reg.subject,
-        headers: requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream, progress: worker.progressMs > 0 }),
-      });
+      const wire = wireRequestFor(worker.version, ctx.request, ctx.continuation || undefined);
+      const headers = () => requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream, progress: worker.progressMs > 0 });
+      // v2 workers join a request sent in parts; a v1 worker gets one message or REQUEST_TOO_LARGE.
+      if (worker.version >= PROTOCOL_V2) publishParts(deps.nc, deps.subjects.infer(worker.id), encode(wire), { reply: reg.subject, headers });
+      else deps.nc.publish(deps.subjects.infer(worker.id), encode(wire), { reply: reg.subject, headers: headers() });
     } catch (err) {
       // A local failure says nothing about the worker: never "worker gone".
       const message = (err as Error).message;

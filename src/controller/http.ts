@@ -10,9 +10,11 @@ import { newId } from '../ids';
 import type { Logger } from '../logger';
 import type { Pipeline, RouterDeps } from '../pipeline';
 import { answerMetadata, errorHeaders, executeChat, routingHeaders } from './chat';
+import { drainBody } from './body-limit';
 import { SseSink } from './sse';
 import { registerWebSocket } from './ws';
-import { validateChatRequest } from './validate';
+import { validateChatRequest, type ValidatedChat } from './validate';
+import { CHAT, registerOpenAIEndpoints, type AnswerKind } from './endpoints';
 
 export interface HttpOptions {
   config: RouterConfig;
@@ -72,11 +74,14 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'string' }, parseJson);
 
-  app.setErrorHandler((error: Error & { code?: string; statusCode?: number }, request, reply) => {
+  app.setErrorHandler(async (error: Error & { code?: string; statusCode?: number }, request, reply) => {
     let err: RouterError;
     if (isRouterError(error)) err = error;
     else if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE' || error.statusCode === 413) {
-      err = new RouterError('REQUEST_TOO_LARGE', `request body is larger than ${config.controller.bodyLimitBytes} bytes`, { param: 'body' });
+      err = new RouterError('REQUEST_TOO_LARGE', `request body is larger than ${config.controller.bodyLimitBytes} bytes (controller.bodyLimitBytes)`, { param: 'body' });
+      // Let the client finish sending first, so it reads the 413 (and SDKs do not retry it).
+      await drainBody(request.raw);
+      return sendError(reply, err, { 'x-request-id': String(request.id), connection: 'close', 'x-should-retry': 'false' });
     } else if (error.statusCode && error.statusCode >= 400 && error.statusCode < 500) {
       err = new RouterError('REQUEST_VALIDATION_FAILED', error.message, { param: 'body' });
     } else {
@@ -121,11 +126,14 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
 
   const env = { config, deps, pipeline, log };
 
-  app.post('/v1/chat/completions', async (req, reply) => {
+  /**
+   * One OpenAI request of any endpoint to its one outcome: a stream through the SSE sink, or the
+   * buffered answer `render` builds from the worker's result.
+   */
+  const serve = async (req: FastifyRequest, reply: FastifyReply, chat: ValidatedChat, kind: AnswerKind): Promise<FastifyReply> => {
     const requestId = String(req.id);
-    const chat = validateChatRequest(req.body);
     const created = Math.floor(Date.now() / 1000);
-    const completionId = `chatcmpl-${requestId}`;
+    const completionId = `${kind.idPrefix}${requestId}`;
     if (chat.request.stream) reply.hijack();
     const { ctx, error } = await executeChat(env, {
       requestId,
@@ -148,21 +156,17 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
           headers: () => routingHeaders(ctx),
           onCommit: () => deps.metrics.ttft.observe((deps.clock.now() - ctx.startedAt) / 1000),
           keepText: config.cluster.streaming.resume,
+          object: kind.chunkObject,
         }),
     });
     if (chat.request.stream || reply.raw.destroyed) return reply;
     if (error || !ctx?.result) return sendError(reply, error ?? toRouterError(new Error('no answer')), ctx ? routingHeaders(ctx) : {});
-    const result = ctx.result;
-    return reply.headers(routingHeaders(ctx)).send({
-      id: completionId,
-      object: 'chat.completion',
-      created,
-      model: chat.request.model,
-      choices: [{ index: 0, message: { role: 'assistant', content: result.text }, logprobs: null, finish_reason: result.finish_reason }],
-      usage: result.usage,
-      metadata: answerMetadata(ctx),
-    });
-  });
+    const answer = kind.render(ctx.result, { id: completionId, created, model: chat.request.model });
+    return reply.headers(routingHeaders(ctx)).send({ ...answer, metadata: answerMetadata(ctx) });
+  };
+
+  app.post('/v1/chat/completions', (req, reply) => serve(req, reply, validateChatRequest(req.body), CHAT));
+  registerOpenAIEndpoints(app, deps, serve);
 
   registerWebSocket(app, env);
 

@@ -7,6 +7,7 @@ import type { Clock } from '../clock';
 import type { Logger } from '../logger';
 import { WORKER_ID_PATTERN, type Heartbeat, type PromptCacheInfo } from '../protocol';
 import type { WorkerDirectory, WorkerInfo } from '../types';
+import { readCapabilities } from './capabilities';
 
 export type { WorkerInfo };
 
@@ -81,6 +82,7 @@ export class WorkerRegistry implements WorkerDirectory {
       known.progressMs = progressMs;
       known.heartbeatMs = heartbeatMs;
       known.promptCache = readPromptCache(hb.prompt_cache);
+      Object.assign(known, readCapabilities(hb, models));
     } else {
       this.workers.set(hb.id, {
         id: hb.id,
@@ -100,6 +102,7 @@ export class WorkerRegistry implements WorkerDirectory {
         heartbeatMs,
         lastActivityAt: now,
         promptCache: readPromptCache(hb.prompt_cache),
+        ...readCapabilities(hb, models),
       });
     }
     this.noteTransition(hb.id);
@@ -180,6 +183,11 @@ export class WorkerRegistry implements WorkerDirectory {
   knowsContinuation(model: string): boolean {
     for (const w of this.workers.values()) if (w.continuation && w.models.includes(model)) return true;
     return false;
+  }
+
+  /** Every known worker, online or recently seen. */
+  known(): WorkerInfo[] {
+    return [...this.workers.values()];
   }
 
   get(id: string): WorkerInfo | undefined {

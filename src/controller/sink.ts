@@ -6,6 +6,7 @@
  */
 import type { RouterError } from '../errors';
 import type { FinishReason, Usage } from '../protocol';
+import { deltaBreaksResume, type ChoiceDelta, type ChoiceFinish } from '../protocol-v2';
 import type { ChatSink } from './chat';
 
 export interface SinkCoreOptions {
@@ -23,6 +24,7 @@ export abstract class SinkCore implements ChatSink {
   private isCommitted = false;
   private closed = false;
   private text = '';
+  private exact = true;
 
   protected constructor(private readonly core: SinkCoreOptions) {}
 
@@ -48,12 +50,34 @@ export abstract class SinkCore implements ChatSink {
     return this.bufferedBytes() <= this.core.maxBufferedBytes;
   }
 
-  /** Clean end: final chunk with finish_reason, optional usage chunk, the transport's end marker. */
-  finish(finishReason: FinishReason, usage: Usage | undefined, includeUsage: boolean, metadata: Record<string, unknown>): void {
+  /**
+   * False once the client got more than choice 0's plain text (a tool call, another choice): a
+   * resume could not continue that exactly (docs/streaming.md).
+   */
+  get resumable(): boolean {
+    return this.exact;
+  }
+
+  /** v2: the engine's deltas, each written whole as its own chunk. */
+  writeChoices(choices: ChoiceDelta[]): boolean {
+    if (this.done) return false;
+    this.beforeWrite();
+    if (!this.isCommitted) this.commit();
+    for (const c of choices) {
+      if (deltaBreaksResume(c)) this.exact = false;
+      else if (this.core.keepText && typeof c.delta.content === 'string') this.text += c.delta.content;
+      this.writeChoice(c);
+    }
+    return this.bufferedBytes() <= this.core.maxBufferedBytes;
+  }
+
+  /** Clean end: final chunk with finish_reason (each choice's, for n > 1), optional usage chunk, the transport's end marker. */
+  finish(finishReason: FinishReason, usage: Usage | undefined, includeUsage: boolean, metadata: Record<string, unknown>, finishes?: ChoiceFinish[]): void {
     if (this.done) return;
     if (!this.isCommitted && this.commitsOnFinish()) this.commit();
     this.closed = true;
-    this.writeFinish(finishReason, includeUsage ? usage : undefined, usage, metadata);
+    const last = finishes && finishes.length > 0 ? finishes : [{ index: 0, finish_reason: finishReason }];
+    this.writeFinish(finishReason, includeUsage ? usage : undefined, usage, metadata, last);
   }
 
   /** Failure: before commit a plain error answer, after it an in-band error; never a clean end. */
@@ -77,8 +101,19 @@ export abstract class SinkCore implements ChatSink {
   protected abstract commitsOnFinish(): boolean;
   protected abstract writeCommit(headers: Record<string, string>): void;
   protected abstract writeChunk(text: string): void;
-  /** `usageChunk` is set when the client asked for a usage chunk; `usage` is always the answer's. */
-  protected abstract writeFinish(finishReason: FinishReason, usageChunk: Usage | undefined, usage: Usage | undefined, metadata: Record<string, unknown>): void;
+  /** v2: one engine delta as one chunk. */
+  protected abstract writeChoice(choice: ChoiceDelta): void;
+  /**
+   * `usageChunk` is set when the client asked for a usage chunk; `usage` is always the answer's;
+   * `finishes` holds every choice's finish reason (one entry unless n > 1).
+   */
+  protected abstract writeFinish(
+    finishReason: FinishReason,
+    usageChunk: Usage | undefined,
+    usage: Usage | undefined,
+    metadata: Record<string, unknown>,
+    finishes: ChoiceFinish[],
+  ): void;
   protected abstract writeFailure(err: RouterError, headers: Record<string, string>, committed: boolean): void;
   /** Called before every chunk (SSE batches the chunks of one event-loop turn). */
   protected beforeWrite(): void {}

@@ -6,6 +6,7 @@
 import type { ServerResponse } from 'node:http';
 import type { RouterError } from '../errors';
 import type { FinishReason, Usage } from '../protocol';
+import type { ChoiceDelta, ChoiceFinish } from '../protocol-v2';
 import { SinkCore, type SinkCoreOptions } from './sink';
 
 export interface SseSinkOptions extends SinkCoreOptions {
@@ -13,20 +14,27 @@ export interface SseSinkOptions extends SinkCoreOptions {
   completionId: string;
   model: string;
   created: number;
+  /** `chat.completion.chunk` (default), or legacy `text_completion` chunks (`choices[].text`). */
+  object?: 'chat.completion.chunk' | 'text_completion';
 }
 
 /** SSE's byte writer over the shared sink core. */
 export class SseSink extends SinkCore {
   private corked = false;
+  private readonly head: string;
   private readonly prefix: string;
-  private readonly suffix = '},"finish_reason":null}]}\n\n';
+  private readonly suffix: string;
+  private readonly legacy: boolean;
 
   constructor(private readonly options: SseSinkOptions) {
     super(options);
+    this.legacy = options.object === 'text_completion';
     // Every content chunk shares this prefix: build it once, not a JSON object per token.
-    this.prefix =
-      `data: {"id":${JSON.stringify(options.completionId)},"object":"chat.completion.chunk","created":${options.created},` +
-      `"model":${JSON.stringify(options.model)},"choices":[{"index":0,"delta":{"content":`;
+    this.head =
+      `data: {"id":${JSON.stringify(options.completionId)},"object":"${options.object ?? 'chat.completion.chunk'}","created":${options.created},` +
+      `"model":${JSON.stringify(options.model)},`;
+    this.prefix = this.head + (this.legacy ? '"choices":[{"index":0,"text":' : '"choices":[{"index":0,"delta":{"content":');
+    this.suffix = this.legacy ? ',"logprobs":null,"finish_reason":null}]}\n\n' : '},"finish_reason":null}]}\n\n';
   }
 
   protected isOpen(): boolean {
@@ -49,10 +57,21 @@ export class SseSink extends SinkCore {
     this.options.res.write(this.prefix + JSON.stringify(text) + this.suffix);
   }
 
-  /** Final chunk with finish_reason, optional usage chunk, metadata, `[DONE]`. */
-  protected writeFinish(finishReason: FinishReason, usageChunk: Usage | undefined, _usage: Usage | undefined, metadata: Record<string, unknown>): void {
-    const base = { id: this.options.completionId, object: 'chat.completion.chunk', created: this.options.created, model: this.options.model };
-    this.send({ ...base, choices: [{ index: 0, delta: {}, finish_reason: finishReason }], metadata });
+  protected writeChoice(c: ChoiceDelta): void {
+    const logprobs = c.logprobs !== undefined ? { logprobs: c.logprobs } : {};
+    const choice = this.legacy
+      ? { index: c.index, text: String(c.delta.text ?? c.delta.content ?? ''), logprobs: c.logprobs ?? null, finish_reason: null }
+      : { index: c.index, delta: c.delta, ...logprobs, finish_reason: null };
+    this.options.res.write(`${this.head}"choices":[${JSON.stringify(choice)}]}\n\n`);
+  }
+
+  /** Final chunk with every choice's finish_reason, optional usage chunk, metadata, `[DONE]`. */
+  protected writeFinish(_finishReason: FinishReason, usageChunk: Usage | undefined, _usage: Usage | undefined, metadata: Record<string, unknown>, finishes: ChoiceFinish[]): void {
+    const base = { id: this.options.completionId, object: this.options.object ?? 'chat.completion.chunk', created: this.options.created, model: this.options.model };
+    const choices = finishes.map((f) =>
+      this.legacy ? { index: f.index, text: '', logprobs: null, finish_reason: f.finish_reason } : { index: f.index, delta: {}, finish_reason: f.finish_reason },
+    );
+    this.send({ ...base, choices, metadata });
     if (usageChunk) this.send({ ...base, choices: [], usage: usageChunk });
     this.end('data: [DONE]\n\n');
   }
@@ -103,6 +122,8 @@ export class SseSink extends SinkCore {
       connection: 'keep-alive',
       'x-accel-buffering': 'no',
     });
+    // Legacy text completions have no role chunk.
+    if (this.legacy) return;
     this.send({
       id: this.options.completionId,
       object: 'chat.completion.chunk',

@@ -11,6 +11,7 @@ import type { WebSocket } from 'ws';
 import { isRouterError, RouterError, toRouterError } from '../errors';
 import { newId } from '../ids';
 import type { FinishReason, Usage } from '../protocol';
+import type { ChoiceDelta, ChoiceFinish } from '../protocol-v2';
 import { executeChat, routingHeaders, type ChatEnv } from './chat';
 import { SinkCore, type SinkCoreOptions } from './sink';
 import { validateChatRequest } from './validate';
@@ -46,8 +47,13 @@ class WsSink extends SinkCore {
     this.send({ ...this.base, choices: [{ index: 0, delta: { content: text }, finish_reason: null }] });
   }
 
-  protected writeFinish(finishReason: FinishReason, usageChunk: Usage | undefined, usage: Usage | undefined, metadata: Record<string, unknown>): void {
-    this.send({ ...this.base, choices: [{ index: 0, delta: {}, finish_reason: finishReason }] });
+  protected writeChoice(c: ChoiceDelta): void {
+    const logprobs = c.logprobs !== undefined ? { logprobs: c.logprobs } : {};
+    this.send({ ...this.base, choices: [{ index: c.index, delta: c.delta, ...logprobs, finish_reason: null }] });
+  }
+
+  protected writeFinish(finishReason: FinishReason, usageChunk: Usage | undefined, usage: Usage | undefined, metadata: Record<string, unknown>, finishes: ChoiceFinish[]): void {
+    this.send({ ...this.base, choices: finishes.map((f) => ({ index: f.index, delta: {}, finish_reason: f.finish_reason })) });
     if (usageChunk) this.send({ ...this.base, choices: [], usage: usageChunk });
     this.send({ type: 'done', request_id: this.requestId, finish_reason: finishReason, usage, metadata });
   }

@@ -11,7 +11,8 @@ import type { Clock } from '../clock';
 import { systemClock } from '../clock';
 import type { Logger } from '../logger';
 import { estimateTokens, type Usage, type WireRequest } from '../protocol';
-import { EngineError, type Engine, type EngineResult } from './engine';
+import { EngineError, type DeltaSink, type Engine, type EngineResult } from './engine';
+import { answerText, choiceDelta, endpointPath, engineBodyV2, extraFields, resultV2 } from './openai-v2';
 import { engineErrorText, httpError, inBandError, isConnectFailure, networkCode, networkError } from './openai-errors';
 import { promptTokens } from './synthetic';
 
@@ -119,7 +120,7 @@ export function engineBody(request: WireRequest, continuation: ContinuationMode 
   };
 }
 
-function onStreamEvent(ev: EventSourceMessage, state: StreamState, onText: (text: string) => void): void {
+function onStreamEvent(ev: EventSourceMessage, state: StreamState, onText: (text: string) => void, onDelta?: DeltaSink): void {
   // One feed may hold several events; nothing after the end or a failure counts.
   if (state.done || state.failure) return;
   if (ev.data === '[DONE]') {
@@ -137,6 +138,21 @@ function onStreamEvent(ev: EventSourceMessage, state: StreamState, onText: (text
     state.failure = inBandError(ev.data);
     return;
   }
+  if (onDelta) {
+    // v2: every choice's delta whole; choice 0 also keeps the text and finish for the result.
+    for (const raw of Array.isArray(chunk?.choices) ? chunk.choices : []) {
+      const d = choiceDelta(raw);
+      if (!d) continue;
+      if (d.index === 0) {
+        const piece = d.delta.content ?? d.delta.text;
+        if (typeof piece === 'string') state.text += piece;
+        if (d.finish_reason) state.finish = d.finish_reason;
+      }
+      onDelta(d);
+    }
+    if (chunk?.usage) state.usage = chunk.usage;
+    return;
+  }
   const choice = Array.isArray(chunk?.choices) ? chunk.choices[0] : undefined;
   const piece = choice?.delta?.content;
   if (typeof piece === 'string' && piece.length > 0) {
@@ -147,13 +163,13 @@ function onStreamEvent(ev: EventSourceMessage, state: StreamState, onText: (text
   if (chunk?.usage) state.usage = chunk.usage;
 }
 
-async function readStream(res: Response, request: WireRequest, onText: (text: string) => void, signal: AbortSignal): Promise<EngineResult> {
+async function readStream(res: Response, request: WireRequest, onText: (text: string) => void, signal: AbortSignal, onDelta?: DeltaSink): Promise<EngineResult> {
   const reader = res.body?.getReader();
   if (!reader) throw new EngineError('WORKER_ERROR', 'engine answered a stream request without a body');
   const state: StreamState = { text: '', done: false };
   const parser = createParser({
     maxBufferSize: MAX_EVENT_CHARS,
-    onEvent: (ev) => onStreamEvent(ev, state, onText),
+    onEvent: (ev) => onStreamEvent(ev, state, onText, onDelta),
     onError: (err) => {
       // llama-server has written `error: {...}` lines, which are not an SSE field.
       if (err.type === 'unknown-field' && err.field === 'error') state.failure ??= inBandError(err.value ?? '');
@@ -180,10 +196,10 @@ async function readStream(res: Response, request: WireRequest, onText: (text: st
   if (!state.done && state.finish === undefined) {
     throw new EngineError('WORKER_ERROR', `engine stream ended after ${state.text.length} characters without finish_reason or [DONE]`);
   }
-  return result(request, state.text, state.finish, state.usage);
+  return onDelta ? resultV2(request, state.text, state.finish, state.usage) : result(request, state.text, state.finish, state.usage);
 }
 
-async function readBuffered(res: Response, request: WireRequest, onText: (text: string) => void, signal: AbortSignal): Promise<EngineResult> {
+async function readBuffered(res: Response, request: WireRequest, onText: (text: string) => void, signal: AbortSignal, v2 = false): Promise<EngineResult> {
   let body: string;
   try {
     body = await res.text();
@@ -198,6 +214,19 @@ async function readBuffered(res: Response, request: WireRequest, onText: (text: 
     throw new EngineError('WORKER_ERROR', `engine sent an unreadable answer: ${engineErrorText(body)}`);
   }
   if (answer?.error !== undefined) throw inBandError(body);
+  if (v2 && request.endpoint === 'embeddings') {
+    if (!Array.isArray((answer as { data?: unknown })?.data)) throw new EngineError('WORKER_ERROR', 'engine embeddings answer has no data');
+    return resultV2(request, '', 'stop', answer.usage, { extra: extraFields(answer as Record<string, unknown>) });
+  }
+  if (v2) {
+    // v2: the answer's choices and fields whole, as the engine gave them.
+    if (!Array.isArray(answer?.choices) || answer.choices.length === 0) throw new EngineError('WORKER_ERROR', 'engine answer has no choices');
+    const first = answer.choices[0];
+    return resultV2(request, answerText(first), first?.finish_reason, answer.usage, {
+      choices: answer.choices as Array<Record<string, unknown>>,
+      extra: extraFields(answer as Record<string, unknown>),
+    });
+  }
   const choice = Array.isArray(answer?.choices) ? answer.choices[0] : undefined;
   if (!choice) throw new EngineError('WORKER_ERROR', 'engine answer has no choices');
   const content = choice.message?.content;
@@ -319,22 +348,30 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
       await probing;
     },
 
-    async generate(request, onText, signal): Promise<EngineResult> {
+    // v1 requests stream from the engine (tokens show); a v2 buffered body is answered whole.
+    reportsTokens: (request) => request.stream || request.body === undefined,
+
+    // An OpenAI-compatible server judges what its model supports; a 400 from it reaches the client.
+    capabilities: () => ['chat', 'completions', 'embeddings', 'tools', 'vision'],
+
+    async generate(request, onText, signal, onDelta): Promise<EngineResult> {
       // Without a continuation mode, resume is not advertised, so this is a protocol mistake.
       if (request.continuation !== undefined && continuation === 'off') {
         throw new EngineError('WORKER_ERROR', 'this engine is not configured to continue a partial answer (worker.openai.continuation)');
       }
       signal.throwIfAborted();
-      // Always streamed from the engine, even for a buffered answer: the worker sees every token,
-      // so it can tell the controller it is making progress (protocol 1.1).
-      const upstream: WireRequest = request.stream ? request : { ...request, stream: true };
+      const v2 = request.body !== undefined;
+      // v1: always streamed from the engine, even for a buffered answer: the worker sees every
+      // token, so it can tell the controller it is making progress. v2 bodies go as the client
+      // sent them (a buffered one is answered whole; the worker then shows only that it is alive).
+      const upstream: WireRequest = v2 || request.stream ? request : { ...request, stream: true };
       let res: Response;
       try {
         // The signal bounds every phase, connect included: a cancel or the deadline aborts at once.
-        res = await fetch(`${base}/chat/completions`, {
+        res = await fetch(`${base}${v2 ? endpointPath(request.endpoint) : '/chat/completions'}`, {
           method: 'POST',
-          headers: headers('text/event-stream'),
-          body: JSON.stringify(engineBody(upstream, continuation)),
+          headers: headers(upstream.stream ? 'text/event-stream' : 'application/json'),
+          body: JSON.stringify(v2 ? engineBodyV2(request, continuation) : engineBody(upstream, continuation)),
           signal,
         });
       } catch (err) {
@@ -353,6 +390,10 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
           void probe();
         }
         throw err;
+      }
+      if (v2) {
+        if (request.stream) return readStream(res, request, onText, signal, onDelta ?? ((d) => onText(String(d.delta.content ?? ''))));
+        return readBuffered(res, request, onText, signal, true);
       }
       // An engine that ignores `stream` and answers with one JSON body is read as such.
       const json = (res.headers.get('content-type') ?? '').includes('application/json');

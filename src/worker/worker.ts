@@ -25,7 +25,11 @@ import {
   type WireRequest,
 } from '../protocol';
 import { headers as natsHeaders } from '@nats-io/transport-node';
+import { isWireRequestV2, type Capability, type ChoiceDelta } from '../protocol-v2';
+import { PartJoiner, publishParts, readPart } from '../parts';
+import { DeltaRelay } from './delta-relay';
 import { EngineError, type Engine, type EngineResult } from './engine';
+import { readWireRequestV2 } from './request-v2';
 import { validateWireRequest } from './validate';
 
 export interface WorkerOptions {
@@ -48,6 +52,9 @@ export interface WorkerOptions {
   progressIntervalMs?: number;
   clock?: Clock;
 }
+
+/** Largest request a worker joins from parts (bytes): 64 MiB, four times the default HTTP body limit. */
+const MAX_REQUEST_BYTES = 64 * 1024 * 1024;
 
 /** Largest coalesced chunk (characters; JSON escaping at most doubles it, far below 1 MiB). */
 const MAX_CHUNK_CHARS = 16 * 1024;
@@ -74,6 +81,8 @@ export class Worker {
   private readonly subjects: Subjects;
   private readonly clock: Clock;
   private readonly inFlight = new Map<string, InFlight>();
+  /** Large requests whose parts are still arriving, by reply subject. */
+  private readonly joining = new Map<string, { joiner: PartJoiner; timer: NodeJS.Timeout }>();
   private readonly subs: Subscription[] = [];
   private heartbeatTimer?: NodeJS.Timeout;
   private state: 'new' | 'ready' | 'draining' | 'stopped' = 'new';
@@ -99,7 +108,7 @@ export class Worker {
     const on = (subject: string, handle: (msg: Msg) => void): void => {
       this.subs.push(this.nc.subscribe(subject, { callback: (err, msg) => { if (!err) handle(msg); } }));
     };
-    on(this.subjects.infer(this.id), (msg) => this.onRequest(msg));
+    on(this.subjects.infer(this.id), (msg) => this.onInfer(msg));
     on(this.subjects.cancel(this.id), (msg) => this.onCancel(msg));
     on(this.subjects.discover, () => this.heartbeat());
     // The server must know our subscriptions before anyone is told we exist.
@@ -131,6 +140,8 @@ export class Worker {
     }
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = undefined;
+    for (const j of this.joining.values()) clearTimeout(j.timer);
+    this.joining.clear();
     for (const sub of this.subs) sub.unsubscribe();
     this.subs.length = 0;
     if (!this.nc.isClosed()) {
@@ -160,9 +171,17 @@ export class Worker {
       interval_ms: this.heartbeatIntervalMs,
       continuation: this.engine.supportsContinuation === true,
       progress_ms: this.progressIntervalMs,
+      capabilities: this.capabilities(),
       ...(cacheSize !== undefined && cacheSize > 0 ? { prompt_cache: { size: cacheSize, epoch: this.cacheEpoch } } : {}),
     };
     this.nc.publish(this.subjects.heartbeat, encode(hb));
+  }
+
+  /** v2: what each model is served for (engines without a say: chat). */
+  private capabilities(): Record<string, Capability[]> {
+    const out: Record<string, Capability[]> = {};
+    for (const m of this.engine.models()) out[m] = [...(this.engine.capabilities?.(m) ?? ['chat'])];
+    return out;
   }
 
   private onCancel(msg: Msg): void {
@@ -180,15 +199,47 @@ export class Worker {
     }
   }
 
-  private onRequest(msg: Msg): void {
+  /** A request message, or one part of a large one (joined per reply subject, then served). */
+  private onInfer(msg: Msg): void {
+    const part = readPart(msg.headers);
+    if (!part || !msg.reply) {
+      this.onRequest(msg, msg.data);
+      return;
+    }
+    const reply = msg.reply;
+    let joining = this.joining.get(reply);
+    if (!joining) {
+      // Bounded: a peer cannot make the worker hold more than a few large requests half joined.
+      if (this.joining.size >= this.maxConcurrent * 2) return;
+      const deadline = readRequestHeaders(msg.headers).deadlineMs;
+      const timer = setTimeout(() => this.joining.delete(reply), Number.isFinite(deadline) ? Math.min(deadline, 120_000) : 120_000);
+      joining = { joiner: new PartJoiner(MAX_REQUEST_BYTES), timer };
+      this.joining.set(reply, joining);
+    }
+    const whole = joining.joiner.add(msg.data, part);
+    if (whole === undefined) return;
+    clearTimeout(joining.timer);
+    this.joining.delete(reply);
+    if (whole instanceof Error) {
+      const code = 'REQUEST_VALIDATION_FAILED';
+      this.nc.publish(reply, encode({ type: 'error', code, outcome: ERROR_CATALOGUE[code].outcome, message: `request parts: ${whole.message}` }));
+      return;
+    }
+    this.onRequest(msg, whole);
+  }
+
+  private onRequest(msg: Msg, data: Uint8Array): void {
     const reply = msg.reply;
     if (!reply) return;
     const meta = readRequestHeaders(msg.headers);
     if (meta.deadlineMs <= 0) return; // the controller has already given up on it
+    // v2 controllers join parts: a buffered answer larger than one NATS message goes in parts.
+    let partsOk = false;
     const send = (body: WireReply, seq?: number): void => {
       if (this.nc.isClosed()) return;
       if (seq === undefined) {
-        this.nc.publish(reply, encode(body));
+        if (partsOk) publishParts(this.nc, reply, encode(body));
+        else this.nc.publish(reply, encode(body));
       } else {
         const h = natsHeaders();
         h.set(HDR_SEQ, String(seq));
@@ -207,7 +258,9 @@ export class Worker {
       fail('WORKER_UNAVAILABLE', `worker ${this.id}: its ${this.engine.name} engine is not answering`);
       return;
     }
-    const parsed = validateWireRequest(decode<unknown>(msg.data));
+    const raw = decode<unknown>(data);
+    partsOk = isWireRequestV2(raw);
+    const parsed = partsOk ? readWireRequestV2(raw) : validateWireRequest(raw);
     if (typeof parsed === 'string') {
       fail('REQUEST_VALIDATION_FAILED', parsed);
       return;
@@ -266,7 +319,43 @@ export class Worker {
       seq++;
       pending = '';
     };
+    // v2: the engine's deltas travel whole; text-only engines' text becomes choice 0's content.
+    const relay = request.body
+      ? new DeltaRelay(
+          request.stream
+            ? (choices: ChoiceDelta[], text: string) => {
+                send({ type: 'chunk', seq, text, choices }, seq);
+                seq++;
+              }
+            : undefined,
+        )
+      : undefined;
+    // A buffered answer shows it is alive token by token (throttled), when the controller asks.
+    const tokenShown = (): void => {
+      tokens++;
+      if (!progress) return;
+      const now = this.clock.now();
+      if (now - progressAt < this.progressIntervalMs) return;
+      progressAt = now;
+      send({ type: 'progress', tokens });
+    };
+    // An engine that cannot show this request's tokens: keep-alive progress (tokens 0) instead,
+    // which tells the controller the worker is alive without claiming a first token.
+    const keepAlive =
+      progress && !request.stream && this.engine.reportsTokens?.(request) === false
+        ? setInterval(() => send({ type: 'progress', tokens: 0 }), this.progressIntervalMs)
+        : undefined;
     try {
+      if (relay) {
+        const onDelta = (d: ChoiceDelta): void => {
+          relay.push(d);
+          if (!request.stream) tokenShown();
+        };
+        const result = await this.engine.generate(request, (piece) => onDelta({ index: 0, delta: { content: piece } }), signal, onDelta);
+        relay.flush();
+        this.answerV2(request, relay, result, send, seq);
+        return;
+      }
       const onText = request.stream
         ? (piece: string) => {
             pending += piece;
@@ -280,12 +369,7 @@ export class Worker {
           }
         : (piece: string) => {
             text += piece;
-            tokens++;
-            if (!progress) return;
-            const now = this.clock.now();
-            if (now - progressAt < this.progressIntervalMs) return;
-            progressAt = now;
-            send({ type: 'progress', tokens });
+            tokenShown();
           };
       const result = await this.engine.generate(request, onText, signal);
       if (request.stream) {
@@ -298,8 +382,12 @@ export class Worker {
     } catch (err) {
       if (flushTimer) clearImmediate(flushTimer);
       // A cancelled or expired request has nobody waiting: answer nothing.
-      if (signal.aborted && !(signal.reason instanceof EngineError)) return;
+      if (signal.aborted && !(signal.reason instanceof EngineError)) {
+        relay?.discard();
+        return;
+      }
       flush();
+      relay?.flush();
       const e = err instanceof EngineError ? err : signal.reason instanceof EngineError ? signal.reason : undefined;
       const code: ErrorCode = e?.code ?? 'WORKER_ERROR';
       const message = e?.message ?? `engine error: ${(err as Error)?.message ?? String(err)}`;
@@ -309,6 +397,21 @@ export class Worker {
         ...(request.stream && seq > 0 ? { seq, outcome: 'committed' as OutcomeClass } : request.stream ? { seq } : {}),
       });
       if (!(err instanceof EngineError)) this.log.error({ err, worker: this.id }, 'engine failed');
+    } finally {
+      if (keepAlive) clearInterval(keepAlive);
     }
+  }
+
+  /** The v2 final message: `end` with every choice's finish reason, or `result` with whole choices. */
+  private answerV2(request: WireRequest, relay: DeltaRelay, result: EngineResult, send: (body: WireReply, seq?: number) => void, seq: number): void {
+    const n = typeof request.body?.n === 'number' && Number.isInteger(request.body.n) && request.body.n > 1 ? request.body.n : 1;
+    const finishes = result.finishes ?? relay.finishes(result.finishReason, n);
+    const common = { finish_reason: result.finishReason, usage: result.usage, ...estimated(result) };
+    if (request.stream) {
+      send({ type: 'end', seq, ...common, choices: finishes }, seq);
+      return;
+    }
+    const choices = request.endpoint === 'embeddings' ? undefined : (result.choices ?? relay.choices(result.finishReason, n));
+    send({ type: 'result', text: relay.text, ...common, ...(choices ? { choices } : {}), ...(result.extra ? { extra: result.extra } : {}) });
   }
 }

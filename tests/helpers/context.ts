@@ -25,6 +25,8 @@ export function makeWorker(id: string, patch: Partial<WorkerInfo> = {}): WorkerI
     progressMs: 250,
     heartbeatMs: 100,
     lastActivityAt: 0,
+    version: 2,
+    capabilities: { [MODEL]: ['chat', 'completions', 'tools'] },
     ...patch,
   };
 }

@@ -137,8 +137,45 @@ function readBody(req: IncomingMessage): Promise<string> {
   });
 }
 
-function usageOf(completion: number): Record<string, number> {
-  return { prompt_tokens: FAKE_PROMPT_TOKENS, completion_tokens: completion, total_tokens: FAKE_PROMPT_TOKENS + completion };
+function usageOf(completion: number): Record<string, unknown> {
+  return {
+    prompt_tokens: FAKE_PROMPT_TOKENS,
+    completion_tokens: completion,
+    total_tokens: FAKE_PROMPT_TOKENS + completion,
+    ...FAKE_USAGE_DETAILS,
+  };
+}
+
+/** The vector the fake answers every embedding input with. */
+export const FAKE_EMBEDDING = [0.25, -0.5, 0.75];
+/** cached_tokens the fake reports in prompt_tokens_details. */
+export const FAKE_CACHED_TOKENS = 16;
+/** The usage details the fake reports, as OpenAI and vLLM (prompt caching on) report them. */
+export const FAKE_USAGE_DETAILS = { prompt_tokens_details: { cached_tokens: FAKE_CACHED_TOKENS }, completion_tokens_details: { reasoning_tokens: 0 } };
+/** The arguments of the fake's tool call, in the fragments it streams them in. */
+export const FAKE_TOOL_ARGS = ['{"city"', ': "Par', 'is", "days"', ': 3}'];
+
+/** The fake calls the first tool unless tool_choice is none or the last message is a tool result. */
+function wantsToolCall(body: any): string | undefined {
+  const tools: any[] = Array.isArray(body?.tools) ? body.tools : [];
+  const messages: any[] = Array.isArray(body?.messages) ? body.messages : [];
+  if (tools.length === 0 || body?.tool_choice === 'none' || messages[messages.length - 1]?.role === 'tool') return undefined;
+  return String(body?.tool_choice?.function?.name ?? tools[0]?.function?.name ?? 'tool');
+}
+
+/** Logprobs of one piece, in OpenAI's shape, when the request asked for them. */
+function logprobsOf(body: any, piece: string): Record<string, unknown> | null {
+  if (body?.logprobs !== true) return null;
+  const top = typeof body?.top_logprobs === 'number' ? body.top_logprobs : 0;
+  const entry = (token: string, logprob: number) => ({ token, logprob, bytes: [...Buffer.from(token)] });
+  return { content: [{ ...entry(piece, -0.25), top_logprobs: Array.from({ length: top }, (_, i) => entry(`${piece}#${i}`, -1 - i)) }], refusal: null };
+}
+
+/** Sampling parameters checked as vLLM checks them: the engine's own 400. */
+function samplingError(body: any): string | undefined {
+  if (body?.top_p !== undefined && !(typeof body.top_p === 'number' && body.top_p > 0 && body.top_p <= 1)) return `top_p must be in (0, 1], got ${String(body.top_p)}.`;
+  if (body?.top_logprobs !== undefined && body?.logprobs !== true) return 'when using `top_logprobs`, `logprobs` must be set to true.';
+  return undefined;
 }
 
 /** Starts a fake engine on 127.0.0.1 and a free port. */
@@ -173,7 +210,11 @@ export async function startFakeEngine(initial: Partial<FakeBehaviour> = {}): Pro
       default:
         break;
     }
+    const invalid = samplingError(body);
+    if (invalid) return sendError(res, 400, invalid);
     const model = String(body?.model ?? '');
+    const toolName = wantsToolCall(body);
+    if (toolName !== undefined) return toolCall(res, body, model, toolName);
     const maxTokens = typeof body?.max_tokens === 'number' ? body.max_tokens : undefined;
     const messages: Array<{ role?: unknown; content?: unknown }> = Array.isArray(body?.messages) ? body.messages : [];
     const last = messages[messages.length - 1];
@@ -190,7 +231,15 @@ export async function startFakeEngine(initial: Partial<FakeBehaviour> = {}): Pro
         object: 'chat.completion',
         created: 0,
         model,
-        choices: [{ index: 0, message: { role: 'assistant', content: answer.text }, finish_reason: answer.finish }],
+        choices: [
+          {
+            index: 0,
+            message: { role: 'assistant', content: answer.text },
+            logprobs: body?.logprobs === true ? { content: answer.pieces.flatMap((p) => (logprobsOf(body, p)?.content as unknown[]) ?? []), refusal: null } : null,
+            finish_reason: answer.finish,
+          },
+        ],
+        system_fingerprint: 'fp_fake',
         ...(withUsage ? { usage: usageOf(answer.pieces.length) } : {}),
       });
       if (behaviour.mode === 'cut-stream') {
@@ -224,12 +273,69 @@ export async function startFakeEngine(initial: Partial<FakeBehaviour> = {}): Pro
         res.end();
         return;
       }
-      await write(res, event([{ index: 0, delta: { content: answer.pieces[i] }, finish_reason: null }]));
+      const lp = logprobsOf(body, answer.pieces[i]);
+      await write(res, event([{ index: 0, delta: { content: answer.pieces[i] }, ...(lp ? { logprobs: lp } : {}), finish_reason: null }]));
     }
     await write(res, event([{ index: 0, delta: {}, finish_reason: answer.finish }]));
     const includeUsage = body?.stream_options?.include_usage === true;
     if (withUsage && includeUsage) await write(res, event([], { usage: usageOf(answer.pieces.length) }));
     res.end('data: [DONE]\n\n');
+  }
+
+  /** A tool call, buffered or streamed as OpenAI streams it: id and name first, then argument fragments. */
+  async function toolCall(res: ServerResponse, body: any, model: string, name: string): Promise<void> {
+    const id = 'call_fake_1';
+    const usage = usageOf(9);
+    if (body?.stream !== true) {
+      const call = { id, type: 'function', function: { name, arguments: FAKE_TOOL_ARGS.join('') } };
+      return sendJson(res, 200, {
+        id: 'chatcmpl-fake',
+        object: 'chat.completion',
+        created: 0,
+        model,
+        choices: [{ index: 0, message: { role: 'assistant', content: null, tool_calls: [call] }, logprobs: null, finish_reason: 'tool_calls' }],
+        usage,
+      });
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    const event = (choices: unknown[], extra: Record<string, unknown> = {}): string =>
+      `data: ${JSON.stringify({ id: 'chatcmpl-fake', object: 'chat.completion.chunk', created: 0, model, choices, ...extra })}\n\n`;
+    await write(res, event([{ index: 0, delta: { role: 'assistant', content: null, tool_calls: [{ index: 0, id, type: 'function', function: { name, arguments: '' } }] }, finish_reason: null }]));
+    for (const [i, fragment] of FAKE_TOOL_ARGS.entries()) {
+      if (b.mode === 'cut-stream' && i === b.cutAfterChunks) {
+        res.destroy();
+        return;
+      }
+      await write(res, event([{ index: 0, delta: { tool_calls: [{ index: 0, function: { arguments: fragment } }] }, finish_reason: null }]));
+    }
+    await write(res, event([{ index: 0, delta: {}, finish_reason: 'tool_calls' }]));
+    if (body?.stream_options?.include_usage === true) await write(res, event([], { usage }));
+    res.end('data: [DONE]\n\n');
+  }
+
+  /** Legacy text completion: the same words, as `choices[].text`. */
+  async function completion(res: ServerResponse, body: any): Promise<void> {
+    const answer = fakeAnswer(typeof body?.max_tokens === 'number' ? body.max_tokens : undefined);
+    const base = { id: 'cmpl-fake', object: 'text_completion', created: 0, model: String(body?.model ?? '') };
+    if (body?.stream !== true) {
+      return sendJson(res, 200, { ...base, choices: [{ index: 0, text: answer.text, logprobs: null, finish_reason: answer.finish }], usage: usageOf(answer.pieces.length) });
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    for (const piece of answer.pieces) await write(res, `data: ${JSON.stringify({ ...base, choices: [{ index: 0, text: piece, logprobs: null, finish_reason: null }] })}\n\n`);
+    await write(res, `data: ${JSON.stringify({ ...base, choices: [{ index: 0, text: '', logprobs: null, finish_reason: answer.finish }] })}\n\n`);
+    if (body?.stream_options?.include_usage === true) await write(res, `data: ${JSON.stringify({ ...base, choices: [], usage: usageOf(answer.pieces.length) })}\n\n`);
+    res.end('data: [DONE]\n\n');
+  }
+
+  /** Embeddings: one fixed 3-dimensional vector per input, usage as OpenAI reports it (no completion tokens). */
+  function embeddings(res: ServerResponse, body: any): void {
+    const inputs: unknown[] = Array.isArray(body?.input) ? body.input : [body?.input];
+    sendJson(res, 200, {
+      object: 'list',
+      data: inputs.map((_, index) => ({ object: 'embedding', index, embedding: FAKE_EMBEDDING })),
+      model: String(body?.model ?? ''),
+      usage: { prompt_tokens: FAKE_PROMPT_TOKENS, total_tokens: FAKE_PROMPT_TOKENS },
+    });
   }
 
   const server: Server = createServer((req, res) => {
@@ -263,6 +369,8 @@ export async function startFakeEngine(initial: Partial<FakeBehaviour> = {}): Pro
         return sendJson(res, 200, { object: 'list', data: b.models.map((id) => ({ id, object: 'model', created: 0, owned_by: 'fake' })) });
       }
       if (req.method === 'POST' && path === '/v1/chat/completions') return chat(req, res, body, gone.signal);
+      if (req.method === 'POST' && path === '/v1/completions') return completion(res, body);
+      if (req.method === 'POST' && path === '/v1/embeddings') return embeddings(res, body);
       sendError(res, 404, `no route ${req.method} ${path}`);
     })().catch(() => res.destroy());
   });

@@ -4,7 +4,7 @@
  * duplicates, missing final messages) can be injected exactly.
  */
 import { headers, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
-import { encode, HDR_SEQ, makeSubjects, PROTOCOL_VERSION, type Heartbeat, type WireReply } from '../../src/protocol';
+import { encode, HDR_SEQ, makeSubjects, type Heartbeat, type WireReply } from '../../src/protocol';
 
 export interface FakeWorker {
   stop(): void;
@@ -15,7 +15,7 @@ export type Reply = (body: WireReply, seq?: number) => void;
 export function startFakeWorker(nc: NatsConnection, id: string, models: string[], script: (reply: Reply, msg: Msg) => void): FakeWorker {
   const subjects = makeSubjects();
   const hb: Heartbeat = {
-    type: 'heartbeat', version: PROTOCOL_VERSION, id, models, engine: 'fake', max_concurrent: 8, in_flight: 0, state: 'ready', interval_ms: 100,
+    type: 'heartbeat', version: 1, id, models, engine: 'fake', max_concurrent: 8, in_flight: 0, state: 'ready', interval_ms: 100,
   };
   const beat = (): void => nc.publish(subjects.heartbeat, encode(hb));
   const subs: Subscription[] = [

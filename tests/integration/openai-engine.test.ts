@@ -5,7 +5,7 @@
  * The tests run in order: worker oa2 joins half-way, for the retry-elsewhere and engine-down cases.
  */
 import { addEngineWorker, chat, MODEL, parseSse, startCluster, STARTUP_MS, streamedText, waitFor, type Cluster } from '../helpers/cluster';
-import { FAKE_PROMPT_TOKENS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
+import { FAKE_PROMPT_TOKENS, FAKE_USAGE_DETAILS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
 
 /** A model only oa1's engine lists: oa1 is its only worker. */
 const EXTRA = 'fake-extra';
@@ -51,7 +51,8 @@ test('openai worker - buffered completion carries the engine text, finish_reason
   expect(res.status).toBe(200);
   expect(res.json.choices[0].message.content).toBe(fakeAnswer(5).text);
   expect(res.json.choices[0].finish_reason).toBe('length');
-  expect(res.json.usage).toEqual({ prompt_tokens: FAKE_PROMPT_TOKENS, completion_tokens: 5, total_tokens: FAKE_PROMPT_TOKENS + 5 });
+  // The engine's usage whole, its details included (protocol v2).
+  expect(res.json.usage).toEqual({ prompt_tokens: FAKE_PROMPT_TOKENS, completion_tokens: 5, total_tokens: FAKE_PROMPT_TOKENS + 5, ...FAKE_USAGE_DETAILS });
   const sent = fake1.chatRequests();
   expect(sent).toHaveLength(1);
   // Streamed from the engine even for a buffered answer: the worker sees every token (progress).
@@ -66,7 +67,7 @@ test('openai worker - streamed completion relays the engine text, its usage and 
   expect(events[events.length - 1].data).toBe('[DONE]');
   const chunks = events.filter((e) => e.event === 'message' && e.data !== '[DONE]').map((e) => JSON.parse(e.data));
   expect(chunks.map((c) => c.choices?.[0]?.finish_reason).filter(Boolean)).toEqual(['stop']);
-  expect(chunks.find((c) => c.usage)?.usage).toEqual({ prompt_tokens: FAKE_PROMPT_TOKENS, completion_tokens: 12, total_tokens: FAKE_PROMPT_TOKENS + 12 });
+  expect(chunks.find((c) => c.usage)?.usage).toEqual({ prompt_tokens: FAKE_PROMPT_TOKENS, completion_tokens: 12, total_tokens: FAKE_PROMPT_TOKENS + 12, ...FAKE_USAGE_DETAILS });
   // The worker always asks the engine for usage on streams.
   expect(fake1.chatRequests()[0].body.stream_options).toEqual({ include_usage: true });
 });

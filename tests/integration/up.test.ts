@@ -34,8 +34,8 @@ function groupAlive(pgid: number): boolean {
 }
 
 /** `mlx-router up` in its own process group, as a terminal runs it, with its own nats-server (`--nats local`). */
-function startUp(workers: number) {
-  const up = spawn(process.execPath, [CLI, 'up', '--nats', 'local', '--port', '0', '--workers', String(workers)], {
+function startUp(workers: number, extra: string[] = []) {
+  const up = spawn(process.execPath, [CLI, 'up', '--nats', 'local', '--port', '0', '--workers', String(workers), ...extra], {
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn' },
@@ -77,6 +77,37 @@ test('up - starts nats-server, workers and the controller, answers, and Ctrl-C l
     });
     expect(res.status).toBe(200);
     expect(((await res.json()) as any).choices[0].message.content.split(' ')).toHaveLength(3);
+    cluster.ctrlC();
+    expect(await cluster.exited).toBe(0);
+    await waitFor(() => children.every((p) => !alive(p)), 'every child gone', 5000);
+  } finally {
+    await cluster.kill();
+  }
+}, 40_000);
+
+test('up --controllers 2 - prints both controllers, which agree on every session, and Ctrl-C leaves nothing behind', async () => {
+  const cluster = startUp(3, ['--controllers', '2']);
+  try {
+    await cluster.ready();
+    const urls = await waitFor(() => /\(2 controllers: (http:\/\/[0-9.:]+) (http:\/\/[0-9.:]+)\)/.exec(cluster.output())?.slice(1), 'both URLs printed');
+    expect(new Set(urls).size).toBe(2);
+    for (const u of urls) await waitFor(async () => (await fetch(`${u}/ready`)).status === 200, `${u} ready`, 10_000);
+    const children = childrenOf(cluster.up.pid!);
+    // nats-server and three workers; the controllers run inside up.
+    expect(children).toHaveLength(4);
+    for (let s = 0; s < 4; s++) {
+      const seen = new Set<string>();
+      for (let t = 0; t < 4; t++) {
+        const res = await fetch(`${urls[t % 2]}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { 'x-session-id': `up-session-${s}` },
+          body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }),
+        });
+        expect(res.status).toBe(200);
+        seen.add(res.headers.get('x-mlx-worker') as string);
+      }
+      expect(seen.size).toBe(1);
+    }
     cluster.ctrlC();
     expect(await cluster.exited).toBe(0);
     await waitFor(() => children.every((p) => !alive(p)), 'every child gone', 5000);

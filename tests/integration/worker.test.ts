@@ -1,5 +1,5 @@
 /**
- * A worker process on the wire (protocol v1), spoken to directly over a real nats-server: the
+ * A worker process on the wire (protocol v1 requests; a v2 worker still serves them), spoken to directly over a real nats-server: the
  * contract a worker in any language must keep (docs/protocol.md).
  */
 import { connect, createInbox, type Msg, type NatsConnection } from '@nats-io/transport-node';
@@ -68,7 +68,8 @@ test('worker - heartbeats carry models, capacity, in-flight count and state, and
   // A 5 s heartbeat period: a heartbeat soon after discovery is the answer to it.
   await worker('hb', { maxConcurrent: 3, heartbeatMs: 5000 });
   const hb = heartbeats.find((h) => h.id === 'hb')!;
-  expect(hb).toMatchObject({ type: 'heartbeat', version: 1, models: [MODEL], engine: 'synthetic', max_concurrent: 3, in_flight: 0, state: 'ready', continuation: true });
+  expect(hb).toMatchObject({ type: 'heartbeat', version: 2, models: [MODEL], engine: 'synthetic', max_concurrent: 3, in_flight: 0, state: 'ready', continuation: true });
+  expect(hb.capabilities).toEqual({ [MODEL]: ['chat', 'completions', 'embeddings', 'tools'] });
   // The prompt cache (worker.promptCacheSize, default 10) with this process's epoch.
   expect(hb.prompt_cache).toEqual({ size: 10, epoch: expect.any(String) });
   const before = heartbeats.filter((h) => h.id === 'hb').length;

@@ -281,3 +281,57 @@ test('breakers - a probe from an earlier half-open period neither frees a permit
   b.success('w1', secondPeriod);
   expect(b.state('w1').kind).toBe('closed');
 });
+
+describe("peers' evidence", () => {
+  test('breakers - a peer opening opens a closed breaker for the given time only, marked as peer-caused', async () => {
+    const causes: string[] = [];
+    const { clock, b } = book({ onTransition: (_w, _f, to, cause) => causes.push(`${to}:${cause}`) });
+    b.peerOpened('w1', 300);
+    expect(b.allows('w1')).toBe(false);
+    expect(openFor(b, clock)).toBe(300);
+    await clock.advance(300);
+    expect(b.state('w1').kind).toBe('half-open');
+    expect(causes).toEqual(['open:peer', 'half-open:local']);
+  });
+
+  test("breakers - after a peer's open, this controller's own probe decides: a failure is a first trip of its own", async () => {
+    const { clock, b } = book();
+    b.peerOpened('w1', 300);
+    await clock.advance(300);
+    expect(b.acquire('w1')).toBe(true);
+    expect(b.failure('w1')).toBe(true);
+    expect(openFor(b, clock)).toBe(1000);
+  });
+
+  test('breakers - a peer opening leaves an open or half-open breaker to its own judgement', async () => {
+    const { clock, b } = book();
+    trip(b);
+    const until = (b.state('w1') as { until: number }).until;
+    b.peerOpened('w1', 50_000);
+    expect((b.state('w1') as { until: number }).until).toBe(until);
+    await clock.advance(1000);
+    expect(b.state('w1').kind).toBe('half-open');
+    b.peerOpened('w1', 50_000);
+    expect(b.state('w1').kind).toBe('half-open');
+  });
+
+  test('breakers - a peer closing half-opens an open breaker now (probe early); a closed one stays closed', () => {
+    const { b, transitions } = book();
+    b.peerClosed('w2');
+    expect(b.state('w2').kind).toBe('closed');
+    trip(b);
+    b.peerClosed('w1');
+    expect(b.state('w1').kind).toBe('half-open');
+    expect(transitions).toEqual([
+      ['w1', 'closed', 'open'],
+      ['w1', 'open', 'half-open'],
+    ]);
+  });
+
+  test('breakers - peerOpened with no time (0, NaN) does nothing', () => {
+    const { b } = book();
+    b.peerOpened('w1', 0);
+    b.peerOpened('w1', Number.NaN);
+    expect(b.state('w1').kind).toBe('closed');
+  });
+});

@@ -8,7 +8,7 @@ import { engineBody, openaiEngine, readUsage, type OpenAIEngine, type OpenAIEngi
 import { parseRetryAfter } from '../../src/worker/openai-errors';
 import { promptTokens } from '../../src/worker/synthetic';
 import { estimateTokens, type WireRequest } from '../../src/protocol';
-import { FAKE_PROMPT_TOKENS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
+import { FAKE_CACHED_TOKENS, FAKE_PROMPT_TOKENS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
 
 /** Polls until `check` holds (cluster.ts has one too, but importing it loads the whole controller). */
 async function waitFor(check: () => boolean, what: string, timeoutMs: number, everyMs = 10): Promise<void> {
@@ -68,7 +68,11 @@ describe('generation', () => {
     const { pieces, result, error } = await run(engine(), request({ max_tokens: 5 }));
     expect(error).toBeUndefined();
     expect(pieces.join('')).toBe(fakeAnswer(5).text);
-    expect(result).toEqual({ finishReason: 'length', usage: { prompt_tokens: FAKE_PROMPT_TOKENS, completion_tokens: 5, total_tokens: FAKE_PROMPT_TOKENS + 5 } });
+    // The fake reports usage details; the engine passes cached_tokens through (prefix routing reads it).
+    expect(result).toEqual({
+      finishReason: 'length',
+      usage: { prompt_tokens: FAKE_PROMPT_TOKENS, completion_tokens: 5, total_tokens: FAKE_PROMPT_TOKENS + 5, prompt_tokens_details: { cached_tokens: FAKE_CACHED_TOKENS } },
+    });
     const sent = fake.chatRequests()[0].body;
     // Streamed from the engine even for a buffered answer: the worker sees every token (progress).
     expect(sent).toEqual({

@@ -83,7 +83,7 @@ describe('synthetic engine with a prompt cache', () => {
     expect(clock.sleeps[0]).toBe(10 + total); // 1 ms a token, nothing cached
     const second = turn([...first, { role: 'assistant', content: a.text }], 'q2');
     const b = await run(e, second);
-    const cached = b.usage.prompt_tokens_details?.cached_tokens ?? 0;
+    const cached = Number(b.usage.prompt_tokens_details?.cached_tokens ?? 0);
     expect(cached).toBe(total + textTokens(a.text).length);
     expect(clock.sleeps[clock.sleeps.length - 1]).toBe(10 + b.usage.prompt_tokens - cached);
     // The answer text does not depend on the cache.

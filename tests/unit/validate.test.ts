@@ -29,7 +29,12 @@ test.each<[string, unknown, string]>([
   ['an unknown role', { ...base, messages: [{ role: 'wizard', content: 'x' }] }, 'messages[0].role'],
   ['a missing role in the second message', { ...base, messages: [...MSG, { content: 'x' }] }, 'messages[1].role'],
   ['numeric content', { ...base, messages: [{ role: 'user', content: 5 }] }, 'messages[0].content'],
-  ['an image content part', { ...base, messages: [{ role: 'user', content: [{ type: 'text', text: 'a' }, { type: 'image_url', image_url: {} }] }] }, 'messages[0].content[1]'],
+  ['a content part without a type', { ...base, messages: [{ role: 'user', content: [{ type: 'text', text: 'a' }, { image_url: {} }] }] }, 'messages[0].content[1]'],
+  ['a user message without content', { ...base, messages: [{ role: 'user' }] }, 'messages[0].content'],
+  ['a tool result without tool_call_id', { ...base, messages: [...MSG, { role: 'tool', content: '42' }] }, 'messages[1].tool_call_id'],
+  ['tool_calls on a user message', { ...base, messages: [{ role: 'user', content: 'x', tool_calls: [{ id: 'c' }] }] }, 'messages[0].tool_calls'],
+  ['tool_calls that are not a list', { ...base, messages: [{ role: 'assistant', content: null, tool_calls: {} }] }, 'messages[0].tool_calls'],
+  ['tools that are not a list', { ...base, tools: { type: 'function' } }, 'tools'],
   ['a text part without text', { ...base, messages: [{ role: 'user', content: [{ type: 'text' }] }] }, 'messages[0].content[0]'],
   ['a string stream flag', { ...base, stream: 'yes' }, 'stream'],
   ['max_tokens 0', { ...base, max_tokens: 0 }, 'max_tokens'],
@@ -58,7 +63,9 @@ test.each<[string, unknown, string]>([
   ['five stop strings', { ...base, stop: ['a', 'b', 'c', 'd', 'e'] }, 'stop'],
   ['a numeric stop', { ...base, stop: 7 }, 'stop'],
   ['a stop list with a number', { ...base, stop: ['a', 1] }, 'stop'],
-  ['n of 2', { ...base, n: 2 }, 'n'],
+  ['n of 0', { ...base, n: 0 }, 'n'],
+  ['n of 129', { ...base, n: 129 }, 'n'],
+  ['a string n', { ...base, n: '2' }, 'n'],
   ['stream_options that are a string', { ...base, stream_options: 'x' }, 'stream_options'],
   ['a string include_usage', { ...base, stream_options: { include_usage: 'yes' } }, 'stream_options.include_usage'],
   ['an empty session_id', { ...base, session_id: '' }, 'session_id'],
@@ -71,8 +78,12 @@ test.each<[string, unknown, string]>([
   expect(err.toJSON().error).toMatchObject({ param, type: 'invalid_request_error', code: 'REQUEST_VALIDATION_FAILED' });
 });
 
-test('validate - a minimal body becomes a buffered wire request with no optional fields', () => {
-  expect(validateChatRequest(base)).toEqual({ request: { model: 'm', messages: [{ role: 'user', content: 'hi' }], stream: false }, includeUsage: false, sessionId: undefined });
+test('validate - a minimal body becomes a buffered wire request carrying the body as sent', () => {
+  expect(validateChatRequest(base)).toEqual({
+    request: { model: 'm', messages: [{ role: 'user', content: 'hi' }], stream: false, body: base, endpoint: 'chat.completions', needs: ['chat'] },
+    includeUsage: false,
+    sessionId: undefined,
+  });
 });
 
 test('validate - text content parts are joined into one string; null content is empty', () => {
@@ -91,8 +102,26 @@ test('validate - text content parts are joined into one string; null content is 
 
 test('validate - every OpenAI role is accepted', () => {
   const roles = ['system', 'developer', 'user', 'assistant', 'tool'];
-  const { request } = validateChatRequest({ ...base, messages: roles.map((role) => ({ role, content: role })) });
+  const { request } = validateChatRequest({ ...base, messages: roles.map((role) => ({ role, content: role, ...(role === 'tool' ? { tool_call_id: 'c1' } : {}) })) });
   expect(request.messages.map((m) => m.role)).toEqual(roles);
+});
+
+test('validate - a tool-calling conversation passes whole; tools and image parts become needs', () => {
+  const body = {
+    ...base,
+    messages: [
+      { role: 'user', content: [{ type: 'text', text: 'What is in ' }, { type: 'image_url', image_url: { url: 'data:image/png;base64,AAAA' } }] },
+      { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'f', arguments: '{}' } }] },
+      { role: 'tool', tool_call_id: 'call_1', content: '{"ok":true}' },
+    ],
+    tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }],
+    tool_choice: 'auto',
+    n: 3,
+  };
+  const { request } = validateChatRequest(body);
+  expect(request.body).toBe(body);
+  expect(request.needs).toEqual(['chat', 'tools', 'vision']);
+  expect(request.messages.map((m) => m.content)).toEqual(['What is in ', '', '{"ok":true}']);
 });
 
 test('validate - a stop string becomes a one-element list; a list is kept', () => {
@@ -115,9 +144,10 @@ test('validate - stream, temperature, include_usage and session_id pass through'
   expect(v.sessionId).toBe('chat-42');
 });
 
-test('validate - unknown fields the OpenAI SDK sends are ignored, not passed on', () => {
-  const v = validateChatRequest({ ...base, user: 'u1', seed: 3, n: 1, frequency_penalty: 0 });
-  expect(Object.keys(v.request).sort()).toEqual(['messages', 'model', 'stream']);
+test('validate - unknown fields stay in the body for v2 workers, out of the v1 subset', () => {
+  const v = validateChatRequest({ ...base, user: 'u1', seed: 3, n: 1, frequency_penalty: 0, vendor_extension: { a: 1 } });
+  expect(Object.keys(v.request).sort()).toEqual(['body', 'endpoint', 'messages', 'model', 'needs', 'stream']);
+  expect(v.request.body).toMatchObject({ user: 'u1', seed: 3, frequency_penalty: 0, vendor_extension: { a: 1 } });
 });
 
 test('validate - numeric fields at the edges of their ranges are accepted', () => {

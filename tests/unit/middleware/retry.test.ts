@@ -295,6 +295,42 @@ describe('retry - what is retried', () => {
     expect(h.ctx.metrics.resumes).toBe(1);
   });
 
+  test('retry - a stream that broke after a tool call reached the client is not resumed: it ends with its error', async () => {
+    const sink = committingSink();
+    let resumable = true;
+    const toolSink: StreamSink = {
+      get committed() {
+        return sink.committed;
+      },
+      get streamed() {
+        return sink.streamed;
+      },
+      get resumable() {
+        return resumable;
+      },
+      write: (text) => sink.write(text),
+    };
+    const h = harness({
+      options: { resume: true, maxResumes: 2 },
+      sink: toolSink,
+      canContinue: true,
+      pool: three,
+      script: {
+        w1: [
+          (ctx) => {
+            ctx.sink!.write('{');
+            resumable = false; // as SseSink does once a tool_calls delta went out
+            throw new RouterError('WORKER_UNAVAILABLE', 'worker vanished inside a tool call');
+          },
+        ],
+      },
+    });
+    const err = await failure(h.run());
+    expect(h.workers()).toEqual(['w1']);
+    expect(err).toMatchObject({ code: 'STREAM_INTERRUPTED', outcome: 'committed' });
+    expect(h.ctx.metrics.resumes).toBe(0);
+  });
+
   test('retry - with resume but no known worker able to continue, the stream ends at once', async () => {
     const h = harness({ options: { resume: true, maxResumes: 2 }, sink: committingSink(), canContinue: false, pool: three, script: { w1: [breaksAfterHello] } });
     const err = await failure(h.run());

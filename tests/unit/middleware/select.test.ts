@@ -3,6 +3,7 @@ import type { RouteContext } from '../../../src/context';
 import type { WorkerInfo } from '../../../src/controller/registry';
 import type { RouterError } from '../../../src/errors';
 import { p2cScore, saturated, select } from '../../../middleware/select';
+import { rendezvousPick } from '../../../src/rendezvous';
 import { makeCtx, makeWorker } from '../../helpers/context';
 
 /** Runs one selection on a fresh context and returns the chosen worker's id. */
@@ -156,4 +157,15 @@ test('select - an empty pool fails with 503 NO_WORKERS_AVAILABLE and a Retry-Aft
   expect(err).toMatchObject({ code: 'NO_WORKERS_AVAILABLE', status: 503, outcome: 'no_capacity' });
   expect(err?.retryAfterMs).toBeGreaterThan(0);
   expect(ctx.worker).toBeUndefined();
+});
+
+test('select - a session whose worker cannot take the attempt falls back by rendezvous hash over the pool, the same on every controller', async () => {
+  const mw = select({ strategy: 'round-robin' });
+  const pool = ['a', 'b', 'c', 'd'].map((id) => makeWorker(id));
+  for (let i = 0; i < 20; i++) {
+    const ctx = makeCtx({ candidates: pool, sessionId: `s${i}` });
+    ctx.stickyWorker = 'gone';
+    await mw(ctx, async () => undefined);
+    expect(ctx.worker?.id).toBe(rendezvousPick(`s${i}`, pool, (w) => w.id)?.id);
+  }
 });

@@ -1,0 +1,124 @@
+/**
+ * Session moves shared through a JetStream key-value bucket: when a controller moves a session
+ * off its hashed worker (failover, saturation), it writes `session → worker`; every controller
+ * watches the bucket and follows. Off the hot path: a move is written without waiting, and a
+ * route never reads the bucket (it reads the local copy the watch keeps). Without JetStream the
+ * bucket cannot be opened and controllers agree by rendezvous hashing alone (docs/deployment.md).
+ */
+import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
+import type { NatsConnection, QueuedIterator } from '@nats-io/transport-node';
+import type { Clock } from '../clock';
+import type { Logger } from '../logger';
+import { WORKER_ID_PATTERN } from '../protocol';
+import type { SessionMoveLog } from '../types';
+
+export interface SessionMovesOptions {
+  /** Bucket name (letters, digits, `-`, `_`). */
+  bucket: string;
+  /** How long a move is kept after it was written (ms): the bucket's max age. */
+  ttlMs: number;
+  /** Copies of the bucket in a JetStream cluster (1, 3 or 5); 3 survives losing a node. */
+  replicas: number;
+  /** This controller's id, written with each move (for operators reading the bucket). */
+  controllerId: string;
+  log: Logger;
+  /** A move arrived (a peer's, or this controller's own echo). */
+  onMove(session: string, worker: string): void;
+}
+
+interface MoveValue {
+  worker: string;
+  controller?: string;
+}
+
+/** Session ids are arbitrary text; KV keys are subject tokens, so keys are base64url. */
+export function moveKey(session: string): string {
+  return Buffer.from(session, 'utf8').toString('base64url');
+}
+
+export function sessionOfKey(key: string): string {
+  return Buffer.from(key, 'base64url').toString('utf8');
+}
+
+/** The move a bucket entry holds, or undefined for anything that is not one (never throws). */
+export function readMove(entry: Pick<KvWatchEntry, 'operation' | 'key' | 'string'>): { session: string; worker: string } | undefined {
+  if (entry.operation !== 'PUT') return undefined;
+  let value: MoveValue;
+  try {
+    value = JSON.parse(entry.string()) as MoveValue;
+  } catch {
+    return undefined;
+  }
+  if (typeof value?.worker !== 'string' || !WORKER_ID_PATTERN.test(value.worker)) return undefined;
+  const session = sessionOfKey(entry.key);
+  return session.length > 0 ? { session, worker: value.worker } : undefined;
+}
+
+export class SharedSessionMoves implements SessionMoveLog {
+  private closed = false;
+
+  private constructor(
+    private readonly kv: KV,
+    private readonly watcher: QueuedIterator<KvWatchEntry>,
+    private readonly watching: Promise<void>,
+    private readonly options: SessionMovesOptions,
+  ) {}
+
+  /**
+   * Opens (creating when absent) the bucket and starts watching it. Resolves undefined when
+   * JetStream is not available on this NATS (logged once): hashing alone then keeps agreement.
+   */
+  static async open(nc: NatsConnection, options: SessionMovesOptions, quiet = false): Promise<SharedSessionMoves | undefined> {
+    let kv: KV;
+    let watcher: QueuedIterator<KvWatchEntry>;
+    try {
+      kv = await new Kvm(nc).create(options.bucket, { ttl: options.ttlMs, history: 1, replicas: options.replicas });
+      watcher = await kv.watch();
+    } catch (err) {
+      options.log[quiet ? 'debug' : 'warn'](
+        { bucket: options.bucket, err: (err as Error).message },
+        'JetStream key-value not available: controllers agree on sessions by rendezvous hashing alone until it is',
+      );
+      return undefined;
+    }
+    const watching = (async () => {
+      for await (const entry of watcher) {
+        const move = readMove(entry);
+        if (move) options.onMove(move.session, move.worker);
+      }
+    })().catch((err: unknown) => options.log.warn({ err: (err as Error).message }, 'session move watch ended'));
+    options.log.info({ bucket: options.bucket, replicas: options.replicas }, 'sharing session moves through JetStream key-value');
+    return new SharedSessionMoves(kv, watcher, watching, options);
+  }
+
+  /** Writes the move without waiting; a failed write only costs the peers' agreement on it. */
+  record(session: string, worker: string): void {
+    if (this.closed) return;
+    const value: MoveValue = { worker, controller: this.options.controllerId };
+    this.kv.put(moveKey(session), JSON.stringify(value)).catch((err: unknown) => {
+      if (!this.closed) this.options.log.warn({ session, worker, err: (err as Error).message }, 'session move not shared');
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.watcher.stop();
+    await this.watching;
+  }
+
+  /**
+   * Opens the bucket, and while JetStream is missing or not ready yet (a NATS cluster still
+   * electing its leader) tries again, 1 s doubling to 30 s, until it opens or `signal` aborts
+   * (then resolves undefined). Only the first failure is logged as a warning.
+   */
+  static async keepOpening(nc: NatsConnection, options: SessionMovesOptions, clock: Clock, signal: AbortSignal): Promise<SharedSessionMoves | undefined> {
+    for (let attempt = 0, waitMs = 1000; !signal.aborted; attempt++, waitMs = Math.min(waitMs * 2, 30_000)) {
+      const moves = await SharedSessionMoves.open(nc, options, attempt > 0);
+      if (moves && signal.aborted) await moves.close();
+      else if (moves) return moves;
+      if (signal.aborted || nc.isClosed()) break;
+      await clock.sleep(waitMs, signal).catch(() => undefined);
+    }
+    return undefined;
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * Protocol v2 through a real engine adapter, with the official `openai` client: controller → NATS
+ * → worker process (`--engine openai`) → the fake OpenAI-compatible server. Every field the client
+ * sends reaches the engine; tool calls, logprobs, usage details and unknown answer fields come back.
+ */
+import OpenAI from 'openai';
+import { addEngineWorker, MODEL, startCluster, STEADY, type Cluster } from '../helpers/cluster';
+import { FAKE_CACHED_TOKENS, FAKE_TOOL_ARGS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
+
+let cluster: Cluster;
+let fake: FakeEngine;
+let client: OpenAI;
+
+beforeAll(async () => {
+  [cluster, fake] = await Promise.all([startCluster({ config: STEADY }), startFakeEngine({ models: [MODEL] })]);
+  await addEngineWorker(cluster, { id: 'oa1', engineUrl: fake.url });
+  client = new OpenAI({ baseURL: `${cluster.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+});
+
+afterAll(async () => {
+  await cluster?.stop();
+  await fake?.close();
+});
+
+beforeEach(() => fake.reset());
+
+const tools: OpenAI.Chat.Completions.ChatCompletionTool[] = [
+  { type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string' }, days: { type: 'integer' } } } } },
+];
+const ask: OpenAI.Chat.Completions.ChatCompletionMessageParam[] = [{ role: 'user', content: 'Weather in Paris?' }];
+
+test('openai engine v2 - every field the client sends reaches the engine as sent', async () => {
+  const body = {
+    model: MODEL,
+    messages: [{ role: 'user' as const, content: [{ type: 'text' as const, text: 'Hi' }] }],
+    max_tokens: 5,
+    top_p: 0.5,
+    seed: 42,
+    user: 'user-7',
+    presence_penalty: 0.1,
+    response_format: { type: 'json_object' as const },
+    vendor_option: { beam: 2 },
+    session_id: 's-1',
+  };
+  await client.chat.completions.create(body as OpenAI.Chat.Completions.ChatCompletionCreateParamsNonStreaming);
+  const sent = fake.chatRequests()[0].body;
+  const { session_id: _router, ...rest } = body;
+  expect(sent).toEqual({ ...rest, stream: false });
+});
+
+test('openai engine v2 - a tool call round trip, buffered', async () => {
+  const first = await client.chat.completions.create({ model: MODEL, messages: ask, tools, tool_choice: 'auto' });
+  expect(first.choices[0].finish_reason).toBe('tool_calls');
+  const call = first.choices[0].message.tool_calls![0] as OpenAI.Chat.Completions.ChatCompletionMessageFunctionToolCall;
+  expect(call).toEqual({ id: 'call_fake_1', type: 'function', function: { name: 'get_weather', arguments: FAKE_TOOL_ARGS.join('') } });
+  expect(fake.chatRequests()[0].body.tools).toEqual(tools);
+  const second = await client.chat.completions.create({
+    model: MODEL,
+    messages: [...ask, first.choices[0].message, { role: 'tool', tool_call_id: call.id, content: '{"temp": 21}' }],
+    tools,
+  });
+  expect(second.choices[0].message.content).toBe(fakeAnswer().text);
+  // The history reached the engine whole: the assistant's tool_calls and the tool's tool_call_id.
+  const history = fake.chatRequests()[1].body.messages;
+  expect(history[1]).toMatchObject({ role: 'assistant', content: null, tool_calls: [call] });
+  expect(history[2]).toEqual({ role: 'tool', tool_call_id: 'call_fake_1', content: '{"temp": 21}' });
+});
+
+test('openai engine v2 - a streamed tool call keeps its argument fragments; the SDK assembles them', async () => {
+  const stream = client.chat.completions.stream({ model: MODEL, messages: ask, tools, stream_options: { include_usage: true } });
+  const fragments: string[] = [];
+  stream.on('chunk', (chunk) => {
+    for (const c of chunk.choices[0]?.delta?.tool_calls ?? []) if (c.function?.arguments) fragments.push(c.function.arguments);
+  });
+  const final = await stream.finalChatCompletion();
+  expect(fragments).toEqual(FAKE_TOOL_ARGS);
+  const call = final.choices[0].message.tool_calls![0] as OpenAI.Chat.Completions.ChatCompletionMessageFunctionToolCall;
+  expect(call.function).toMatchObject({ name: 'get_weather', arguments: FAKE_TOOL_ARGS.join('') });
+  expect(final.choices[0].finish_reason).toBe('tool_calls');
+  expect(final.usage?.prompt_tokens_details?.cached_tokens).toBe(FAKE_CACHED_TOKENS);
+});
+
+test('openai engine v2 - logprobs and top_p pass through, buffered and streamed; usage details and unknown fields come back', async () => {
+  const res = await client.chat.completions.create({ model: MODEL, messages: ask, max_tokens: 3, top_p: 0.9, logprobs: true, top_logprobs: 2 });
+  expect(fake.chatRequests()[0].body).toMatchObject({ top_p: 0.9, logprobs: true, top_logprobs: 2 });
+  expect(res.choices[0].logprobs?.content?.map((t) => t.token)).toEqual(fakeAnswer(3).pieces);
+  expect(res.choices[0].logprobs?.content?.[0].top_logprobs).toHaveLength(2);
+  expect(res.usage?.prompt_tokens_details?.cached_tokens).toBe(FAKE_CACHED_TOKENS);
+  expect(res.usage?.completion_tokens_details?.reasoning_tokens).toBe(0);
+  expect(res.system_fingerprint).toBe('fp_fake');
+  const stream = await client.chat.completions.create({ model: MODEL, messages: ask, max_tokens: 3, top_p: 0.9, logprobs: true, stream: true });
+  const tokens: string[] = [];
+  for await (const chunk of stream) for (const t of chunk.choices[0]?.logprobs?.content ?? []) tokens.push(t.token);
+  expect(tokens).toEqual(fakeAnswer(3).pieces);
+});
+
+test("openai engine v2 - the engine's own 400 reaches the client as a 400 with its message, never against the worker", async () => {
+  // The router range-checks top_logprobs; that it needs logprobs is the engine's rule (vLLM's).
+  const err = await client.chat.completions.create({ model: MODEL, messages: ask, top_logprobs: 2 }).catch((e: unknown) => e);
+  expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+  expect((err as Error).message).toContain('`logprobs` must be set to true');
+  expect(cluster.controller.deps.breakers.state('oa1')).toEqual({ kind: 'closed', failures: 0 });
+  expect(fake.chatRequests()).toHaveLength(1);
+});
