@@ -131,6 +131,10 @@ function retryMiddleware(options: RetryOptions, deps: RetryDeps, runAttempt: Att
       if (classRetryable || err.outcome === 'committed') deps.budget.onFailure();
       if (ctx.sink?.committed) {
         // After the commit point nothing is retried blindly: only resumed, where allowed.
+        if (ctx.sink.tooLongToResume && options.resume && options.enabled) {
+          err.message += ' (no resume: the stream is longer than cluster.streaming.maxResumeChars)';
+          throw finalError(ctx, err);
+        }
         if (!canResume(ctx, err, options, deps)) throw finalError(ctx, err);
         ctx.continuation = ctx.sink.streamed;
         ctx.metrics.resumes++;

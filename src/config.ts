@@ -56,12 +56,13 @@ export interface RouterConfig {
       prefix: { minPrefixTokens: number; ttftMarginTokens: number; maxImbalance: number; defaultCacheSize: number };
     };
     maxTokens: { cap: number; byModel: Record<string, number> };
-    streaming: { maxBufferedBytes: number; resume: boolean; maxResumes: number };
+    streaming: { maxBufferedBytes: number; resume: boolean; maxResumes: number; maxResumeChars: number };
   };
   nats: {
     servers: string[];
     randomize: boolean;
     subjectPrefix: string;
+    inboxPrefix: string;
     user: string;
     pass: string;
     token: string;
@@ -69,7 +70,17 @@ export interface RouterConfig {
     tls: { enabled: boolean; caFile: string; certFile: string; keyFile: string };
     reconnect: { enabled: boolean; maxAttempts: number; waitMs: number };
   };
-  controller: { host: string; port: number; bodyLimitBytes: number };
+  controller: {
+    host: string;
+    port: number;
+    bodyLimitBytes: number;
+    headersTimeoutMs: number;
+    requestTimeoutMs: number;
+    keepAliveTimeoutMs: number;
+    maxConnections: number;
+    maxConnectionsPerClient: number;
+    stalledStreamTimeoutMs: number;
+  };
   worker: {
     id: string;
     models: string[];
@@ -89,7 +100,7 @@ export interface RouterConfig {
       continuation: 'off' | 'vllm' | 'prefill';
     };
   };
-  discovery: { offlineAfterMs: number; probeAfterMs: number };
+  discovery: { offlineAfterMs: number; probeAfterMs: number; maxWorkers: number; maxModels: number };
   log: { level: string };
 }
 
@@ -257,12 +268,18 @@ const schema = {
         default: true,
       },
       maxResumes: { doc: 'Resumes of one stream at most.', format: 'nat', default: 2 },
+      maxResumeChars: {
+        doc: 'Characters of a streamed answer kept for resume at most; a longer stream cannot be resumed, and its error says so.',
+        format: 'nat',
+        default: 262144,
+      },
     },
   },
   nats: {
     servers: { doc: 'NATS seed servers.', format: 'string-list', default: ['nats://127.0.0.1:4222'] },
     randomize: { doc: 'Try the seed servers in random order, spreading processes over a NATS cluster; false: in the order listed.', format: Boolean, default: true },
     subjectPrefix: { doc: 'Subject prefix of protocol v1.', format: String, default: 'mlx.v1' },
+    inboxPrefix: { doc: "Prefix of this controller's reply subjects (subject tokens, no wildcards); give each controller its own, so NATS permissions can let only it read its replies (docs/security.md).", format: String, default: '_INBOX' },
     user: { doc: 'NATS user name (with pass).', format: String, default: '' },
     pass: { doc: 'NATS password.', format: String, default: '', sensitive: true },
     token: { doc: 'NATS auth token.', format: String, default: '', sensitive: true },
@@ -287,6 +304,12 @@ const schema = {
       format: 'nat',
       default: 16777216,
     },
+    headersTimeoutMs: { doc: 'A client must send its request headers within this time of connecting or of its previous request (ms); else 408 and the socket closes.', format: 'nat', default: 10000 },
+    requestTimeoutMs: { doc: 'A client must send its whole request, body included, within this time (ms); else 408 and the socket closes. At least headersTimeoutMs.', format: 'nat', default: 30000 },
+    keepAliveTimeoutMs: { doc: 'An idle keep-alive connection closes after this long without a request (ms).', format: 'nat', default: 5000 },
+    maxConnections: { doc: 'Open HTTP connections at most; beyond it a new connection gets 503 TOO_MANY_CONNECTIONS and is closed.', format: 'nat', default: 4096 },
+    maxConnectionsPerClient: { doc: 'Open HTTP connections from one client address at most; beyond it 503 TOO_MANY_CONNECTIONS.', format: 'nat', default: 256 },
+    stalledStreamTimeoutMs: { doc: 'A stream that has ended (or was cut for a client that stopped reading) but whose client still leaves it unread is closed after this long (ms), socket and buffer released.', format: 'nat', default: 10000 },
   },
   worker: {
     id: { doc: 'Worker id, one subject token ([A-Za-z0-9_-]); empty: hostname and pid.', format: String, default: '' },
@@ -331,6 +354,8 @@ const schema = {
       format: 'nat',
       default: 300,
     },
+    maxWorkers: { doc: 'Most worker ids the controller keeps; heartbeats of further new ids are dropped and counted.', format: 'nat', default: 1024 },
+    maxModels: { doc: 'Most models one worker may advertise; a heartbeat with more is dropped and counted.', format: 'nat', default: 256 },
   },
   log: {
     level: { doc: 'pino log level.', format: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info' },
@@ -438,6 +463,13 @@ function checkSemantics(cfg: RouterConfig): void {
   if (cfg.discovery.offlineAfterMs <= cfg.worker.heartbeatIntervalMs) {
     fail('discovery.offlineAfterMs', 'must be longer than worker.heartbeatIntervalMs');
   }
+  if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(cfg.nats.inboxPrefix)) fail('nats.inboxPrefix', `must be subject tokens of [A-Za-z0-9_-] without wildcards, got '${cfg.nats.inboxPrefix}'`);
+  if (cfg.controller.headersTimeoutMs < 1) fail('controller.headersTimeoutMs', 'must be at least 1');
+  if (cfg.controller.requestTimeoutMs < cfg.controller.headersTimeoutMs) fail('controller.requestTimeoutMs', 'must be at least controller.headersTimeoutMs');
+  if (cfg.controller.maxConnections < 1) fail('controller.maxConnections', 'must be at least 1');
+  if (cfg.controller.maxConnectionsPerClient < 1) fail('controller.maxConnectionsPerClient', 'must be at least 1');
+  if (cfg.discovery.maxWorkers < 1) fail('discovery.maxWorkers', 'must be at least 1');
+  if (cfg.discovery.maxModels < 1) fail('discovery.maxModels', 'must be at least 1');
   nonNegative('worker.synthetic.failRate')(cfg.worker.synthetic.failRate);
   const openai = cfg.worker.openai;
   if (!/^https?:\/\/[^/]/.test(openai.url)) fail('worker.openai.url', `must be an http:// or https:// URL, got '${openai.url}'`);

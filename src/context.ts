@@ -19,6 +19,8 @@ export interface StreamSink {
   readonly committed: boolean;
   /** Text already delivered to the client (kept only when stream resume is on). */
   readonly streamed: string;
+  /** True when the stream outgrew what is kept for resume (cluster.streaming.maxResumeChars). */
+  readonly tooLongToResume?: boolean;
   /** Forwards one piece of text to the client; false when the client is too slow (over the cap). */
   write(text: string): boolean;
   /** v2: forwards engine deltas whole (tool calls, several choices, logprobs); as `write` otherwise. */

@@ -45,6 +45,8 @@ export const ERROR_CATALOGUE = {
   NO_WORKERS_AVAILABLE: { status: 503, type: 'server_error', outcome: 'no_capacity' },
   CIRCUIT_BREAKER_OPEN: { status: 503, type: 'server_error', outcome: 'no_capacity' },
   RETRY_BUDGET_EXHAUSTED: { status: 503, type: 'server_error', outcome: 'no_capacity' },
+  // An HTTP connection cap (controller.maxConnections, maxConnectionsPerClient): nothing was routed.
+  TOO_MANY_CONNECTIONS: { status: 503, type: 'server_error', outcome: 'no_capacity' },
   WORKER_TIMEOUT: { status: 504, type: 'server_error', outcome: 'ambiguous' },
   STREAM_IDLE_TIMEOUT: { status: 504, type: 'server_error', outcome: 'ambiguous' },
   REQUEST_TIMEOUT: { status: 504, type: 'server_error', outcome: 'ambiguous' },

@@ -16,6 +16,8 @@ export function connectionOptions(cfg: RouterConfig['nats'], name: string): Node
     // The router must learn of a dead server quickly; the defaults (2 min) are far too slow.
     pingInterval: 10_000,
     maxPingOut: 2,
+    // Request/reply inboxes under our own prefix, which NATS permissions can name (docs/security.md).
+    inboxPrefix: cfg.inboxPrefix,
   };
   if (cfg.user) {
     opts.user = cfg.user;

@@ -14,6 +14,7 @@ import type { Middleware, RouteContext } from './context';
 import type { BreakerBook } from './controller/breakers';
 import { dispatch, type ReplyMux } from './controller/dispatch';
 import type { RouterMetrics } from './controller/metrics';
+import type { BusGuard } from './controller/bus-guard';
 import type { WorkerRegistry } from './controller/registry';
 import type { RetryBudget } from './controller/retry-budget';
 import type { SessionRegistry } from './controller/sessions';
@@ -32,6 +33,8 @@ export interface RouterDeps extends MiddlewareDeps {
   breakers: BreakerBook;
   budget: RetryBudget;
   metrics: RouterMetrics;
+  /** What the controller believes of the bus: counts dropped replies (docs/security.md). */
+  guard?: BusGuard;
 }
 
 export interface Pipeline {

@@ -160,6 +160,8 @@ export interface Heartbeat {
   interval_ms: number;
   /** The engine can continue a partial answer (`continuation` in the request): stream resume. */
   continuation?: boolean;
+  /** This worker process's instance id (random, fixed at start; see HDR_INSTANCE). */
+  instance?: string;
   /** v2: what each model is served for (absent: `chat` only). */
   capabilities?: Record<string, Capability[]>;
   /**
@@ -184,6 +186,8 @@ export interface PromptCacheInfo {
 export interface Bye {
   type: 'bye';
   id: string;
+  /** The instance saying goodbye: a bye from another instance is ignored. */
+  instance?: string;
 }
 
 /** A controller's breaker for `worker` opened or closed by its own judgement. */
@@ -203,6 +207,8 @@ export interface CancelMessage {
    * clients and may repeat. Workers match it first, then request_id + attempt.
    */
   reply?: string;
+  /** The attempt's token (HDR_TOKEN): a cancel without the right one is ignored. */
+  token?: string;
 }
 
 const encoder = new TextEncoder();
@@ -228,6 +234,8 @@ export interface RequestHeaders {
   stream: boolean;
   /** Ask for `progress` messages (buffered requests to 1.1 workers). */
   progress?: boolean;
+  /** The attempt's secret token (HDR_TOKEN); absent from requests of older controllers. */
+  token?: string;
 }
 
 export function requestHeaders(h: RequestHeaders): MsgHdrs {
@@ -238,6 +246,7 @@ export function requestHeaders(h: RequestHeaders): MsgHdrs {
   hdrs.append(HDR_DEADLINE_MS, String(Math.max(0, Math.floor(h.deadlineMs))));
   if (h.stream) hdrs.append(HDR_STREAM, '1');
   if (h.progress && !h.stream) hdrs.append(HDR_PROGRESS, '1');
+  if (h.token) hdrs.append(HDR_TOKEN, h.token);
   return hdrs;
 }
 
@@ -252,6 +261,7 @@ export function readRequestHeaders(hdrs: MsgHdrs | undefined): RequestHeaders {
     deadlineMs: Number.isFinite(deadline) ? deadline : Number.POSITIVE_INFINITY,
     stream: hdrs?.get(HDR_STREAM) === '1',
     progress: hdrs?.get(HDR_PROGRESS) === '1',
+    token: hdrs?.get(HDR_TOKEN) || undefined,
   };
 }
 
@@ -272,3 +282,32 @@ export function messageTokens(m: ChatMessage): number {
 
 /** Tokens the chat template adds after the messages (the assistant's header). */
 export const PROMPT_TAIL_TOKENS = 3;
+
+// ---------------------------------------------------------------------------------------------
+// Bus integrity (docs/security.md): what a message must carry to be believed. Controllers give
+// every attempt a random token; the worker echoes it, with its instance id, on every message it
+// publishes to the attempt's reply subject, and a cancel must name it. A worker instance id is
+// random and fixed at process start, carried in heartbeats and byes: a controller believes those
+// for a known worker id only from the instance it knows to be live.
+// ---------------------------------------------------------------------------------------------
+
+/** The attempt's secret token: request header (controller → worker), echoed on every reply message. */
+export const HDR_TOKEN = 'Mlx-Token';
+/** Reply header: the answering worker's instance id. */
+export const HDR_INSTANCE = 'Mlx-Instance';
+/** Instance ids and tokens: opaque, one header value, bounded. */
+export const INSTANCE_ID_PATTERN = /^[A-Za-z0-9_-]{8,64}$/;
+
+/** Per-worker control subject: controller → worker notices such as a refused duplicate id. */
+export function controlSubject(prefix: string, workerId: string): string {
+  return `${prefix}.worker.${workerId}.control`;
+}
+
+/** A controller tells a worker instance that its id is served by another live instance. */
+export interface RefuseMessage {
+  type: 'refuse';
+  id: string;
+  /** The refused instance: only that process stops. */
+  instance: string;
+  reason: string;
+}

@@ -46,6 +46,8 @@ export interface WorkerInfo {
   version: number;
   /** What each model is served for (v1 workers: chat only). */
   capabilities: Record<string, Capability[]>;
+  /** The live worker process's instance id ('' when unknown): replies must carry it. */
+  instance?: string;
 }
 
 /** The worker registry as middleware see it. */

@@ -7,6 +7,7 @@
  * (they deregister), then NATS, and leaves no process behind.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { dirname, resolve } from 'node:path';
 import { numberFlag, UsageError, type Flags } from '../flags';
 import { Controller } from '../controller/controller';
@@ -110,8 +111,12 @@ export async function runUp(flags: Flags): Promise<number> {
     }
 
     const cli = resolve(__dirname, '..', 'cli.js');
+    // Worker ids unique to this run: two `up`s on one NATS must never share an id (the second
+    // would be refused as a duplicate, docs/security.md).
+    const run = randomBytes(3).toString('hex');
     for (let i = 1; i <= workers; i++) {
-      const args = [cli, 'worker', '--nats', servers.join(','), '--id', `worker-${i}`];
+      const id = `worker-${i}-${run}`;
+      const args = [cli, 'worker', '--nats', servers.join(','), '--id', id];
       if (file) args.push('--config', file);
       // Own process group, so Ctrl-C reaches only `up`, which stops the controller first (its
       // streams finish) and then the workers. The IPC channel ties each worker to this process:
@@ -119,7 +124,7 @@ export async function runUp(flags: Flags): Promise<number> {
       const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
       child.channel?.unref();
       child.on('exit', (code, sig) => {
-        if (!stopping) log.error({ worker: `worker-${i}`, code, signal: sig }, 'worker exited');
+        if (!stopping) log.error({ worker: id, code, signal: sig }, 'worker exited');
       });
       children.push(child);
     }

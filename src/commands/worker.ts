@@ -91,7 +91,11 @@ export async function runWorker(flags: Flags): Promise<number> {
     await nc.close();
     throw err;
   }
+  // A controller refused this process: another live worker already has this id (docs/security.md).
+  let onRefused: (message: string) => void = () => undefined;
+  const refused = new Promise<{ refused: string }>((resolve) => (onRefused = (message) => resolve({ refused: message })));
   const worker = new Worker({
+    onRefused: (message) => onRefused(message),
     nc,
     id,
     log,
@@ -110,8 +114,15 @@ export async function runWorker(flags: Flags): Promise<number> {
     await nc.close();
     throw err;
   }
-  const ended = await Promise.race([signal.promise, nc.closed().then(() => 'nats-closed' as const), parent]);
+  const ended = await Promise.race([signal.promise, nc.closed().then(() => 'nats-closed' as const), parent, refused]);
   signal.cancel();
+  if (typeof ended === 'object') {
+    // The worker has stopped already (no bye believed for the live instance); say why and exit.
+    process.stderr.write(`mlx-router worker: ${ended.refused}\n`);
+    await engine.close?.();
+    await nc.drain().catch(() => undefined);
+    return 3;
+  }
   if (ended === 'nats-closed') {
     log.error('NATS connection closed for good');
     await engine.close?.();

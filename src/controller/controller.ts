@@ -10,10 +10,11 @@ import type { RouterEvent } from '../attempt';
 import { Listeners } from '../listeners';
 import { connectNats } from '../nats';
 import { assemblePipeline, type Pipeline, type RouterDeps } from '../pipeline';
-import { decode, encode, makeSubjects, type Bye, type Heartbeat } from '../protocol';
+import { encode, makeSubjects } from '../protocol';
 import { newId } from '../ids';
 import { BreakerBook } from './breakers';
 import { BreakerSignals } from './breaker-signals';
+import { BusGuard } from './bus-guard';
 import { ReplyMux } from './dispatch';
 import { LivenessProber } from './liveness';
 import { buildHttpServer } from './http';
@@ -61,7 +62,11 @@ export class Controller {
     const subjects = makeSubjects(config.nats.subjectPrefix);
     const id = newId('controller');
     // Worker ids churn (hostname-pid by default): forgetting one must drop its breaker too.
-    const registry = new WorkerRegistry({ clock, offlineAfterMs: config.discovery.offlineAfterMs, log, onForget: (id) => breakers.forget(id) });
+    const registry = new WorkerRegistry({ clock, offlineAfterMs: config.discovery.offlineAfterMs, log, onForget: (id) => {
+        breakers.forget(id);
+        guard.forget(id);
+      },
+    });
     const cb = config.cluster.requestRouting.circuitBreaker;
     const breakers = new BreakerBook({
       ...cb,
@@ -75,8 +80,18 @@ export class Controller {
       },
     });
     const signals = new BreakerSignals(nc, breakers, { subject: subjects.breaker, controllerId: id, peerOpenMs: cb.peerOpenMs, log });
-    const mux = new ReplyMux(nc);
+    const mux = new ReplyMux(nc, config.nats.inboxPrefix);
     const metrics = new RouterMetrics({ registry, breakers, pendingReplies: () => mux.size });
+    const guard = new BusGuard({
+      registry,
+      log,
+      clock,
+      register: metrics.register,
+      subjectPrefix: config.nats.subjectPrefix,
+      maxWorkers: config.discovery.maxWorkers,
+      maxModels: config.discovery.maxModels,
+      nc,
+    });
     const deps: RouterDeps = {
       nc,
       mux,
@@ -90,6 +105,7 @@ export class Controller {
       log,
       random,
       events: new Listeners<RouterEvent>(),
+      guard,
     };
     let pipeline: Pipeline;
     try {
@@ -118,18 +134,9 @@ export class Controller {
       : Promise.resolve(undefined);
 
     const subs = [
-      nc.subscribe(subjects.heartbeat, {
-        callback: (err, msg) => {
-          const hb = err ? undefined : decode<Heartbeat>(msg.data);
-          if (hb) registry.onHeartbeat(hb);
-        },
-      }),
-      nc.subscribe(subjects.bye, {
-        callback: (err, msg) => {
-          const bye = err ? undefined : decode<Bye>(msg.data);
-          if (bye && typeof bye.id === 'string') registry.onBye(bye.id);
-        },
-      }),
+      // Every bus message passes the guard first: shape, limits, worker instance (docs/security.md).
+      nc.subscribe(subjects.heartbeat, { callback: (err, msg) => void (err || guard.heartbeat(msg.data)) }),
+      nc.subscribe(subjects.bye, { callback: (err, msg) => void (err || guard.bye(msg.data)) }),
     ];
     // Bodies over one NATS message travel to v2 workers in parts; v1 workers cannot take them.
     const maxPayload = nc.info?.max_payload;

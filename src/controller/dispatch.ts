@@ -3,6 +3,7 @@
  * one shared wildcard inbox subscription (ReplyMux), never a subscription per request. This is the
  * one place NATS outcomes are translated into RouterErrors.
  */
+import { randomUUID } from 'node:crypto';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { createInbox } from '@nats-io/transport-node';
 import type { Middleware, RouteContext } from '../context';
@@ -24,6 +25,7 @@ import { PartJoiner, publishParts, readPart } from '../parts';
 
 /** Largest answer joined from parts (bytes). */
 const MAX_ANSWER_BYTES = 256 * 1024 * 1024;
+import { replyProblem, type BusGuard } from './bus-guard';
 import type { WorkerInfo, WorkerRegistry } from './registry';
 
 type Handler = (msg: Msg) => void;
@@ -35,8 +37,9 @@ export class ReplyMux {
   private readonly sub: Subscription;
   private seq = 0;
 
-  constructor(nc: NatsConnection) {
-    this.prefix = createInbox();
+  /** `inboxPrefix`: the controller's own reply prefix (nats.inboxPrefix), so permissions can name it. */
+  constructor(nc: NatsConnection, inboxPrefix?: string) {
+    this.prefix = createInbox(inboxPrefix);
     this.sub = nc.subscribe(`${this.prefix}.*`, {
       callback: (err, msg) => {
         if (err) return;
@@ -68,6 +71,8 @@ export interface DispatchDeps {
   mux: ReplyMux;
   subjects: Subjects;
   registry: WorkerRegistry;
+  /** Counts replies dropped for a wrong token or instance (they are checked either way). */
+  guard?: BusGuard;
 }
 
 function knownFailureClass(outcome: unknown): OutcomeClass | undefined {
@@ -135,6 +140,10 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
   return new Promise<void>((resolve, reject) => {
     let expected = 0;
     let settled = false;
+    // The attempt's secret: the worker echoes it on every message, a cancel names it, and nothing
+    // without it (or from another instance of the worker id) is believed (docs/security.md).
+    const token = randomUUID();
+    const instance = worker.instance || undefined;
     // Cancels the worker's work when we stop listening before it finished.
     const finish = (err?: RouterError, cancelWorker = false): void => {
       if (settled) return;
@@ -143,7 +152,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       unwatch();
       signal.removeEventListener('abort', onAbort);
       if (cancelWorker && !deps.nc.isClosed()) {
-        deps.nc.publish(deps.subjects.cancel(worker.id), encode({ request_id: ctx.requestId, attempt: ctx.attempt.number, reply: reg.subject }));
+        deps.nc.publish(deps.subjects.cancel(worker.id), encode({ request_id: ctx.requestId, attempt: ctx.attempt.number, reply: reg.subject, token }));
       }
       if (err) reject(ctx.sink?.committed && ctx.attempt.chunks > 0 ? committed(err, worker.id) : err);
       else resolve();
@@ -157,11 +166,17 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
     let joiner: PartJoiner | undefined;
     const reg = deps.mux.register((msg) => {
       if (settled) return;
-      deps.registry.heard(worker);
       if (isNoResponders(msg)) {
         finish(new RouterError('WORKER_UNAVAILABLE', `worker ${worker.id} is not listening (no responders)`, { worker: worker.id }));
         return;
       }
+      const problem = replyProblem(msg, token, instance);
+      if (problem) {
+        deps.guard?.drop('reply', problem, { worker: worker.id, requestId: ctx.requestId });
+        return;
+      }
+      // Only a reply that carries the attempt's token proves the worker alive (the liveness probe reads it).
+      deps.registry.heard(worker);
       // A buffered answer larger than one NATS message arrives in numbered parts.
       const part = readPart(msg.headers);
       let data = msg.data;
@@ -248,7 +263,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
     const remaining = ctx.deadline - ctx.clock.now();
     try {
       const wire = wireRequestFor(worker.version, ctx.request, ctx.continuation || undefined);
-      const headers = () => requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream, progress: worker.progressMs > 0 });
+      const headers = () => requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream, token, progress: worker.progressMs > 0 });
       // v2 workers join a request sent in parts; a v1 worker gets one message or REQUEST_TOO_LARGE.
       if (worker.version >= PROTOCOL_V2) publishParts(deps.nc, deps.subjects.infer(worker.id), encode(wire), { reply: reg.subject, headers });
       else deps.nc.publish(deps.subjects.infer(worker.id), encode(wire), { reply: reg.subject, headers: headers() });

@@ -9,6 +9,7 @@ import { isRouterError, RouterError, toRouterError } from '../errors';
 import { newId } from '../ids';
 import type { Logger } from '../logger';
 import type { Pipeline, RouterDeps } from '../pipeline';
+import { clientErrorHandler, guardServer } from './http-guard';
 import { answerMetadata, errorHeaders, executeChat, routingHeaders } from './chat';
 import { drainBody } from './body-limit';
 import { SseSink } from './sse';
@@ -61,6 +62,15 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
     // The metrics middleware writes one line per request; fastify's own two would be noise.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.controller.bodyLimitBytes,
+    // Slow senders cannot hold a socket: headers, then the whole request, each within a limit;
+    // idle keep-alive sockets close (docs/security.md).
+    http: { headersTimeout: config.controller.headersTimeoutMs, connectionsCheckingInterval: Math.max(100, Math.min(1000, config.controller.headersTimeoutMs / 2)) },
+    requestTimeout: config.controller.requestTimeoutMs,
+    keepAliveTimeout: config.controller.keepAliveTimeoutMs,
+    clientErrorHandler,
+    // Bad URLs and the like are ours to answer too: OpenAI-shaped, with x-request-id.
+    frameworkErrors: (error, request, reply) =>
+      void sendError(reply, new RouterError('REQUEST_VALIDATION_FAILED', error.message, { param: 'url' }), { 'x-request-id': String(request.id) }),
     // Ctrl-C must not wait for idle keep-alive sockets.
     forceCloseConnections: 'idle',
     return503OnClosing: true,
@@ -71,6 +81,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
     },
   });
 
+  guardServer(app.server, { maxConnections: config.controller.maxConnections, maxConnectionsPerClient: config.controller.maxConnectionsPerClient });
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'string' }, parseJson);
 
@@ -157,6 +168,8 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
           onCommit: () => deps.metrics.ttft.observe((deps.clock.now() - ctx.startedAt) / 1000),
           keepText: config.cluster.streaming.resume,
           object: kind.chunkObject,
+          maxKeptChars: config.cluster.streaming.maxResumeChars,
+          stalledTimeoutMs: config.controller.stalledStreamTimeoutMs,
         }),
     });
     if (chat.request.stream || reply.raw.destroyed) return reply;

@@ -83,6 +83,7 @@ export class WorkerRegistry implements WorkerDirectory {
       known.heartbeatMs = heartbeatMs;
       known.promptCache = readPromptCache(hb.prompt_cache);
       Object.assign(known, readCapabilities(hb, models));
+      known.instance = typeof hb.instance === 'string' ? hb.instance : '';
     } else {
       this.workers.set(hb.id, {
         id: hb.id,
@@ -103,6 +104,7 @@ export class WorkerRegistry implements WorkerDirectory {
         lastActivityAt: now,
         promptCache: readPromptCache(hb.prompt_cache),
         ...readCapabilities(hb, models),
+        instance: typeof hb.instance === 'string' ? hb.instance : '',
       });
     }
     this.noteTransition(hb.id);
@@ -188,6 +190,11 @@ export class WorkerRegistry implements WorkerDirectory {
   /** Every known worker, online or recently seen. */
   known(): WorkerInfo[] {
     return [...this.workers.values()];
+  }
+
+  /** Workers known now (online or recently seen). */
+  get size(): number {
+    return this.workers.size;
   }
 
   get(id: string): WorkerInfo | undefined {

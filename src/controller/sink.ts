@@ -18,6 +18,8 @@ export interface SinkCoreOptions {
   onCommit?: () => void;
   /** Keep the delivered text, so a broken stream can be resumed elsewhere (default false). */
   keepText?: boolean;
+  /** Most characters kept for resume; beyond, the stream is no longer resumable (default: no bound). */
+  maxKeptChars?: number;
 }
 
 export abstract class SinkCore implements ChatSink {
@@ -25,8 +27,14 @@ export abstract class SinkCore implements ChatSink {
   private closed = false;
   private text = '';
   private exact = true;
+  private tooLong = false;
 
   protected constructor(private readonly core: SinkCoreOptions) {}
+
+  /** True once the delivered text outgrew maxKeptChars: this stream can no longer be resumed. */
+  get tooLongToResume(): boolean {
+    return this.tooLong;
+  }
 
   get committed(): boolean {
     return this.isCommitted;
@@ -45,7 +53,14 @@ export abstract class SinkCore implements ChatSink {
     if (this.done) return false;
     this.beforeWrite();
     if (!this.isCommitted) this.commit();
-    if (this.core.keepText) this.text += text;
+    if (this.core.keepText && !this.tooLong) {
+      this.text += text;
+      if (this.core.maxKeptChars !== undefined && this.text.length > this.core.maxKeptChars) {
+        // Bounded memory per stream: past the bound resume is off, and the kept text is let go.
+        this.tooLong = true;
+        this.text = '';
+      }
+    }
     this.writeChunk(text);
     return this.bufferedBytes() <= this.core.maxBufferedBytes;
   }

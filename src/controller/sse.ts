@@ -16,6 +16,11 @@ export interface SseSinkOptions extends SinkCoreOptions {
   created: number;
   /** `chat.completion.chunk` (default), or legacy `text_completion` chunks (`choices[].text`). */
   object?: 'chat.completion.chunk' | 'text_completion';
+  /**
+   * After the stream ended, a client that still leaves it unread loses the socket after this
+   * long (ms), so its buffer and socket are released (default: no bound).
+   */
+  stalledTimeoutMs?: number;
 }
 
 /** SSE's byte writer over the shared sink core. */
@@ -111,7 +116,16 @@ export class SseSink extends SinkCore {
    */
   private end(last: string): void {
     this.uncork();
-    this.options.res.end(last);
+    const res = this.options.res;
+    res.end(last);
+    const ms = this.options.stalledTimeoutMs;
+    if (ms === undefined || res.writableFinished || res.destroyed) return;
+    // The client is not reading what is left: release socket and buffer after a bounded time.
+    const timer = setTimeout(() => res.destroy(), ms);
+    timer.unref();
+    const clear = (): void => clearTimeout(timer);
+    res.once('finish', clear);
+    res.once('close', clear);
   }
 
   protected writeCommit(headers: Record<string, string>): void {
@@ -119,7 +133,7 @@ export class SseSink extends SinkCore {
       ...headers,
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-cache',
-      connection: 'keep-alive',
+      // No connection header: Node answers keep-alive, or close when the client asked for it.
       'x-accel-buffering': 'no',
     });
     // Legacy text completions have no role chunk.

@@ -7,7 +7,9 @@
  */
 import websocket from '@fastify/websocket';
 import type { FastifyInstance } from 'fastify';
+import type { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
+import { refuseSocket } from './http-guard';
 import { isRouterError, RouterError, toRouterError } from '../errors';
 import { newId } from '../ids';
 import type { FinishReason, Usage } from '../protocol';
@@ -76,6 +78,13 @@ function sendError(socket: WebSocket, err: RouterError, requestId?: string): voi
 export function registerWebSocket(app: FastifyInstance, env: ChatEnv): void {
   const { config, deps } = env;
   void app.register(websocket, { options: { maxPayload: config.controller.bodyLimitBytes } });
+  // A failed handshake (bad key, version, method) is answered like every other error: OpenAI JSON.
+  app.addHook('onReady', async () => {
+    app.websocketServer.on('wsClientError', (err: Error, socket: Duplex) => {
+      const version = /Version/.test(err.message) ? { 'sec-websocket-version': '13, 8' } : undefined;
+      refuseSocket(socket, /method/i.test(err.message) ? 405 : 400, 'REQUEST_VALIDATION_FAILED', `WebSocket handshake failed: ${err.message}`, version);
+    });
+  });
   void app.register(async function streamRoute(instance) {
     instance.get('/v1/stream', { websocket: true }, (socket, req) => {
       let busy = false;
@@ -120,6 +129,7 @@ export function registerWebSocket(app: FastifyInstance, env: ChatEnv): void {
             new WsSink(socket, base, requestId, {
               maxBufferedBytes: config.cluster.streaming.maxBufferedBytes,
               keepText: config.cluster.streaming.resume,
+              maxKeptChars: config.cluster.streaming.maxResumeChars,
               headers: () => routingHeaders(ctx),
               onCommit: () => deps.metrics.ttft.observe((deps.clock.now() - ctx.startedAt) / 1000),
             }),

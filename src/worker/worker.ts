@@ -3,7 +3,7 @@
  * once (never an unbounded queue), honours cancels and deadlines, heartbeats its load, and on
  * shutdown stops taking work, lets in-flight requests finish (bounded), deregisters and closes.
  */
-import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import type { Msg, MsgHdrs, NatsConnection, Subscription } from '@nats-io/transport-node';
 import { randomUUID } from 'node:crypto';
 import type { Clock } from '../clock';
 import { systemClock } from '../clock';
@@ -11,14 +11,19 @@ import type { ErrorCode, OutcomeClass } from '../errors';
 import { ERROR_CATALOGUE } from '../errors';
 import type { Logger } from '../logger';
 import {
+  controlSubject,
   decode,
+  DEFAULT_SUBJECT_PREFIX,
   encode,
+  HDR_INSTANCE,
   HDR_SEQ,
+  HDR_TOKEN,
   makeSubjects,
   PROTOCOL_VERSION,
   readRequestHeaders,
   type CancelMessage,
   type Heartbeat,
+  type RefuseMessage,
   type Subjects,
   type WireError,
   type WireReply,
@@ -51,6 +56,13 @@ export interface WorkerOptions {
    */
   progressIntervalMs?: number;
   clock?: Clock;
+  /**
+   * A controller refused this instance: another live worker process already serves this id. The
+   * worker has stopped taking work when this is called; the process should exit with the message.
+   */
+  onRefused?: (message: string) => void;
+  /** Random generator for the discovery-answer jitter (default Math.random). */
+  random?: () => number;
 }
 
 /** Largest request a worker joins from parts (bytes): 64 MiB, four times the default HTTP body limit. */
@@ -67,10 +79,14 @@ interface InFlight {
   done: Promise<void>;
   requestId: string;
   attempt: number;
+  /** The attempt's token: a cancel must name it. */
+  token: string;
 }
 
 export class Worker {
   readonly id: string;
+  /** This process's instance id: random, fixed at start, in heartbeats, byes and reply headers. */
+  readonly instance = randomUUID();
   private readonly nc: NatsConnection;
   private readonly engine: Engine;
   private readonly log: Logger;
@@ -79,12 +95,20 @@ export class Worker {
   private readonly drainTimeoutMs: number;
   private readonly progressIntervalMs: number;
   private readonly subjects: Subjects;
+  private readonly prefix: string;
   private readonly clock: Clock;
   private readonly inFlight = new Map<string, InFlight>();
   /** Large requests whose parts are still arriving, by reply subject. */
   private readonly joining = new Map<string, { joiner: PartJoiner; timer: NodeJS.Timeout }>();
   private readonly subs: Subscription[] = [];
   private heartbeatTimer?: NodeJS.Timeout;
+  private readonly onRefused?: (message: string) => void;
+  private readonly random: () => number;
+  /** Discovery answers: at most one per heartbeat interval, after a random delay. */
+  private discoveryTimer?: NodeJS.Timeout;
+  private lastDiscoveryAnswer = Number.NEGATIVE_INFINITY;
+  /** Messages dropped (bad cancels, control messages for someone else), for the stop log line. */
+  private dropped = 0;
   private state: 'new' | 'ready' | 'draining' | 'stopped' = 'new';
   /** Changes whenever the engine's prompt cache starts empty: this start, or the engine coming back. */
   private cacheEpoch = randomUUID();
@@ -99,8 +123,11 @@ export class Worker {
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2000;
     this.drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
     this.progressIntervalMs = options.progressIntervalMs ?? 250;
-    this.subjects = makeSubjects(options.subjectPrefix);
+    this.prefix = options.subjectPrefix ?? DEFAULT_SUBJECT_PREFIX;
+    this.subjects = makeSubjects(this.prefix);
     this.clock = options.clock ?? systemClock;
+    this.onRefused = options.onRefused;
+    this.random = options.random ?? Math.random;
   }
 
   async start(): Promise<void> {
@@ -110,7 +137,8 @@ export class Worker {
     };
     on(this.subjects.infer(this.id), (msg) => this.onInfer(msg));
     on(this.subjects.cancel(this.id), (msg) => this.onCancel(msg));
-    on(this.subjects.discover, () => this.heartbeat());
+    on(this.subjects.discover, () => this.onDiscover());
+    on(controlSubject(this.prefix, this.id), (msg) => this.onControl(msg));
     // The server must know our subscriptions before anyone is told we exist.
     await this.nc.flush();
     this.state = 'ready';
@@ -142,14 +170,16 @@ export class Worker {
     this.heartbeatTimer = undefined;
     for (const j of this.joining.values()) clearTimeout(j.timer);
     this.joining.clear();
+    if (this.discoveryTimer) clearTimeout(this.discoveryTimer);
+    this.discoveryTimer = undefined;
     for (const sub of this.subs) sub.unsubscribe();
     this.subs.length = 0;
     if (!this.nc.isClosed()) {
-      this.nc.publish(this.subjects.bye, encode({ type: 'bye', id: this.id }));
+      this.nc.publish(this.subjects.bye, encode({ type: 'bye', id: this.id, instance: this.instance }));
       await this.nc.flush().catch(() => undefined);
     }
     this.state = 'stopped';
-    this.log.info({ worker: this.id }, 'worker stopped');
+    this.log.info({ worker: this.id, ...(this.dropped > 0 ? { droppedMessages: this.dropped } : {}) }, 'worker stopped');
   }
 
   private heartbeat(): void {
@@ -173,6 +203,7 @@ export class Worker {
       progress_ms: this.progressIntervalMs,
       capabilities: this.capabilities(),
       ...(cacheSize !== undefined && cacheSize > 0 ? { prompt_cache: { size: cacheSize, epoch: this.cacheEpoch } } : {}),
+      instance: this.instance,
     };
     this.nc.publish(this.subjects.heartbeat, encode(hb));
   }
@@ -184,6 +215,41 @@ export class Worker {
     return out;
   }
 
+  /**
+   * Answers a controller's discovery with a heartbeat, at most once per heartbeat interval and after
+   * a random delay of up to a quarter interval: a flood of discovers costs one heartbeat per worker
+   * per interval, and many workers do not all answer in the same instant.
+   */
+  private onDiscover(): void {
+    if (this.discoveryTimer || this.state !== 'ready') return;
+    const now = this.clock.now();
+    if (now - this.lastDiscoveryAnswer < this.heartbeatIntervalMs) return;
+    this.lastDiscoveryAnswer = now;
+    this.discoveryTimer = setTimeout(() => {
+      this.discoveryTimer = undefined;
+      this.heartbeat();
+    }, Math.floor(this.random() * Math.min(250, this.heartbeatIntervalMs / 4)));
+  }
+
+  /** A controller's notice on this worker's control subject: only a refusal of this very instance acts. */
+  private onControl(msg: Msg): void {
+    const notice = decode<RefuseMessage>(msg.data);
+    if (!notice || typeof notice !== 'object' || notice.type !== 'refuse' || notice.instance !== this.instance) {
+      this.drop('control message not for this instance');
+      return;
+    }
+    const message =
+      `worker id '${this.id}' is already served by another live worker process on this NATS ` +
+      `(instance ${this.instance} refused: ${String(notice.reason ?? 'duplicate id').slice(0, 200)}); give every worker a unique --id`;
+    this.log.error({ worker: this.id, instance: this.instance }, message);
+    void this.stop().finally(() => this.onRefused?.(message));
+  }
+
+  /** Counts a dropped bus message; the log says so once per 100 (a flood must not flood the log). */
+  private drop(reason: string): void {
+    if (this.dropped++ % 100 === 0) this.log.warn({ worker: this.id, reason, dropped: this.dropped }, 'dropped a bus message');
+  }
+
   private onCancel(msg: Msg): void {
     const cancel = decode<CancelMessage>(msg.data);
     // A controller's liveness probe: answering it (protocol 1.1) settles the probe at once.
@@ -191,8 +257,14 @@ export class Worker {
       msg.respond(encode({ type: 'pong', id: this.id }));
       return;
     }
-    if (!cancel || typeof cancel.request_id !== 'string') return;
-    const flight = typeof cancel.reply === 'string' ? this.inFlight.get(cancel.reply) : this.findFlight(cancel.request_id, cancel.attempt);
+    if (!cancel || typeof cancel !== 'object' || typeof cancel.request_id !== 'string') {
+      this.drop('malformed cancel');
+      return;
+    }
+    const found = typeof cancel.reply === 'string' ? this.inFlight.get(cancel.reply) : undefined;
+    // A cancel must name the attempt's token: a forged one cannot stop someone else's request.
+    const flight = found && typeof cancel.token === 'string' && cancel.token === found.token ? found : undefined;
+    if (found && !flight) this.drop('cancel without the attempt token');
     if (flight) {
       this.log.debug({ requestId: cancel.request_id, attempt: cancel.attempt }, 'cancelled by controller');
       flight.controller.abort(new Error('cancelled'));
@@ -233,16 +305,25 @@ export class Worker {
     if (!reply) return;
     const meta = readRequestHeaders(msg.headers);
     if (meta.deadlineMs <= 0) return; // the controller has already given up on it
+    const token = meta.token ?? '';
+    // Every message to the reply subject carries the attempt's token and this instance: the
+    // controller drops anything without them (docs/security.md).
+    const replyHeaders = (): MsgHdrs => {
+      const h = natsHeaders();
+      if (token) h.append(HDR_TOKEN, token);
+      h.append(HDR_INSTANCE, this.instance);
+      return h;
+    };
     // v2 controllers join parts: a buffered answer larger than one NATS message goes in parts.
     let partsOk = false;
     const send = (body: WireReply, seq?: number): void => {
       if (this.nc.isClosed()) return;
       if (seq === undefined) {
-        if (partsOk) publishParts(this.nc, reply, encode(body));
-        else this.nc.publish(reply, encode(body));
+        if (partsOk) publishParts(this.nc, reply, encode(body), { headers: replyHeaders });
+        else this.nc.publish(reply, encode(body), { headers: replyHeaders() });
       } else {
-        const h = natsHeaders();
-        h.set(HDR_SEQ, String(seq));
+        const h = replyHeaders();
+        h.append(HDR_SEQ, String(seq));
         this.nc.publish(reply, encode(body), { headers: h });
       }
     };
@@ -287,13 +368,7 @@ export class Worker {
       if (deadline) clearTimeout(deadline);
       this.inFlight.delete(key);
     });
-    this.inFlight.set(key, { controller, done, requestId: meta.requestId, attempt: meta.attempt });
-  }
-
-  /** A cancel without a reply subject (older controllers): by request id and attempt. */
-  private findFlight(requestId: string, attempt: number): InFlight | undefined {
-    for (const f of this.inFlight.values()) if (f.requestId === requestId && f.attempt === attempt) return f;
-    return undefined;
+    this.inFlight.set(key, { controller, done, requestId: meta.requestId, attempt: meta.attempt, token });
   }
 
   private async serve(

@@ -4,7 +4,9 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { dirname } from 'node:path';
+import { connect } from '@nats-io/transport-node';
 import { startNatsServer } from '../../src/nats-server';
+import { decode, makeSubjects, type Heartbeat } from '../../src/protocol';
 import { CLI, MODEL, waitFor } from '../helpers/cluster';
 
 function childrenOf(pid: number): number[] {
@@ -34,8 +36,8 @@ function groupAlive(pgid: number): boolean {
 }
 
 /** `mlx-router up` in its own process group, as a terminal runs it, with its own nats-server (`--nats local`). */
-function startUp(workers: number, extra: string[] = []) {
-  const up = spawn(process.execPath, [CLI, 'up', '--nats', 'local', '--port', '0', '--workers', String(workers), ...extra], {
+function startUp(workers: number, extra: string[] = [], nats = 'local') {
+  const up = spawn(process.execPath, [CLI, 'up', '--nats', nats, '--port', '0', '--workers', String(workers), ...extra], {
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, MLX_ROUTER_LOG_LEVEL: 'warn' },
@@ -91,7 +93,10 @@ test('up --controllers 2 - prints both controllers, which agree on every session
     await cluster.ready();
     const urls = await waitFor(() => /\(2 controllers: (http:\/\/[0-9.:]+) (http:\/\/[0-9.:]+)\)/.exec(cluster.output())?.slice(1), 'both URLs printed');
     expect(new Set(urls).size).toBe(2);
-    for (const u of urls) await waitFor(async () => (await fetch(`${u}/ready`)).status === 200, `${u} ready`, 10_000);
+    // Rendezvous hashing agrees once both controllers know the same workers: wait for all three.
+    for (const u of urls) {
+      await waitFor(async () => ((await (await fetch(`${u}/ready`)).json()) as { workersOnline?: number }).workersOnline === 3, `${u} sees 3 workers`, 15_000);
+    }
     const children = childrenOf(cluster.up.pid!);
     // nats-server and three workers; the controllers run inside up.
     expect(children).toHaveLength(4);
@@ -246,3 +251,35 @@ test('controller - an unreachable NATS is one clear line and exit 1, not a stack
   expect(r.status).toBe(1);
   expect(r.stderr.trim()).toBe('mlx-router controller: cannot connect to NATS: connection refused');
 });
+
+test('up - two clusters started on one NATS get distinct worker ids: neither refuses the other', async () => {
+  const nats = await startNatsServer();
+  const nc = await connect({ servers: nats.url });
+  const ids = new Set<string>();
+  nc.subscribe(makeSubjects().heartbeat, { callback: (_e, m) => void ids.add(decode<Heartbeat>(m.data)?.id ?? '') });
+  await nc.flush();
+  const one = startUp(2, [], nats.url);
+  const two = startUp(2, [], nats.url);
+  try {
+    const urls = [await one.ready(), await two.ready()];
+    await waitFor(() => ids.size >= 4, 'four distinct worker ids', 10_000);
+    expect([...ids].every((id) => /^worker-[12]-[0-9a-f]{6}$/.test(id))).toBe(true);
+    for (const url of urls) {
+      const res = await fetch(`${url}/v1/chat/completions`, {
+        method: 'POST',
+        body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], max_tokens: 3 }),
+      });
+      expect(res.status).toBe(200);
+    }
+    expect(one.output() + two.output()).not.toMatch(/already served|refused/);
+    one.ctrlC();
+    two.ctrlC();
+    expect(await one.exited).toBe(0);
+    expect(await two.exited).toBe(0);
+  } finally {
+    await one.kill();
+    await two.kill();
+    await nc.close();
+    await nats.stop();
+  }
+}, 60_000);

@@ -4,7 +4,7 @@
  */
 import { connect, createInbox, type Msg, type NatsConnection } from '@nats-io/transport-node';
 import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
-import { decode, encode, makeSubjects, requestHeaders, type Heartbeat, type WireReply, type WireResult } from '../../src/protocol';
+import { decode, encode, HDR_INSTANCE, HDR_TOKEN, makeSubjects, requestHeaders, type Heartbeat, type WireReply, type WireResult } from '../../src/protocol';
 import { MODEL, spawnWorker, STARTUP_MS, waitFor, type WorkerOptions, type WorkerProcess } from '../helpers/cluster';
 
 const subjects = makeSubjects();
@@ -37,7 +37,11 @@ async function worker(id: string, extra: Partial<WorkerOptions> = {}): Promise<W
 }
 
 /** Sends one request and collects replies until `end`, `result` or `error` (or `ms` passes). */
-async function ask(id: string, body: Record<string, unknown>, opts: { deadlineMs?: number; attempt?: number; ms?: number; requestId?: string; inbox?: string } = {}) {
+async function ask(
+  id: string,
+  body: Record<string, unknown>,
+  opts: { deadlineMs?: number; attempt?: number; ms?: number; requestId?: string; inbox?: string; token?: string; onHeaders?: (m: Msg) => void } = {},
+) {
   const inbox = opts.inbox ?? createInbox();
   const replies: WireReply[] = [];
   const sub = nc.subscribe(inbox);
@@ -47,6 +51,7 @@ async function ask(id: string, body: Record<string, unknown>, opts: { deadlineMs
         replies.push({ type: 'error', code: 'NO_RESPONDERS', outcome: 'not_delivered', message: String(m.headers?.code) });
         break;
       }
+      opts.onHeaders?.(m);
       const r = decode<WireReply>(m.data)!;
       replies.push(r);
       if (r.type !== 'chunk') break;
@@ -55,7 +60,7 @@ async function ask(id: string, body: Record<string, unknown>, opts: { deadlineMs
   const stream = body.stream === true;
   nc.publish(subjects.infer(id), encode({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], ...body }), {
     reply: inbox,
-    headers: requestHeaders({ requestId: opts.requestId ?? 'r1', attempt: opts.attempt ?? 1, deadlineMs: opts.deadlineMs ?? 10_000, stream }),
+    headers: requestHeaders({ requestId: opts.requestId ?? 'r1', attempt: opts.attempt ?? 1, deadlineMs: opts.deadlineMs ?? 10_000, stream, token: opts.token ?? 'tok-default' }),
   });
   const timer = setTimeout(() => sub.unsubscribe(), opts.ms ?? 3000);
   await done;
@@ -74,7 +79,8 @@ test('worker - heartbeats carry models, capacity, in-flight count and state, and
   expect(hb.prompt_cache).toEqual({ size: 10, epoch: expect.any(String) });
   const before = heartbeats.filter((h) => h.id === 'hb').length;
   nc.publish(subjects.discover, encode({ type: 'discover' }));
-  await waitFor(() => heartbeats.filter((h) => h.id === 'hb').length > before, 'a heartbeat after discover', 500, 2);
+  // Answered after a random delay of at most a quarter interval (250 ms here), then not again this interval.
+  await waitFor(() => heartbeats.filter((h) => h.id === 'hb').length > before, 'a heartbeat after discover', 1500, 2);
 });
 
 test('worker - the synthetic prompt cache: a repeated prompt reports cached_tokens; --prompt-cache-size 0 turns it off', async () => {
@@ -120,9 +126,10 @@ test('worker - beyond max concurrency it rejects at once with WORKER_OVERLOADED,
 
 test('worker - a cancel stops generation and frees the slot; expired deadlines are dropped unanswered', async () => {
   await worker('cxl', { maxConcurrent: 1, tokenMs: 20 });
-  const pending = ask('cxl', { max_tokens: 1000, stream: true }, { requestId: 'long', ms: 1500 });
+  const inbox = createInbox();
+  const pending = ask('cxl', { max_tokens: 1000, stream: true }, { requestId: 'long', ms: 1500, inbox, token: 'secret-1' });
   await waitFor(() => heartbeats.some((h) => h.id === 'cxl' && h.in_flight === 1), 'busy');
-  nc.publish(subjects.cancel('cxl'), encode({ request_id: 'long', attempt: 1 }));
+  nc.publish(subjects.cancel('cxl'), encode({ request_id: 'long', attempt: 1, reply: inbox, token: 'secret-1' }));
   await waitFor(() => heartbeats.filter((h) => h.id === 'cxl').at(-1)?.in_flight === 0, 'slot freed', 5000);
   const replies = await pending;
   expect(replies.every((r) => r.type === 'chunk')).toBe(true); // no end: the worker stopped
@@ -137,13 +144,44 @@ test('worker - a cancel stops generation and frees the slot; expired deadlines a
 test('worker - two attempts with the same client request id are told apart by reply subject: a cancel stops only its own', async () => {
   await worker('twins', { tokenMs: 20 });
   const [inboxA, inboxB] = [createInbox(), createInbox()];
-  const a = ask('twins', { max_tokens: 30, stream: true }, { requestId: 'same', inbox: inboxA, ms: 3000 });
-  const b = ask('twins', { max_tokens: 30, stream: true }, { requestId: 'same', inbox: inboxB, ms: 3000 });
+  const a = ask('twins', { max_tokens: 30, stream: true }, { requestId: 'same', inbox: inboxA, ms: 3000, token: 'tok-a' });
+  const b = ask('twins', { max_tokens: 30, stream: true }, { requestId: 'same', inbox: inboxB, ms: 3000, token: 'tok-b' });
   await waitFor(() => heartbeats.some((h) => h.id === 'twins' && h.in_flight === 2), 'both in flight');
-  nc.publish(subjects.cancel('twins'), encode({ request_id: 'same', attempt: 1, reply: inboxA }));
+  // Forged cancels (no token, another attempt's token, right token for the wrong subject) change nothing.
+  nc.publish(subjects.cancel('twins'), encode({ request_id: 'same', attempt: 1, reply: inboxB }));
+  nc.publish(subjects.cancel('twins'), encode({ request_id: 'same', attempt: 1, reply: inboxB, token: 'tok-a' }));
+  nc.publish(subjects.cancel('twins'), encode({ request_id: 'same', attempt: 1 }));
+  nc.publish(subjects.cancel('twins'), encode({ request_id: 'same', attempt: 1, reply: inboxA, token: 'tok-a' }));
   const [ra, rb] = await Promise.all([a, b]);
   expect(ra.at(-1)?.type).toBe('chunk'); // cut off: no end
   expect(rb.at(-1)).toMatchObject({ type: 'end', finish_reason: 'length' });
+});
+
+test('worker - every reply message echoes the attempt token and names the worker instance of its heartbeats', async () => {
+  await worker('echo');
+  const instance = heartbeats.find((h) => h.id === 'echo')!.instance;
+  expect(instance).toMatch(/^[A-Za-z0-9_-]{8,64}$/);
+  const seen: Array<[string, string]> = [];
+  const onHeaders = (m: Msg): void => void seen.push([m.headers?.get(HDR_TOKEN) ?? '', m.headers?.get(HDR_INSTANCE) ?? '']);
+  await ask('echo', { max_tokens: 5, stream: true }, { token: 'tok-stream', onHeaders });
+  await ask('echo', { max_tokens: 5 }, { token: 'tok-buffered', onHeaders });
+  await ask('echo', { model: 'other' }, { token: 'tok-error', onHeaders });
+  const tokens = seen.map(([t]) => t);
+  expect(tokens.filter((t) => t === 'tok-stream').length).toBeGreaterThanOrEqual(2); // chunks and the end
+  expect(tokens.slice(-2)).toEqual(['tok-buffered', 'tok-error']);
+  expect(new Set(seen.map(([, i]) => i))).toEqual(new Set([instance]));
+});
+
+test('worker - discovery floods are answered at most once per heartbeat interval', async () => {
+  await worker('flood', { heartbeatMs: 3000 });
+  await waitFor(() => heartbeats.some((h) => h.id === 'flood'), 'first heartbeat');
+  const before = heartbeats.filter((h) => h.id === 'flood').length;
+  for (let i = 0; i < 2000; i++) nc.publish(subjects.discover, encode({ type: 'discover' }));
+  await nc.flush();
+  await waitFor(() => heartbeats.filter((h) => h.id === 'flood').length > before, 'the one answer', 2000);
+  // Settle well past the answer's jitter (<= 250 ms): still one, not 2000.
+  await new Promise((r) => setTimeout(r, 600));
+  expect(heartbeats.filter((h) => h.id === 'flood').length - before).toBeLessThanOrEqual(2); // the answer, maybe one periodic beat
 });
 
 test('worker - a bad request is a caller error, an unknown model MODEL_NOT_FOUND', async () => {

@@ -4,7 +4,7 @@
  * start-up with a ConfigError naming the entry. NATS is replaced by an in-memory bus that answers
  * each inference request after a per-worker delay on the fake clock; everything else is real.
  */
-import type { NatsConnection } from '@nats-io/transport-node';
+import { headers as natsHeaders, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -21,7 +21,7 @@ import { Listeners } from '../../src/listeners';
 import type { RouterEvent } from '../../src/attempt';
 import { defineMiddleware } from '../../src/define';
 import { assemblePipeline, type RouterDeps } from '../../src/pipeline';
-import { encode, makeSubjects, PROTOCOL_VERSION, type WireReply, type WireRequest } from '../../src/protocol';
+import { encode, HDR_TOKEN, makeSubjects, PROTOCOL_VERSION, type WireReply, type WireRequest } from '../../src/protocol';
 import { InstantClock } from '../helpers/fake-clock';
 
 const ROOT = resolve(__dirname, '../..');
@@ -50,14 +50,14 @@ function makeDeps(script: Script): { deps: RouterDeps; clock: InstantClock; publ
   const clock = new InstantClock();
   const log = silentLogger();
   const subjects = makeSubjects();
-  const handlers = new Map<string, (msg: { subject: string; data: Uint8Array }) => void>();
+  const handlers = new Map<string, (msg: { subject: string; data: Uint8Array; headers?: MsgHdrs }) => void>();
   const published: string[] = [];
   let next = 0;
   const mux = {
     get size() {
       return handlers.size;
     },
-    register(handler: (msg: { subject: string; data: Uint8Array }) => void) {
+    register(handler: (msg: { subject: string; data: Uint8Array; headers?: MsgHdrs }) => void) {
       const subject = `_INBOX.test.${next++}`;
       handlers.set(subject, handler);
       return { subject, close: () => handlers.delete(subject) };
@@ -66,14 +66,17 @@ function makeDeps(script: Script): { deps: RouterDeps; clock: InstantClock; publ
   };
   const nc = {
     isClosed: () => false,
-    publish(subject: string, _data: Uint8Array, opts?: { reply?: string }) {
+    publish(subject: string, _data: Uint8Array, opts?: { reply?: string; headers?: MsgHdrs }) {
       published.push(subject);
       const id = Object.keys(script).find((w) => subject === subjects.infer(w));
       if (!id || !opts?.reply) return;
       const reply = opts.reply;
+      // Like a worker: the attempt's token echoed on the reply.
+      const h = natsHeaders();
+      h.set(HDR_TOKEN, opts.headers?.get(HDR_TOKEN) ?? '');
       // Answer asynchronously, as NATS would, after the worker's delay on the fake clock.
       setImmediate(() => {
-        void clock.advance(script[id].delayMs).then(() => handlers.get(reply)?.({ subject: reply, data: encode(script[id].reply) }));
+        void clock.advance(script[id].delayMs).then(() => handlers.get(reply)?.({ subject: reply, data: encode(script[id].reply), headers: h }));
       });
     },
   };

@@ -39,10 +39,10 @@ test.each<[string, Uint8Array]>([
 });
 
 test('protocol - request headers round trip', () => {
-  const h = requestHeaders({ requestId: 'req-1', attempt: 3, deadlineMs: 1234.9, stream: true });
+  const h = requestHeaders({ requestId: 'req-1', attempt: 3, deadlineMs: 1234.9, stream: true, token: 'tok-1' });
   expect(h.get(HDR_REQUEST_ID)).toBe('req-1');
   expect(h.get(HDR_STREAM)).toBe('1');
-  expect(readRequestHeaders(h)).toEqual({ requestId: 'req-1', attempt: 3, deadlineMs: 1234, stream: true, progress: false });
+  expect(readRequestHeaders(h)).toEqual({ requestId: 'req-1', attempt: 3, deadlineMs: 1234, stream: true, token: 'tok-1', progress: false });
 });
 
 test('protocol - a buffered request carries no stream header and a passed deadline is sent as 0', () => {

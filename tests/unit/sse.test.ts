@@ -61,3 +61,18 @@ describe('SseSink on a real socket', () => {
     expect(body).not.toContain('[DONE]');
   });
 });
+
+test('sse - the text kept for resume is bounded: past maxKeptChars the stream is no longer resumable', async () => {
+  await serve((res) => {
+    const s = new SseSink({ res, completionId: 'c', model: 'm', created: 1, maxBufferedBytes: 1 << 20, headers: () => ({}), keepText: true, maxKeptChars: 10 });
+    s.write('12345');
+    expect(s.tooLongToResume).toBe(false);
+    expect(s.streamed).toBe('12345');
+    s.write('678901');
+    expect(s.tooLongToResume).toBe(true);
+    expect(s.streamed).toBe('');
+    s.write('more');
+    expect(s.streamed).toBe('');
+    s.finish('stop', undefined, false, {});
+  });
+});
