@@ -27,6 +27,9 @@ beforeAll(async () => {
     config: {
       'cluster.requestRouting.firstChunkTimeoutMs': FIRST_CHUNK_MS,
       'cluster.requestRouting.idleTimeoutMs': IDLE_MS,
+      // attemptTimeoutMs caps a producing stream as a last resort: far above how long the flood
+      // takes to fill a stopped client's buffer on a loaded machine, so only the cap can end it.
+      'cluster.requestRouting.attemptTimeoutMs': 30_000,
       // Heartbeat silence must not end stopped streams before the idle limit does.
       'discovery.offlineAfterMs': 5000,
       'cluster.streaming.maxBufferedBytes': 64 * 1024,
