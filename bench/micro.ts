@@ -88,7 +88,7 @@ export function microWorld(workerCount = 1): MicroWorld {
   const clock = systemClock;
   const registry = new WorkerRegistry({ clock, offlineAfterMs: 60_000, log });
   for (let i = 0; i < workerCount; i++) {
-    registry.onHeartbeat({ type: 'heartbeat', version: 1, id: `w${i}`, models: [MODEL], engine: 'synthetic', max_concurrent: 1024, in_flight: 0, state: 'ready', interval_ms: 1000 });
+    registry.onHeartbeat({ type: 'heartbeat', version: 1, id: `w${i}`, models: [MODEL], engine: 'synthetic', max_concurrent: 1024, in_flight: 0, state: 'ready', interval_ms: 1000, instance: `w${i}-instance` });
   }
   const workers = registry.forModel(MODEL);
   const breakers = new BreakerBook({ ...config.cluster.requestRouting.circuitBreaker, clock });

@@ -32,11 +32,16 @@ interface Pairs {
   baseline: number[];
   /** Failover requests that did not fail over (the bad worker was not a candidate at that moment). */
   missed: number;
+  /**
+   * Baseline requests that did not go straight to the good worker (on a loaded machine its first
+   * chunk can miss the short limit used here): left out of the baseline, and counted.
+   */
+  baselineOff: number;
 }
 
 /** Alternates failover and baseline requests; `before` runs ahead of each failover request. */
 async function pairs(run: BenchRun, label: string, n: number, failover: Target, baseline: Target, good: string, before?: () => Promise<void>): Promise<Pairs> {
-  const out: Pairs = { failover: [], baseline: [], missed: 0 };
+  const out: Pairs = { failover: [], baseline: [], missed: 0, baselineOff: 0 };
   const bar = progress(label);
   for (let i = 0; i < n; i++) {
     if (i % 5 === 0) bar.update(i / n, `${out.failover.length} failovers`);
@@ -47,11 +52,11 @@ async function pairs(run: BenchRun, label: string, n: number, failover: Target, 
     if (Number(a.headers['x-mlx-retries']) >= 1) out.failover.push(a.ms);
     else out.missed++;
     const b = await run.client.send(baseline);
-    if (b.status !== 200 || b.headers['x-mlx-retries'] !== '0' || b.headers['x-mlx-worker'] !== good) {
-      throw new Error(`${label}: baseline request went wrong: HTTP ${b.status}, worker ${String(b.headers['x-mlx-worker'])}, retries ${String(b.headers['x-mlx-retries'])}`);
-    }
-    out.baseline.push(b.ms);
+    if (b.status !== 200) throw new Error(`${label}: baseline request answered HTTP ${b.status}: ${b.body.slice(0, 300)}`);
+    if (b.headers['x-mlx-retries'] === '0' && b.headers['x-mlx-worker'] === good) out.baseline.push(b.ms);
+    else out.baselineOff++;
   }
+  if (out.baselineOff > n / 2) throw new Error(`${label}: ${out.baselineOff} of ${n} baseline requests did not go straight to ${good}`);
   const f = summarize(out.failover);
   const base = summarize(out.baseline);
   bar.done(`${out.failover.length} failovers: p50 ${f.p50.toFixed(2)} ms, p99 ${f.p99.toFixed(2)} ms · baseline p50 ${base.p50.toFixed(2)} ms, p99 ${base.p99.toFixed(2)} ms${out.missed ? ` · ${out.missed} did not fail over` : ''}`);
@@ -62,7 +67,14 @@ async function pairs(run: BenchRun, label: string, n: number, failover: Target, 
 function report(run: BenchRun, name: string, p: Pairs, target?: { text: string; maxExtraP99: number }, note?: string): void {
   const f = summarize(p.failover);
   const b = summarize(p.baseline);
-  const notes = [`${p.failover.length} failovers`, p.missed ? `${p.missed} requests did not fail over and are left out` : '', note ?? ''].filter(Boolean).join('; ');
+  const notes = [
+    `${p.failover.length} failovers`,
+    p.missed ? `${p.missed} requests did not fail over and are left out` : '',
+    p.baselineOff ? `${p.baselineOff} baseline requests did not go straight to the good worker and are left out` : '',
+    note ?? '',
+  ]
+    .filter(Boolean)
+    .join('; ');
   run.add({ scenario: 4, name: `${name}: latency p50`, value: f.p50, unit: 'ms', baseline: { label: 'no failure', value: b.p50 } });
   run.add({
     scenario: 4,
@@ -99,7 +111,7 @@ async function gone(run: BenchRun): Promise<void> {
     const router = await lab.child({ role: 'router', overrides: { ...FAILOVER_CONFIG, 'discovery.probeAfterMs': 0 } });
     const subjects = makeSubjects();
     // A ghost: it heartbeats but never subscribes, so every request to it gets "no responders".
-    const hb: Heartbeat = { type: 'heartbeat', version: 1, id: 'a-ghost', models: [MODEL], engine: 'synthetic', max_concurrent: 1024, in_flight: 0, state: 'ready', interval_ms: 1000 };
+    const hb: Heartbeat = { type: 'heartbeat', version: 1, id: 'a-ghost', models: [MODEL], engine: 'synthetic', max_concurrent: 1024, in_flight: 0, state: 'ready', interval_ms: 1000, instance: 'ghost-instance' };
     const haunt = async (): Promise<void> => {
       lab.nc.publish(subjects.heartbeat, encode(hb));
       await lab.nc.flush();
