@@ -20,7 +20,8 @@ export type BreakerFilterDeps = Pick<MiddlewareDeps, 'breakers'>;
  *   right then (a half-open breaker admits exactly `halfOpenPermits` probes); a worker whose last
  *   permit went meanwhile is refused and `select` picks another.
  * - record: the attempt's outcome goes back through the permit; the breaker decides by outcome
- *   class what counts (see BreakerBook.admit). A trip adds to `ctx.metrics.circuitBreakerTrips`.
+ *   class what counts, and counts a timeout only when the worker went quiet (`ctx.attempt.stalled`:
+ *   no first token within its limit, or silence mid-answer; see countsAgainst in src/controller/breakers.ts). A trip adds to `ctx.metrics.circuitBreakerTrips`.
  * Placed after `select` it checks and admits the chosen worker itself. Without `breaker` in the
  * pipeline no worker is ever refused for its breaker.
  */
@@ -60,7 +61,8 @@ export const breaker = defineMiddleware<BreakerFilterOptions, BreakerFilterDeps>
         await next();
       } catch (e) {
         const err = toRouterError(e);
-        if (permit?.record(err.outcome)) {
+        // A timeout counts only when the worker went quiet (ctx.attempt.stalled, set by timeout).
+        if (permit?.record(err.outcome, { code: err.code, stalled: ctx.attempt.stalled })) {
           ctx.metrics.circuitBreakerTrips++;
           ctx.log.warn({ worker: permit.worker, code: err.code }, 'circuit breaker opened');
         }

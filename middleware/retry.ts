@@ -117,6 +117,9 @@ function retryMiddleware(options: RetryOptions, deps: RetryDeps, runAttempt: Att
   return async function retry(ctx: RouteContext): Promise<void> {
     for (;;) {
       let err: RouterError;
+      // What may follow this attempt: the timeout middleware keeps part of the deadline for it.
+      const more = ctx.sink?.committed ? (options.maxResumes ?? 0) - ctx.metrics.resumes : options.maxRetries - ctx.attempts.length;
+      ctx.retriesLeft = options.enabled && deps.budget.canRetry() ? Math.max(0, more) : 0;
       try {
         await runAttempt(ctx);
         deps.budget.onSuccess();

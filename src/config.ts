@@ -29,6 +29,9 @@ export interface RouterConfig {
       attemptTimeoutMs: number;
       firstChunkTimeoutMs: number;
       idleTimeoutMs: number;
+      firstChunkMsPer1kPromptTokens: number;
+      deadlineShare: number;
+      adaptiveLimits: { enabled: boolean; factor: number; floorMs: number; minSamples: number };
       workerWaitTimeoutMs: number;
       strategy: Strategy;
       retry: {
@@ -52,6 +55,7 @@ export interface RouterConfig {
       session: { ttlMs: number; maxSessions: number; sharedBucket: string; sharedReplicas: number };
       prefix: { minPrefixTokens: number; ttftMarginTokens: number; maxImbalance: number; defaultCacheSize: number };
     };
+    maxTokens: { cap: number; byModel: Record<string, number> };
     streaming: { maxBufferedBytes: number; resume: boolean; maxResumes: number; maxResumeChars: number };
     admin: { key: string };
   };
@@ -83,6 +87,7 @@ export interface RouterConfig {
     models: string[];
     maxConcurrent: number;
     heartbeatIntervalMs: number;
+    progressIntervalMs: number;
     engine: EngineName;
     promptCacheSize: number;
     synthetic: { ttftMs: number; tokenMs: number; failRate: number; prefillUsPerToken: number };
@@ -96,7 +101,7 @@ export interface RouterConfig {
       continuation: 'off' | 'vllm' | 'prefill';
     };
   };
-  discovery: { offlineAfterMs: number; maxWorkers: number; maxModels: number };
+  discovery: { offlineAfterMs: number; probeAfterMs: number; maxWorkers: number; maxModels: number };
   tracing: { otlpEndpoint: string; serviceName: string };
   log: { level: string };
 }
@@ -129,6 +134,17 @@ convict.addFormat({
 });
 
 convict.addFormat({
+  name: 'token-caps',
+  validate(value: unknown) {
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error('must be a map of model name to a positive integer');
+    for (const [model, cap] of Object.entries(value)) {
+      if (typeof cap !== 'number' || !Number.isInteger(cap) || cap < 1) throw new Error(`model '${model}': must be a positive integer`);
+    }
+  },
+  coerce: (v: string) => JSON.parse(v) as unknown,
+});
+
+convict.addFormat({
   name: 'ratio',
   validate(value: unknown) {
     if (typeof value !== 'number' || !(value >= 0 && value <= 1)) throw new Error('must be a number from 0 to 1');
@@ -145,11 +161,43 @@ const schema = {
       default: DEFAULT_PIPELINE,
     },
     requestRouting: {
-      timeoutMs: { doc: 'Deadline of a whole buffered request, all attempts and backoff included (ms).', format: 'nat', default: 30000 },
-      streamingTimeoutMs: { doc: 'Deadline of a whole streamed request, all attempts included (ms).', format: 'nat', default: 60000 },
-      attemptTimeoutMs: { doc: 'Limit of one buffered attempt (ms); bounded by what the request has left.', format: 'nat', default: 10000 },
-      firstChunkTimeoutMs: { doc: 'Streams: time to first chunk of one attempt (ms); the only stream limit that fails over.', format: 'nat', default: 10000 },
-      idleTimeoutMs: { doc: 'Streams: longest silence between two chunks after the first (ms).', format: 'nat', default: 30000 },
+      timeoutMs: {
+        doc: "Deadline of a whole buffered request, all attempts and backoff included (ms); the operator's cap, long enough for a slow engine's long answer.",
+        format: 'nat',
+        default: 300000,
+      },
+      streamingTimeoutMs: { doc: 'Deadline of a whole streamed request, all attempts included (ms).', format: 'nat', default: 300000 },
+      attemptTimeoutMs: {
+        doc: 'Last-resort limit of one attempt (ms), and the whole limit of a buffered attempt to a worker that sends no progress (protocol 1.0).',
+        format: 'nat',
+        default: 300000,
+      },
+      firstChunkTimeoutMs: {
+        doc: 'Time to first token of one attempt, buffered or streamed (ms), for a short prompt; grows with firstChunkMsPer1kPromptTokens.',
+        format: 'nat',
+        default: 10000,
+      },
+      idleTimeoutMs: { doc: 'Longest silence between two tokens (stream chunks or progress messages) after the first (ms).', format: 'nat', default: 10000 },
+      firstChunkMsPer1kPromptTokens: {
+        doc: 'Extra time to first token allowed per 1000 prompt tokens (ms): long prompts take longer to read.',
+        format: 'nat',
+        default: 2000,
+      },
+      deadlineShare: {
+        doc: "While retries remain, a time-to-first-token or idle limit uses at most this share of what the request has left, so a hung attempt leaves time for another.",
+        format: 'ratio',
+        default: 0.5,
+      },
+      adaptiveLimits: {
+        enabled: {
+          doc: 'Learn the time-to-first-token and idle limits per worker and model from recent successful attempts; the configured limits are the ceilings.',
+          format: Boolean,
+          default: true,
+        },
+        factor: { doc: "A learned limit is this many times the 99th percentile of the worker's recent observations.", format: Number, default: 4 },
+        floorMs: { doc: 'No learned limit is shorter than this (ms).', format: 'nat', default: 1000 },
+        minSamples: { doc: 'Successful attempts of a worker and model needed before its learned limits apply.', format: 'nat', default: 20 },
+      },
       workerWaitTimeoutMs: {
         doc: 'When every worker for the model is busy, wait this long for a free one before 503 NO_WORKERS_AVAILABLE (ms; 0: no wait).',
         format: 'nat',
@@ -205,6 +253,14 @@ const schema = {
         maxImbalance: { doc: 'prefix middleware: leave the worker with the longest cached prefix when it has this many more requests in flight than the least loaded candidate.', format: 'nat', default: 8 },
         defaultCacheSize: { doc: "prefix middleware: prompt cache entries assumed for a worker that does not advertise its cache size.", format: 'nat', default: 10 },
       },
+    },
+    maxTokens: {
+      cap: {
+        doc: 'Largest max_tokens a request may ask for (400 above it), for models not listed in cluster.maxTokens.byModel.',
+        format: 'nat',
+        default: 32768,
+      },
+      byModel: { doc: 'Per-model max_tokens caps, by model name (e.g. {"my-model": 8192}).', format: 'token-caps', default: {} },
     },
     streaming: {
       maxBufferedBytes: { doc: 'Bytes a slow streaming client may leave unread before the stream is cancelled.', format: 'nat', default: 1048576 },
@@ -270,6 +326,11 @@ const schema = {
     models: { doc: 'Models this worker serves (synthetic engine; the openai engine uses worker.openai.models).', format: 'string-list', default: [DEFAULT_MODEL] },
     maxConcurrent: { doc: 'Requests served at once; beyond it the worker answers WORKER_OVERLOADED.', format: 'nat', default: 8 },
     heartbeatIntervalMs: { doc: 'Heartbeat period (ms).', format: 'nat', default: 2000 },
+    progressIntervalMs: {
+      doc: 'Buffered requests: a progress message at the first token, then at most this often while tokens flow (ms).',
+      format: 'nat',
+      default: 250,
+    },
     engine: { doc: 'Engine behind the worker: synthetic (built in) or openai (an OpenAI-compatible HTTP server, see docs/engines.md).', format: [...ENGINES], default: 'synthetic' },
     promptCacheSize: {
       doc: "Prompt cache entries (conversations) of the engine, advertised to controllers: the synthetic engine keeps this many; for the openai engine set it to the engine's own (mlx_lm.server --prompt-cache-size). 0: no cache.",
@@ -298,6 +359,11 @@ const schema = {
   },
   discovery: {
     offlineAfterMs: { doc: 'A worker silent this long (controller clock) is offline (ms).', format: 'nat', default: 6000 },
+    probeAfterMs: {
+      doc: "Ask NATS whether a worker still listens (no responders: gone) when its heartbeat is this late, or an attempt on it has heard nothing this long (ms; 0: off).",
+      format: 'nat',
+      default: 300,
+    },
     maxWorkers: { doc: 'Most worker ids the controller keeps; heartbeats of further new ids are dropped and counted.', format: 'nat', default: 1024 },
     maxModels: { doc: 'Most models one worker may advertise; a heartbeat with more is dropped and counted.', format: 'nat', default: 256 },
   },
@@ -404,6 +470,9 @@ function checkSemantics(cfg: RouterConfig): void {
   const unknownCode = rr.retry.retryOnErrors.find((c) => !isErrorCode(c));
   if (unknownCode !== undefined) fail('cluster.requestRouting.retry.retryOnErrors', `unknown error code '${unknownCode}' (see docs/errors.md)`);
   if (cfg.cluster.streaming.maxBufferedBytes < 1024) fail('cluster.streaming.maxBufferedBytes', 'must be at least 1024 (smaller cancels streams at their first chunk)');
+  if (!(rr.adaptiveLimits.factor >= 1)) fail('cluster.requestRouting.adaptiveLimits.factor', 'must be at least 1');
+  if (rr.deadlineShare <= 0) fail('cluster.requestRouting.deadlineShare', 'must be above 0');
+  if (cfg.cluster.maxTokens.cap < 1) fail('cluster.maxTokens.cap', 'must be at least 1');
   if (rr.streamingTimeoutMs < 1) fail('cluster.requestRouting.streamingTimeoutMs', 'must be at least 1');
   if (cfg.cluster.pipeline.length === 0) fail('cluster.pipeline', 'must name at least one middleware');
   if (cfg.tracing.otlpEndpoint && !/^https?:\/\/[^/]/.test(cfg.tracing.otlpEndpoint)) fail('tracing.otlpEndpoint', `must be an http:// or https:// URL, got '${cfg.tracing.otlpEndpoint}'`);

@@ -40,12 +40,25 @@ export interface AttemptState {
   /** Aborts when this attempt must end: its timeout, or the request's end. */
   readonly signal: AbortSignal;
   abort(reason: unknown): void;
-  /** Called by dispatch on every streamed chunk: tells every progress listener. */
+  /**
+   * Called by dispatch on every sign of generation: a streamed chunk, or a buffered attempt's
+   * `progress` message (protocol 1.1). Tells every progress listener (the timeout middleware's
+   * TTFT and idle limits).
+   */
   progress(): void;
   /** Follows this attempt's progress (the timeout middleware's idle limit); returns the remover. */
   onProgress(listener: () => void): () => void;
   /** Chunks this attempt has delivered. */
   chunks: number;
+  /** When this attempt's first token showed (a chunk or a progress message), on the clock. */
+  firstTokenAt?: number;
+  /**
+   * Set by the timeout middleware when it ended the attempt because the worker went quiet: no
+   * first token within its limit, or silence mid-answer. Only such timeouts count against a
+   * worker's breaker (the breaker's permit reads it); a limit that cut a producing attempt (the
+   * request deadline, the last-resort attempt cap) says nothing about the worker.
+   */
+  stalled?: 'first' | 'idle';
   /**
    * Checks the worker `select` chooses must pass, installed for this attempt by middleware before
    * `select` (the breaker takes its permit here). Fresh for each attempt.
@@ -146,6 +159,11 @@ export interface RouteContext {
   readonly attempts: AttemptRecord[];
   /** Stream resume: the text the next attempt must continue after (set by retry). */
   continuation?: string;
+  /**
+   * Set by `retry` before each attempt: how many more attempts may follow this one. The timeout
+   * middleware keeps part of the deadline for them (cluster.requestRouting.deadlineShare).
+   */
+  retriesLeft?: number;
 
   /** Buffered answer. */
   result?: WireResult;

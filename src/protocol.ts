@@ -17,6 +17,11 @@ export const HDR_ATTEMPT = 'Mlx-Attempt';
 export const HDR_DEADLINE_MS = 'Mlx-Deadline-Ms';
 export const HDR_STREAM = 'Mlx-Stream';
 export const HDR_SEQ = 'Mlx-Seq';
+/**
+ * Protocol 1.1 (progress): present (`1`) on a buffered request when the controller wants
+ * `progress` messages; a worker sends them only when asked, so 1.0 controllers never see one.
+ */
+export const HDR_PROGRESS = 'Mlx-Progress';
 
 /** A worker id becomes one subject token, so it is restricted to safe characters. */
 export const WORKER_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
@@ -125,7 +130,21 @@ export interface WireError {
   retry_after_ms?: number;
   seq?: number;
 }
-export type WireReply = WireResult | WireChunk | WireEnd | WireError;
+/**
+ * Protocol 1.1: "still generating". Sent to a buffered request's reply subject when the request
+ * carried `Mlx-Progress: 1`: at the first token at once, then at most every `progress_ms` while
+ * tokens flow. Never part of a stream's sequence (streams show progress by their chunks).
+ */
+export interface WireProgress {
+  type: 'progress';
+  /**
+   * Tokens (engine text pieces) produced so far in this attempt. 0: keep-alive from a worker whose
+   * engine cannot show this answer's tokens (an OpenAI engine given a buffered v2 body), sent every
+   * `progress_ms` while it works: the worker is alive, but no first token is claimed.
+   */
+  tokens: number;
+}
+export type WireReply = WireResult | WireChunk | WireEnd | WireError | WireProgress;
 
 export interface Heartbeat {
   type: 'heartbeat';
@@ -153,6 +172,12 @@ export interface Heartbeat {
   instance?: string;
   /** v2: what each model is served for (absent: `chat` only). */
   capabilities?: Record<string, Capability[]>;
+  /**
+   * Protocol 1.1: the worker sends `progress` messages for buffered requests that ask for them,
+   * at most this often (ms). Absent: a 1.0 worker; buffered attempts to it get only the
+   * whole-attempt limit.
+   */
+  progress_ms?: number;
   /**
    * The engine's prompt cache, when it has one: `size` entries (conversations) at most, and an
    * `epoch` that changes whenever the cache starts empty again (worker start, engine restart), so
@@ -233,6 +258,8 @@ export interface RequestHeaders {
   /** W3C trace context of the attempt (`traceparent`, `tracestate` NATS headers), when known. */
   traceparent?: string;
   tracestate?: string;
+  /** Ask for `progress` messages (buffered requests to 1.1 workers). */
+  progress?: boolean;
   /** The attempt's secret token (HDR_TOKEN); absent from requests of older controllers. */
   token?: string;
 }
@@ -246,6 +273,7 @@ export function requestHeaders(h: RequestHeaders): MsgHdrs {
   if (h.stream) hdrs.append(HDR_STREAM, '1');
   if (h.traceparent) hdrs.append('traceparent', h.traceparent);
   if (h.tracestate) hdrs.append('tracestate', h.tracestate);
+  if (h.progress && !h.stream) hdrs.append(HDR_PROGRESS, '1');
   if (h.token) hdrs.append(HDR_TOKEN, h.token);
   return hdrs;
 }
@@ -262,6 +290,7 @@ export function readRequestHeaders(hdrs: MsgHdrs | undefined): RequestHeaders {
     stream: hdrs?.get(HDR_STREAM) === '1',
     traceparent: hdrs?.get('traceparent') || undefined,
     tracestate: hdrs?.get('tracestate') || undefined,
+    progress: hdrs?.get(HDR_PROGRESS) === '1',
     token: hdrs?.get(HDR_TOKEN) || undefined,
   };
 }

@@ -41,6 +41,12 @@ export interface WorkerInfo {
   pid?: number;
   /** Models an operator took out of rotation on this worker (the registry always sets it). */
   drainingModels?: string[];
+  /** Protocol 1.1: the worker sends progress for buffered requests at most this often (ms); 0: it does not. */
+  progressMs: number;
+  /** The worker's heartbeat period as it reports it (ms; 0 unknown): a late heartbeat triggers a probe. */
+  heartbeatMs: number;
+  /** Last time (controller clock) any reply of this worker reached this controller, or an attempt to it began. */
+  lastActivityAt: number;
   /** Protocol version of its heartbeat: 1 gets the v1 request subset, 2 the client's body. */
   version: number;
   /** What each model is served for (v1 workers: chat only). */
@@ -68,13 +74,23 @@ export interface WorkerDirectory {
 }
 
 /**
+ * What a failed attempt says beyond its outcome class: its error code, and whether the timeout
+ * middleware ended it because the worker went quiet (`AttemptState.stalled`).
+ */
+export interface FailureDetail {
+  code: string;
+  stalled?: 'first' | 'idle';
+}
+
+/**
  * The right to send one attempt to a worker, granted by its circuit breaker. Exactly one
- * `record` per permit: the breaker decides from the outcome class whether it counts.
+ * `record` per permit: the breaker decides from the outcome class (and, for timeouts, whether the
+ * worker went quiet) whether it counts.
  */
 export interface BreakerPermit {
   readonly worker: string;
   /** Records the attempt's outcome; returns true when this outcome opened the breaker. */
-  record(outcome: OutcomeClass | 'success'): boolean;
+  record(outcome: OutcomeClass | 'success', detail?: FailureDetail): boolean;
 }
 
 /** Per-worker circuit breakers: allow → admit (take a permit) → record, one owner. */

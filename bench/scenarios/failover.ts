@@ -107,7 +107,8 @@ async function stickySession(run: BenchRun, url: string, stream: boolean): Promi
 async function gone(run: BenchRun): Promise<void> {
   const lab = await Lab.start();
   try {
-    const router = await lab.child({ role: 'router', overrides: FAILOVER_CONFIG });
+    // The liveness probe would find the ghost by itself: off, so each request meets it.
+    const router = await lab.child({ role: 'router', overrides: { ...FAILOVER_CONFIG, 'discovery.probeAfterMs': 0 } });
     const subjects = makeSubjects();
     // A ghost: it heartbeats but never subscribes, so every request to it gets "no responders".
     const hb: Heartbeat = { type: 'heartbeat', version: 1, id: 'a-ghost', models: [MODEL], engine: 'synthetic', max_concurrent: 1024, in_flight: 0, state: 'ready', interval_ms: 1000, instance: 'ghost-instance' };
@@ -161,7 +162,81 @@ async function hangs(run: BenchRun): Promise<void> {
       const p = await pairs(run, `4 · worker hangs (SIGSTOP), ${stream ? 'streamed' : 'buffered'}`, n, routerTarget(router.url, stream), baseline, 'good');
       run.raw[`failoverHang${stream ? 'Streamed' : 'Buffered'}`] = p;
       report(run, `worker hangs (SIGSTOP), ${stream ? 'streamed' : 'buffered'}`, p, { text: limit, maxExtraP99: HANG_LIMIT_MS + MECHANISM_TARGET_MS },
-        `${stream ? 'firstChunkTimeoutMs' : 'attemptTimeoutMs'} = ${HANG_LIMIT_MS} ms here (default 10000), retryDelayMs 0`);
+        `time to first token (firstChunkTimeoutMs) = ${HANG_LIMIT_MS} ms here (default 10000, or learned per worker), retryDelayMs 0`);
+    }
+  } finally {
+    await lab.stop();
+  }
+}
+
+/** Tokens of the answer in the "killed" case, and the token pace: long enough to die mid-answer. */
+const KILLED_TOKEN_MS = 25;
+const KILL_AFTER_MS = 100;
+
+/**
+ * A worker SIGKILLed mid-answer (buffered and streamed): found through NATS "no responders" on a
+ * liveness probe (discovery.probeAfterMs, 300 ms) rather than heartbeat silence (switched off
+ * here), then failed over (buffered) or resumed (streamed) on the good worker. The figure is the
+ * time from the kill to the answer, beside a whole answer from the good worker.
+ */
+async function killed(run: BenchRun): Promise<void> {
+  const lab = await Lab.start();
+  try {
+    const router = await lab.child({ role: 'router', overrides: { ...FAILOVER_CONFIG, ...NO_DELAY } });
+    const spec = { id: 'a-victim', tokenMs: KILLED_TOKEN_MS };
+    // The victim first in the registry: least-outstanding picks it whenever both are idle.
+    let victim: ReturnType<Lab['worker']> | undefined;
+    await setup(lab, [router], () => {
+      victim = lab.worker(spec);
+    });
+    for (const stream of [false, true]) {
+      const fromKill: number[] = [];
+      const whole: number[] = [];
+      const n = run.pick(8, 2);
+      const bar = progress(`4 · worker killed mid-answer, ${stream ? 'streamed' : 'buffered'}`);
+      for (let i = 0; i < n; i++) {
+        bar.update(i / n, `${fromKill.length} kills`);
+        if (!victim) {
+          victim = lab.worker(spec);
+          // Its first heartbeat (1 s period here) brings it back under the same id.
+          await new Promise((r) => setTimeout(r, 1500));
+          // (Lab.waitOnline would stop at the killed one's exit.)
+          for (let t = 0; ((await router.stats()).workersOnline ?? 0) < 2; t++) {
+            if (t > 600) throw new Error('killed: the new victim did not come online');
+            await new Promise((r) => setTimeout(r, 25));
+          }
+        }
+        // A whole answer with nothing failing, just before: the baseline.
+        const plain = await run.client.send(routerTarget(router.url, stream));
+        if (plain.status !== 200) throw new Error(`killed: baseline answered HTTP ${plain.status}`);
+        whole.push(plain.ms);
+        const pending = run.client.send(routerTarget(router.url, stream));
+        await new Promise((r) => setTimeout(r, KILL_AFTER_MS));
+        const killedAt = performance.now();
+        victim.process.kill('SIGKILL');
+        victim = undefined;
+        const a = await pending;
+        const doneAt = performance.now();
+        // A stream's headers leave at its commit, on the victim: its metadata says it was resumed.
+        const movedOn = stream ? Number(/"resumes":(\d+)/.exec(a.body)?.[1] ?? 0) >= 1 && a.body.includes('data: [DONE]') : a.headers['x-mlx-worker'] === 'good';
+        if (a.status !== 200) throw new Error(`killed: HTTP ${a.status}: ${a.body.slice(0, 300)}`);
+        if (movedOn) fromKill.push(doneAt - killedAt);
+      }
+      const k = summarize(fromKill);
+      const w = summarize(whole);
+      bar.done(`${fromKill.length} kills: kill → answer p50 ${k.p50.toFixed(0)} ms, p99 ${k.p99.toFixed(0)} ms · whole answer p50 ${w.p50.toFixed(0)} ms`);
+      if (fromKill.length === 0) throw new Error('killed: no request failed over');
+      run.raw[`failoverKilled${stream ? 'Streamed' : 'Buffered'}`] = { fromKill, whole };
+      run.add({
+        scenario: 4,
+        name: `worker killed mid-answer, ${stream ? 'streamed' : 'buffered'}: kill → answer p99`,
+        value: k.p99,
+        unit: 'ms',
+        baseline: { label: 'a whole answer, no failure', value: w.p99 },
+        target: '≤ 1000 ms + a whole answer',
+        met: k.p99 <= 1000 + w.p99,
+        note: `${fromKill.length} kills ${KILL_AFTER_MS} ms into the answer; the good worker answers at once (0 ms a token), so this is the detection time; found by the liveness probe (heartbeat silence off)`,
+      });
     }
   } finally {
     await lab.stop();
@@ -172,4 +247,5 @@ export async function failoverCost(run: BenchRun): Promise<void> {
   await gone(run);
   await failsFast(run);
   await hangs(run);
+  await killed(run);
 }

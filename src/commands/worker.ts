@@ -102,6 +102,7 @@ export async function runWorker(flags: Flags): Promise<number> {
     engine,
     maxConcurrent: config.worker.maxConcurrent,
     heartbeatIntervalMs: config.worker.heartbeatIntervalMs,
+    progressIntervalMs: config.worker.progressIntervalMs,
     subjectPrefix: config.nats.subjectPrefix,
   });
   try {

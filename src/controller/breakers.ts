@@ -6,7 +6,8 @@
  */
 import type { Clock } from '../clock';
 import { countsAgainstWorker, type OutcomeClass } from '../errors';
-import type { BreakerPermit, Breakers } from '../types';
+import { TIMEOUT_CODES } from '../attempt';
+import type { BreakerPermit, Breakers, FailureDetail } from '../types';
 
 export type BreakerState =
   | { kind: 'closed'; failures: number }
@@ -206,6 +207,17 @@ export class BreakerBook implements Breakers {
   }
 }
 
+/**
+ * What counts against a worker: errors, disconnects, broken streams, and timeouts only when the
+ * worker went quiet (no first token within its limit, silence mid-answer: `detail.stalled`). A
+ * slow worker that keeps producing is never blamed for a deadline or a cap, and a request the
+ * client cancelled never counts. Without a detail the outcome class alone decides.
+ */
+export function countsAgainst(outcome: OutcomeClass, detail?: FailureDetail): boolean {
+  if (!countsAgainstWorker(outcome)) return false;
+  return detail === undefined || !TIMEOUT_CODES.has(detail.code) || detail.stalled !== undefined;
+}
+
 /** One granted acquire; its outcome is recorded once. */
 class Permit implements BreakerPermit {
   private recorded = false;
@@ -216,14 +228,14 @@ class Permit implements BreakerPermit {
     private readonly ticket: BreakerState,
   ) {}
 
-  record(outcome: OutcomeClass | 'success'): boolean {
+  record(outcome: OutcomeClass | 'success', detail?: FailureDetail): boolean {
     if (this.recorded) return false;
     this.recorded = true;
     if (outcome === 'success') {
       this.book.success(this.worker, this.ticket);
       return false;
     }
-    if (countsAgainstWorker(outcome)) return this.book.failure(this.worker, this.ticket);
+    if (countsAgainst(outcome, detail)) return this.book.failure(this.worker, this.ticket);
     this.book.release(this.worker, this.ticket);
     return false;
   }

@@ -11,6 +11,7 @@ import { nextTraceparent, TRACEPARENT } from '../trace';
 import type { EventBus } from './events';
 import type { FinishReason, Usage } from '../protocol';
 import type { Pipeline, RouterDeps } from '../pipeline';
+import { checkMaxTokens } from './token-cap';
 import type { ValidatedChat } from './validate';
 import { checkCapabilities } from './capabilities';
 import type { WireRequest } from '../protocol';
@@ -121,6 +122,7 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
   try {
     // The one model check of every transport: 404 for a model nobody serves, before any routing.
     checkModel(deps, request.model, request);
+    checkMaxTokens(config.cluster.maxTokens, request);
     await pipeline.run(ctx);
     if (sink) {
       sink.finish(ctx.end?.finish_reason ?? 'stop', answerUsage(ctx), input.chat.includeUsage, answerMetadata(ctx), ctx.end?.choices);

@@ -18,6 +18,7 @@ import { BreakerSignals } from './breaker-signals';
 import { BusGuard } from './bus-guard';
 import { ReplyMux } from './dispatch';
 import { EventBus } from './events';
+import { LivenessProber } from './liveness';
 import { buildHttpServer } from './http';
 import { RouterMetrics } from './metrics';
 import { WorkerRegistry } from './registry';
@@ -43,6 +44,7 @@ export class Controller {
     private readonly app: ReturnType<typeof buildHttpServer>,
     private readonly subs: Subscription[],
     private readonly sweepTimer: NodeJS.Timeout,
+    private readonly prober: LivenessProber,
     private readonly ownsConnection: boolean,
     readonly url: string,
     /** This controller's id among its peers (breaker signals, session moves). */
@@ -165,6 +167,9 @@ export class Controller {
     // Silence is noticed within 1.25x offlineAfterMs; attempts waiting on that worker end then.
     const sweepTimer = setInterval(() => registry.sweep(), Math.max(25, Math.floor(config.discovery.offlineAfterMs / 4)));
     sweepTimer.unref();
+    // Killed workers are found through NATS "no responders" within about a second.
+    const prober = new LivenessProber({ nc, subjects, registry, clock, log, probeAfterMs: config.discovery.probeAfterMs });
+    prober.start();
 
     let natsUp = true;
     void (async () => {
@@ -172,10 +177,16 @@ export class Controller {
         if (s.type === 'disconnect') {
           natsUp = false;
           log.warn({ server: s.server }, 'NATS connection lost; interrupting in-flight attempts');
+          registry.setTransport(false);
           registry.interruptAll('NATS connection lost');
         } else if (s.type === 'reconnect') {
           natsUp = true;
-          log.info({ server: s.server }, 'NATS reconnected');
+          log.info({ server: s.server }, 'NATS reconnected; re-learning workers');
+          // Anything sent or answered around the gap may be lost: those attempts fail over now
+          // (NATS_DISCONNECTED, never counted against a worker), then the workers are re-learned.
+          registry.interruptAll('NATS reconnected: messages around the gap may be lost');
+          registry.setTransport(true);
+          nc.publish(subjects.discover, encode({ type: 'discover' }));
         }
       }
     })().catch(() => undefined);
@@ -186,6 +197,7 @@ export class Controller {
       url = await app.listen({ host: config.controller.host, port: config.controller.port });
     } catch (err) {
       clearInterval(sweepTimer);
+      prober.stop();
       for (const s of subs) s.unsubscribe();
       signals.close();
       stopOpening.abort();
@@ -195,13 +207,14 @@ export class Controller {
       throw err;
     }
     log.info({ url, id, pipeline: pipeline.names, nats: config.nats.servers }, 'controller listening');
-    return new Controller(deps, pipeline, app, subs, sweepTimer, ownsConnection, url, id, signals, sessionMoves, stopOpening);
+    return new Controller(deps, pipeline, app, subs, sweepTimer, prober, ownsConnection, url, id, signals, sessionMoves, stopOpening);
   }
 
   /** Stops accepting requests, lets in-flight ones finish, then releases NATS. */
   async stop(): Promise<void> {
     await this.app.close();
     clearInterval(this.sweepTimer);
+    this.prober.stop();
     for (const s of this.subs) s.unsubscribe();
     this.signals.close();
     this.stopOpening.abort();

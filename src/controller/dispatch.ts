@@ -127,7 +127,11 @@ export function dispatch(deps: DispatchDeps): Middleware {
       await exchange(ctx, worker, deps);
       answered = true;
     } finally {
-      deps.registry.end(worker, answered ? ctx.clock.now() - started : undefined);
+      // The selection signal is the time to first token, never a whole answer's duration; only a
+      // buffered answer from a 1.0 worker (no progress) has nothing better than its duration.
+      const first = ctx.attempt.firstTokenAt;
+      const latency = first !== undefined ? first - started : answered && !ctx.stream ? ctx.clock.now() - started : undefined;
+      deps.registry.end(worker, answered || first !== undefined ? latency : undefined);
     }
   };
 }
@@ -156,6 +160,10 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
     };
     const onAbort = (): void => finish(abortReason(signal, worker.id), true);
 
+    const tokenSeen = (): void => {
+      ctx.attempt.firstTokenAt ??= ctx.clock.now();
+      ctx.attempt.progress();
+    };
     let joiner: PartJoiner | undefined;
     const reg = deps.mux.register((msg) => {
       if (settled) return;
@@ -168,6 +176,8 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
         deps.guard?.drop('reply', problem, { worker: worker.id, requestId: ctx.requestId });
         return;
       }
+      // Only a reply that carries the attempt's token proves the worker alive (the liveness probe reads it).
+      deps.registry.heard(worker);
       // A buffered answer larger than one NATS message arrives in numbered parts.
       const part = readPart(msg.headers);
       let data = msg.data;
@@ -192,6 +202,16 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
         finish(fromWireError(reply, worker.id));
         return;
       }
+      // Protocol 1.1: "still generating". Outside a stream's sequence; a stream ignores it.
+      if (reply.type === 'progress') {
+        // `tokens` 0: keep-alive from a worker whose engine cannot show this answer's tokens; it
+        // proves the worker alive (the limits follow it) but is no first token.
+        if (!ctx.stream) {
+          if (reply.tokens === 0) ctx.attempt.progress();
+          else tokenSeen();
+        }
+        return;
+      }
       if (!ctx.stream) {
         if (reply.type === 'result') {
           ctx.result = reply as WireResult;
@@ -213,7 +233,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       expected++;
       if (reply.type === 'chunk') {
         if (ctx.attempt.chunks++ === 0) ctx.attempt.firstChunkAt = ctx.clock.now();
-        ctx.attempt.progress();
+        tokenSeen();
         const sink = ctx.sink;
         const delivered = Array.isArray(reply.choices) && sink?.writeChoices ? sink.writeChoices(reply.choices) : sink?.write(String(reply.text ?? ''));
         if (!delivered) {
@@ -248,7 +268,7 @@ function exchange(ctx: RouteContext, worker: WorkerInfo, deps: DispatchDeps): Pr
       const traceparent = (ctx.attempt.traceparent = nextTraceparent(ctx.headers.traceparent));
       const tracestate = passTracestate(ctx.headers.tracestate);
       const headers = () =>
-        requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream, token, traceparent, tracestate });
+        requestHeaders({ requestId: ctx.requestId, attempt: ctx.attempt.number, deadlineMs: remaining, stream: ctx.stream, token, traceparent, tracestate, progress: worker.progressMs > 0 });
       // v2 workers join a request sent in parts; a v1 worker gets one message or REQUEST_TOO_LARGE.
       if (worker.version >= PROTOCOL_V2) publishParts(deps.nc, deps.subjects.infer(worker.id), encode(wire), { reply: reg.subject, headers });
       else deps.nc.publish(deps.subjects.infer(worker.id), encode(wire), { reply: reg.subject, headers: headers() });

@@ -38,6 +38,11 @@ export interface RegistryOptions {
   onStatus?: StatusListener;
 }
 
+/** A finite number above 0, else 0 (a peer's field that is absent or garbage). */
+function positiveNumber(v: unknown): number {
+  return typeof v === 'number' && Number.isFinite(v) && v > 0 ? v : 0;
+}
+
 export class WorkerRegistry implements WorkerDirectory {
   private readonly workers = new Map<string, WorkerInfo>();
   private readonly clock: Clock;
@@ -49,6 +54,8 @@ export class WorkerRegistry implements WorkerDirectory {
   private readonly wasOnline = new Map<string, boolean>();
   private readonly watchers = new Map<string, Set<OfflineWatcher>>();
   private readonly capacityWaiters = new Set<() => void>();
+  /** False while this controller's NATS connection is down: no worker is reachable then. */
+  private transportUp = true;
 
   constructor(options: RegistryOptions) {
     this.clock = options.clock;
@@ -71,6 +78,8 @@ export class WorkerRegistry implements WorkerDirectory {
     const pid = Number.isInteger(hb.pid) ? (hb.pid as number) : 0;
     const drainingModels = Array.isArray(hb.draining_models) ? hb.draining_models.filter((m): m is string => typeof m === 'string') : [];
     if (known && known.state !== state) this.onStatus?.(hb.id, { state });
+    const progressMs = positiveNumber(hb.progress_ms);
+    const heartbeatMs = positiveNumber(hb.interval_ms);
     if (known) {
       known.host = host;
       known.pid = pid;
@@ -84,6 +93,8 @@ export class WorkerRegistry implements WorkerDirectory {
       known.lastSeen = now;
       known.gone = false;
       known.continuation = hb.continuation === true;
+      known.progressMs = progressMs;
+      known.heartbeatMs = heartbeatMs;
       known.promptCache = readPromptCache(hb.prompt_cache);
       Object.assign(known, readCapabilities(hb, models));
       known.instance = typeof hb.instance === 'string' ? hb.instance : '';
@@ -105,6 +116,9 @@ export class WorkerRegistry implements WorkerDirectory {
         host,
         pid,
         drainingModels,
+        progressMs,
+        heartbeatMs,
+        lastActivityAt: now,
         promptCache: readPromptCache(hb.prompt_cache),
         ...readCapabilities(hb, models),
         instance: typeof hb.instance === 'string' ? hb.instance : '',
@@ -132,8 +146,26 @@ export class WorkerRegistry implements WorkerDirectory {
     return !w.gone && now - w.lastSeen < this.offlineAfterMs;
   }
 
+  /**
+   * Our NATS connection went down (false) or came back (true). While down no worker is a
+   * candidate, so attempts wait (bounded) instead of publishing into a connection that may lose
+   * them. On the way back every worker must be re-learned by a heartbeat (answering discovery)
+   * before it is selected or judged again.
+   */
+  setTransport(up: boolean): void {
+    if (this.transportUp === up) return;
+    this.transportUp = up;
+    if (up) {
+      // Quietly: no watcher fires (in-flight attempts were already ended as NATS_DISCONNECTED).
+      for (const w of this.workers.values()) w.gone = true;
+      this.log.info({ workers: this.workers.size }, 'NATS back: re-learning workers from their heartbeats');
+    }
+    this.notifyCapacity();
+  }
+
   /** Online workers taking work (not draining, engine not unhealthy) that serve `model`. */
   forModel(model: string): WorkerInfo[] {
+    if (!this.transportUp) return [];
     const now = this.clock.now();
     const out: WorkerInfo[] = [];
     for (const w of this.workers.values()) {
@@ -218,9 +250,19 @@ export class WorkerRegistry implements WorkerDirectory {
   /** The controller sends a request to `id`. */
   begin(w: WorkerInfo): void {
     w.outstanding++;
+    w.lastActivityAt = this.clock.now();
   }
 
-  /** The request to `id` ended; `latencyMs` feeds the peak-EWMA when the worker answered. */
+  /** A reply of any kind (chunk, progress, result) came from the worker: it is alive and talking. */
+  heard(w: WorkerInfo): void {
+    w.lastActivityAt = this.clock.now();
+  }
+
+  /**
+   * The request to `id` ended; `latencyMs` feeds the peak-EWMA when the worker answered. Pass the
+   * time to first token (or a per-token time), never a whole answer's duration: a long answer
+   * says nothing about how fast the worker starts the next one.
+   */
   end(w: WorkerInfo, latencyMs?: number): void {
     w.outstanding = Math.max(0, w.outstanding - 1);
     if (latencyMs !== undefined) this.observeLatency(w, latencyMs);

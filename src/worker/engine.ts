@@ -43,6 +43,12 @@ export interface Engine {
    * deltas (tool calls, several choices, logprobs) through it instead of text through `onText`.
    */
   generate(request: WireRequest, onText: (text: string) => void, signal: AbortSignal, onDelta?: DeltaSink, context?: GenerateContext): Promise<EngineResult>;
+  /**
+   * Whether `generate` reports this request's tokens as they come (through `onText`/`onDelta`);
+   * absent means always. When it does not, a buffered request that asked for progress gets
+   * keep-alive progress (no tokens) from the worker instead, so the controller sees it is alive.
+   */
+  reportsTokens?(request: WireRequest): boolean;
   /** v2: capabilities per model (default: `chat` for every model). */
   capabilities?(model: string): readonly Capability[];
   close?(): Promise<void>;

@@ -1,7 +1,8 @@
 /**
  * The OpenAI-compatible HTTP engine: one adapter for mlx_lm.server, llama.cpp's llama-server, vLLM,
  * Ollama and LM Studio, which all serve `POST /v1/chat/completions` and `GET /v1/models`.
- * Generation is forwarded with Node's fetch and the request's AbortSignal (a cancel or the deadline
+ * Generation is always streamed from the engine (buffered answers are assembled by the worker, which
+ * so sees every token), forwarded with Node's fetch and the request's AbortSignal (a cancel or the deadline
  * closes the HTTP request at once); streams are read with eventsource-parser. A periodic
  * `GET /models` probe says whether the engine answers, without paying for tokens.
  */
@@ -360,6 +361,9 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
       await probing;
     },
 
+    // v1 requests stream from the engine (tokens show); a v2 buffered body is answered whole.
+    reportsTokens: (request) => request.stream || request.body === undefined,
+
     // An OpenAI-compatible server judges what its model supports; a 400 from it reaches the client.
     capabilities: () => ['chat', 'completions', 'embeddings', 'tools', 'vision'],
 
@@ -370,13 +374,17 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
       }
       signal.throwIfAborted();
       const v2 = request.body !== undefined;
+      // v1: always streamed from the engine, even for a buffered answer: the worker sees every
+      // token, so it can tell the controller it is making progress. v2 bodies go as the client
+      // sent them (a buffered one is answered whole; the worker then shows only that it is alive).
+      const upstream: WireRequest = v2 || request.stream ? request : { ...request, stream: true };
       let res: Response;
       try {
         // The signal bounds every phase, connect included: a cancel or the deadline aborts at once.
         res = await fetch(`${base}${v2 ? endpointPath(request.endpoint) : '/chat/completions'}`, {
           method: 'POST',
-          headers: { ...headers(request.stream ? 'text/event-stream' : 'application/json'), ...traceHeaders(context) },
-          body: JSON.stringify(v2 ? engineBodyV2(request, continuation) : engineBody(request, continuation)),
+          headers: { ...headers(upstream.stream ? 'text/event-stream' : 'application/json'), ...traceHeaders(context) },
+          body: JSON.stringify(v2 ? engineBodyV2(request, continuation) : engineBody(upstream, continuation)),
           signal,
         });
       } catch (err) {
@@ -396,8 +404,13 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
         }
         throw err;
       }
-      if (request.stream) return readStream(res, request, onText, signal, v2 ? (onDelta ?? ((d) => onText(String(d.delta.content ?? '')))) : undefined);
-      return readBuffered(res, request, onText, signal, v2);
+      if (v2) {
+        if (request.stream) return readStream(res, request, onText, signal, onDelta ?? ((d) => onText(String(d.delta.content ?? ''))));
+        return readBuffered(res, request, onText, signal, true);
+      }
+      // An engine that ignores `stream` and answers with one JSON body is read as such.
+      const json = (res.headers.get('content-type') ?? '').includes('application/json');
+      return json ? readBuffered(res, request, onText, signal) : readStream(res, request, onText, signal);
     },
   };
 }

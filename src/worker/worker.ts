@@ -53,6 +53,11 @@ export interface WorkerOptions {
   subjectPrefix?: string;
   /** How long shutdown waits for in-flight requests before cancelling them (default 10000 ms). */
   drainTimeoutMs?: number;
+  /**
+   * Protocol 1.1: buffered requests that ask for it get a `progress` message at their first token
+   * and then at most this often while tokens flow (ms, default 250).
+   */
+  progressIntervalMs?: number;
   clock?: Clock;
   /**
    * A controller refused this instance: another live worker process already serves this id. The
@@ -91,6 +96,7 @@ export class Worker {
   private readonly maxConcurrent: number;
   private readonly heartbeatIntervalMs: number;
   private readonly drainTimeoutMs: number;
+  private readonly progressIntervalMs: number;
   private readonly subjects: Subjects;
   private readonly prefix: string;
   private readonly clock: Clock;
@@ -122,6 +128,7 @@ export class Worker {
     this.maxConcurrent = options.maxConcurrent ?? 8;
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 2000;
     this.drainTimeoutMs = options.drainTimeoutMs ?? 10_000;
+    this.progressIntervalMs = options.progressIntervalMs ?? 250;
     this.prefix = options.subjectPrefix ?? DEFAULT_SUBJECT_PREFIX;
     this.subjects = makeSubjects(this.prefix);
     this.clock = options.clock ?? systemClock;
@@ -203,6 +210,7 @@ export class Worker {
       host: hostname(),
       pid: process.pid,
       draining_models: [...this.drainedModels],
+      progress_ms: this.progressIntervalMs,
       capabilities: this.capabilities(),
       ...(cacheSize !== undefined && cacheSize > 0 ? { prompt_cache: { size: cacheSize, epoch: this.cacheEpoch } } : {}),
       instance: this.instance,
@@ -288,6 +296,11 @@ export class Worker {
 
   private onCancel(msg: Msg): void {
     const cancel = decode<CancelMessage>(msg.data);
+    // A controller's liveness probe: answering it (protocol 1.1) settles the probe at once.
+    if (msg.reply && (cancel as { type?: unknown } | undefined)?.type === 'ping') {
+      msg.respond(encode({ type: 'pong', id: this.id }));
+      return;
+    }
     if (!cancel || typeof cancel !== 'object' || typeof cancel.request_id !== 'string') {
       this.drop('malformed cancel');
       return;
@@ -404,7 +417,7 @@ export class Worker {
       ? setTimeout(() => controller.abort(new Error('deadline passed')), meta.deadlineMs)
       : undefined;
     const trace = { traceparent: meta.traceparent, tracestate: meta.tracestate };
-    const done = this.serve(parsed, send, fail, controller.signal, trace).finally(() => {
+    const done = this.serve(parsed, send, fail, controller.signal, trace, meta.progress === true).finally(() => {
       if (deadline) clearTimeout(deadline);
       this.inFlight.delete(key);
     });
@@ -417,9 +430,13 @@ export class Worker {
     fail: (code: ErrorCode, message: string, extra?: Partial<WireError>) => void,
     signal: AbortSignal,
     trace: GenerateContext,
+    progress = false,
   ): Promise<void> {
     let seq = 0;
     let text = '';
+    // Protocol 1.1: a buffered answer still shows it is alive, token by token (throttled).
+    let tokens = 0;
+    let progressAt = Number.NEGATIVE_INFINITY;
     // Streams coalesce: text produced within one event-loop turn goes out as one chunk, so a fast
     // engine (or a lagging publisher) sends fewer, larger messages instead of one per token.
     let pending = '';
@@ -442,9 +459,27 @@ export class Worker {
             : undefined,
         )
       : undefined;
+    // A buffered answer shows it is alive token by token (throttled), when the controller asks.
+    const tokenShown = (): void => {
+      tokens++;
+      if (!progress) return;
+      const now = this.clock.now();
+      if (now - progressAt < this.progressIntervalMs) return;
+      progressAt = now;
+      send({ type: 'progress', tokens });
+    };
+    // An engine that cannot show this request's tokens: keep-alive progress (tokens 0) instead,
+    // which tells the controller the worker is alive without claiming a first token.
+    const keepAlive =
+      progress && !request.stream && this.engine.reportsTokens?.(request) === false
+        ? setInterval(() => send({ type: 'progress', tokens: 0 }), this.progressIntervalMs)
+        : undefined;
     try {
       if (relay) {
-        const onDelta = (d: ChoiceDelta): void => relay.push(d);
+        const onDelta = (d: ChoiceDelta): void => {
+          relay.push(d);
+          if (!request.stream) tokenShown();
+        };
         const result = await this.engine.generate(request, (piece) => onDelta({ index: 0, delta: { content: piece } }), signal, onDelta, trace);
         relay.flush();
         this.answerV2(request, relay, result, send, seq);
@@ -463,6 +498,7 @@ export class Worker {
           }
         : (piece: string) => {
             text += piece;
+            tokenShown();
           };
       const result = await this.engine.generate(request, onText, signal, undefined, trace);
       if (request.stream) {
@@ -490,6 +526,8 @@ export class Worker {
         ...(request.stream && seq > 0 ? { seq, outcome: 'committed' as OutcomeClass } : request.stream ? { seq } : {}),
       });
       if (!(err instanceof EngineError)) this.log.error({ err, worker: this.id }, 'engine failed');
+    } finally {
+      if (keepAlive) clearInterval(keepAlive);
     }
   }
 

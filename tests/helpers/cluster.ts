@@ -96,6 +96,11 @@ export interface Cluster {
   /** SIGTERM (or `signal`), then wait for the exit; the registry learns by bye or silence. */
   stopWorker(id: string, signal?: NodeJS.Signals): Promise<void>;
   waitForWorkers(ids: string[]): Promise<void>;
+  /**
+   * Kills nats-server (SIGKILL), keeps it down `downMs`, and starts a new one on the same port;
+   * resolves with the moment (performance.now()) the new server reported ready.
+   */
+  restartNats(downMs: number): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -118,7 +123,7 @@ export function testConfig(overrides: Record<string, unknown> = {}): RouterConfi
 }
 
 export async function startCluster(options: ClusterOptions = {}): Promise<Cluster> {
-  const nats = await startNatsServer();
+  let nats = await startNatsServer();
   const workers = new Map<string, WorkerProcess>();
   const config = testConfig({ 'nats.servers': [nats.url], ...options.config });
   let controller: Controller | undefined;
@@ -161,6 +166,16 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
           // Starting node processes on a loaded two-core machine can take many seconds.
           STARTUP_MS,
         );
+      },
+      async restartNats(downMs) {
+        const port = nats.port;
+        nats.process.kill('SIGKILL');
+        await nats.stop(0);
+        await new Promise((r) => setTimeout(r, downMs));
+        // The same port: every client reconnects to the URL it was given.
+        nats = await startNatsServer({ port });
+        cluster.nats = nats;
+        return performance.now();
       },
       async stop() {
         await ctl.stop();

@@ -35,6 +35,8 @@ export function startFakeWorker(nc: NatsConnection, id: string, models: string[]
       },
     }),
     nc.subscribe(subjects.discover, { callback: () => beat() }),
+    // Every worker listens on its control (cancel) subject; liveness probes rely on it.
+    nc.subscribe(subjects.cancel(id), { callback: () => undefined }),
   ];
   beat();
   const timer = setInterval(beat, 100);

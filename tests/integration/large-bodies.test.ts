@@ -22,7 +22,13 @@ beforeAll(async () => {
   // Generous attempt limits: a 5 MB JSON body is parsed and sent on a loaded machine.
   cluster = await startCluster({
     workers: [{ id: 'big1' }],
-    config: { ...STEADY, 'cluster.requestRouting.attemptTimeoutMs': 20_000, 'cluster.requestRouting.timeoutMs': 30_000 },
+    config: {
+      ...STEADY,
+      'cluster.requestRouting.attemptTimeoutMs': 20_000,
+      'cluster.requestRouting.timeoutMs': 30_000,
+      // The 300,000-token answer below is above the default max_tokens cap (32768).
+      'cluster.maxTokens.cap': 1_000_000,
+    },
   });
   client = new OpenAI({ baseURL: `${cluster.url}/v1`, apiKey: 'unused', maxRetries: 2 });
 });

@@ -22,6 +22,9 @@ async function startController(seeds: string[], overrides: Record<string, unknow
     'nats.reconnect.waitMs': 250,
     'discovery.offlineAfterMs': 5000,
     'cluster.requestRouting.session.sharedReplicas': 3,
+    // attemptTimeoutMs is only the last-resort cap of a producing attempt: high enough for the
+    // long streams below on a loaded machine. A hung worker is still cut at firstChunkTimeoutMs.
+    'cluster.requestRouting.attemptTimeoutMs': 30_000,
     ...overrides,
   });
   return Controller.start({ config, log: silentLogger() });
@@ -97,7 +100,7 @@ describe('two controllers on a three-node NATS cluster', () => {
   test("capacity - one controller counts the other's requests at a worker while they run, and not after", async () => {
     let s = '';
     for (let i = 0; !s; i++) if (rendezvousPick(`load-${i}`, WORKERS, (w) => w) === 'w1') s = `load-${i}`;
-    // Six long streams (about 1.5 s each at 1 ms a token; streams have no total attempt limit)
+    // Six long streams (about 1.5 s each at 1 ms a token; the last-resort attempt cap is 30 s here)
     // through a, all to w1 (one session).
     const long = Array.from({ length: 6 }, () => chatStream(a.url, { headers: { 'x-session-id': s }, maxTokens: 1500 }));
     await waitFor(() => (b.deps.registry.get('w1')?.foreignInFlight ?? 0) >= 6, "b to count a's six requests at w1", 10_000);
@@ -122,7 +125,7 @@ describe('two controllers on a three-node NATS cluster', () => {
     const w3 = workers[2];
     w3.kill('SIGSTOP');
     try {
-      // a's attempt to w3 times out (2 s in tests) and fails over by the hash over what is left.
+      // a's attempt to w3 times out at its TTFT limit (2 s in tests) and fails over by the hash over what is left.
       const moved = await turn(a.url, s);
       expect(moved).toBe(rendezvousPick(s, ['w1', 'w2'], (w) => w));
       w3.kill('SIGCONT');

@@ -7,12 +7,18 @@ import OpenAI from 'openai';
 import { addEngineWorker, MODEL, startCluster, STEADY, type Cluster } from '../helpers/cluster';
 import { FAKE_CACHED_TOKENS, FAKE_TOOL_ARGS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
 
+const TTFT_LIMIT_MS = 1500;
+
 let cluster: Cluster;
 let fake: FakeEngine;
 let client: OpenAI;
 
 beforeAll(async () => {
-  [cluster, fake] = await Promise.all([startCluster({ config: STEADY }), startFakeEngine({ models: [MODEL] })]);
+  [cluster, fake] = await Promise.all([
+    // A time to first token limit well below the slow engine's delay in the keep-alive test.
+    startCluster({ config: { ...STEADY, 'cluster.requestRouting.firstChunkTimeoutMs': TTFT_LIMIT_MS, 'cluster.requestRouting.attemptTimeoutMs': 20_000 } }),
+    startFakeEngine({ models: [MODEL] }),
+  ]);
   await addEngineWorker(cluster, { id: 'oa1', engineUrl: fake.url });
   client = new OpenAI({ baseURL: `${cluster.url}/v1`, apiKey: 'unused', maxRetries: 0 });
 });
@@ -101,4 +107,17 @@ test("openai engine v2 - the engine's own 400 reaches the client as a 400 with i
   expect((err as Error).message).toContain('`logprobs` must be set to true');
   expect(cluster.controller.deps.breakers.state('oa1')).toEqual({ kind: 'closed', failures: 0 });
   expect(fake.chatRequests()).toHaveLength(1);
+});
+
+test('openai engine v2 - a buffered body answered whole after longer than the TTFT limit is not cut: the worker sends keep-alive progress', async () => {
+  // The engine gets the v2 body as sent (not streamed), so the worker cannot see its tokens; its
+  // keep-alive progress keeps the attempt alive past firstChunkTimeoutMs without claiming a token.
+  fake.behave({ mode: 'slow-first-token', firstTokenDelayMs: 2 * TTFT_LIMIT_MS });
+  const started = Date.now();
+  const answer = await client.chat.completions.create({ model: MODEL, messages: ask });
+  expect(Date.now() - started).toBeGreaterThanOrEqual(2 * TTFT_LIMIT_MS - 50);
+  expect(answer.choices[0].message.content).toBe(fakeAnswer().text);
+  // One attempt only: it was never cut and retried.
+  expect(fake.chatRequests()).toHaveLength(1);
+  expect(fake.chatRequests()[0].body.stream).toBe(false);
 });

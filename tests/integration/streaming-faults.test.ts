@@ -27,11 +27,16 @@ beforeAll(async () => {
     config: {
       'cluster.requestRouting.firstChunkTimeoutMs': FIRST_CHUNK_MS,
       'cluster.requestRouting.idleTimeoutMs': IDLE_MS,
+      // attemptTimeoutMs caps a producing stream as a last resort: far above how long the flood
+      // takes to fill a stopped client's buffer on a loaded machine, so only the cap can end it.
+      'cluster.requestRouting.attemptTimeoutMs': 30_000,
       // Heartbeat silence must not end stopped streams before the idle limit does.
       'discovery.offlineAfterMs': 5000,
       'cluster.streaming.maxBufferedBytes': 64 * 1024,
       // Wire faults must show as they are, not be resumed away.
       'cluster.streaming.resume': false,
+      // The flood model streams far beyond the default max_tokens cap on purpose.
+      'cluster.maxTokens.byModel': { 'flood-model': 3_000_000 },
     },
   });
 });
@@ -43,7 +48,8 @@ function recordCancels(worker: string): { cancels: Array<CancelMessage & { at: n
   const sub = cluster.nc.subscribe(subjects.cancel(worker), {
     callback: (_e, msg: Msg) => {
       const c = decode<CancelMessage>(msg.data);
-      if (c) cancels.push({ ...c, at: performance.now() });
+      // Liveness probes share the control subject; only real cancels name a request.
+      if (c && typeof c.request_id === 'string') cancels.push({ ...c, at: performance.now() });
     },
   });
   return { cancels, sub };

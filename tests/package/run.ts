@@ -6,6 +6,7 @@ import { audit, twice } from './audit.js';
 const worker = (id: string): WorkerInfo => ({
   id, models: ['m'], engine: 'synthetic', maxConcurrent: 1, reportedInFlight: 0, outstanding: 0, foreignInFlight: 0,
   latencyMs: 0, latencyAt: 0, state: 'ready', lastSeen: 0, gone: false, continuation: false, version: 2, capabilities: { m: ['chat'] },
+  progressMs: 0, heartbeatMs: 0, lastActivityAt: 0,
 });
 
 function context(headers: Record<string, string>): RouteContext {

@@ -37,8 +37,10 @@ test('config - defaults load with the documented keys and meanings', () => {
   const rr = c.cluster.requestRouting;
   expect(c.cluster.pipeline).toEqual(DEFAULT_PIPELINE);
   expect(DEFAULT_PIPELINE).toEqual(['metrics', 'session', 'retry', 'breaker', 'select', 'timeout', 'health']);
-  expect(rr.timeoutMs).toBe(30000);
-  expect(rr.streamingTimeoutMs).toBe(60000);
+  // Long enough for a 2,000-token answer at 10 tokens/s: hangs are caught by the TTFT and idle limits.
+  expect(rr.timeoutMs).toBe(300000);
+  expect(rr.streamingTimeoutMs).toBe(300000);
+  expect(rr).toMatchObject({ firstChunkTimeoutMs: 10000, idleTimeoutMs: 10000, deadlineShare: 0.5 });
   expect(rr.retry).toMatchObject({ enabled: true, maxRetries: 2, retryDelayMs: 100, maxRetryDelayMs: 1000 });
   expect(rr.retry.retryOnErrors).toEqual(expect.arrayContaining(['WORKER_UNAVAILABLE', 'WORKER_TIMEOUT']));
   expect(rr.circuitBreaker).toMatchObject({ enabled: true, failureThreshold: 5, successThreshold: 2, halfOpenPermits: 1 });

@@ -74,7 +74,15 @@ describe('generation', () => {
       usage: { prompt_tokens: FAKE_PROMPT_TOKENS, completion_tokens: 5, total_tokens: FAKE_PROMPT_TOKENS + 5, prompt_tokens_details: { cached_tokens: FAKE_CACHED_TOKENS } },
     });
     const sent = fake.chatRequests()[0].body;
-    expect(sent).toEqual({ model: 'fake-model', messages: [{ role: 'user', content: 'Hello there, engine' }], stream: false, max_tokens: 5 });
+    // Streamed from the engine even for a buffered answer: the worker sees every token (progress).
+    expect(sent).toEqual({
+      model: 'fake-model',
+      messages: [{ role: 'user', content: 'Hello there, engine' }],
+      stream: true,
+      stream_options: { include_usage: true },
+      max_tokens: 5,
+    });
+    expect(pieces).toEqual(fakeAnswer(5).pieces);
   });
 
   test('openai engine - streamed answer relays each piece in order and asks for usage', async () => {
@@ -204,8 +212,10 @@ describe('engine faults', () => {
 
   test('openai engine - a buffered answer cut before its end is WORKER_ERROR', async () => {
     fake.behave({ mode: 'cut-stream' });
-    const { pieces, error } = await run(engine(), request());
-    expect(pieces).toEqual([]);
+    const { pieces, result, error } = await run(engine(), request({ max_tokens: 10 }));
+    // The pieces before the cut were seen (the worker reports progress), but no answer is made of them.
+    expect(pieces).toEqual(fakeAnswer(10).pieces.slice(0, 3));
+    expect(result).toBeUndefined();
     expect(engineError(error).code).toBe('WORKER_ERROR');
   });
 

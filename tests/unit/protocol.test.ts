@@ -10,6 +10,7 @@ import {
   isNoResponders,
   makeSubjects,
   readRequestHeaders,
+  HDR_PROGRESS,
   requestHeaders,
   WORKER_ID_PATTERN,
   type WireError,
@@ -41,23 +42,32 @@ test('protocol - request headers round trip', () => {
   const h = requestHeaders({ requestId: 'req-1', attempt: 3, deadlineMs: 1234.9, stream: true, token: 'tok-1' });
   expect(h.get(HDR_REQUEST_ID)).toBe('req-1');
   expect(h.get(HDR_STREAM)).toBe('1');
-  expect(readRequestHeaders(h)).toEqual({ requestId: 'req-1', attempt: 3, deadlineMs: 1234, stream: true, token: 'tok-1' });
+  expect(readRequestHeaders(h)).toEqual({ requestId: 'req-1', attempt: 3, deadlineMs: 1234, stream: true, token: 'tok-1', progress: false });
 });
 
 test('protocol - a buffered request carries no stream header and a passed deadline is sent as 0', () => {
   const h = requestHeaders({ requestId: 'req-2', attempt: 1, deadlineMs: -50, stream: false });
   expect(h.has(HDR_STREAM)).toBe(false);
-  expect(readRequestHeaders(h)).toEqual({ requestId: 'req-2', attempt: 1, deadlineMs: 0, stream: false });
+  expect(readRequestHeaders(h)).toEqual({ requestId: 'req-2', attempt: 1, deadlineMs: 0, stream: false, progress: false });
+});
+
+test('protocol - progress is asked for on buffered requests only (protocol 1.1)', () => {
+  const buffered = requestHeaders({ requestId: 'r', attempt: 1, deadlineMs: 100, stream: false, progress: true });
+  expect(buffered.get(HDR_PROGRESS)).toBe('1');
+  expect(readRequestHeaders(buffered).progress).toBe(true);
+  const streamed = requestHeaders({ requestId: 'r', attempt: 1, deadlineMs: 100, stream: true, progress: true });
+  expect(streamed.has(HDR_PROGRESS)).toBe(false);
+  expect(readRequestHeaders(streamed).progress).toBe(false);
 });
 
 test('protocol - no headers at all read as attempt 1 with no deadline', () => {
-  expect(readRequestHeaders(undefined)).toEqual({ requestId: 'unknown', attempt: 1, deadlineMs: Number.POSITIVE_INFINITY, stream: false });
+  expect(readRequestHeaders(undefined)).toEqual({ requestId: 'unknown', attempt: 1, deadlineMs: Number.POSITIVE_INFINITY, stream: false, progress: false });
 });
 
 test('protocol - headers missing attempt and deadline read as attempt 1 with no deadline (as docs/protocol.md says)', () => {
   const h = natsHeaders();
   h.set(HDR_REQUEST_ID, 'req-3');
-  expect(readRequestHeaders(h)).toEqual({ requestId: 'req-3', attempt: 1, deadlineMs: Number.POSITIVE_INFINITY, stream: false });
+  expect(readRequestHeaders(h)).toEqual({ requestId: 'req-3', attempt: 1, deadlineMs: Number.POSITIVE_INFINITY, stream: false, progress: false });
 });
 
 test('protocol - non-numeric attempt and deadline are read leniently', () => {

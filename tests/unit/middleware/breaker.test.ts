@@ -112,11 +112,15 @@ function recording(opts: { failureThreshold?: number; successThreshold?: number;
   });
   const w1 = makeWorker('w1');
   const mw = breaker({}, { breakers });
-  /** One attempt on w1 that ends as `code` says (null: success). */
-  const attempt = async (code: ErrorCode | null) => {
+  /**
+   * One attempt on w1 that ends as `code` says (null: success). `stalled` says what the timeout
+   * middleware saw: the worker went quiet (the default for timeouts), or it was still producing.
+   */
+  const attempt = async (code: ErrorCode | null, stalled: 'first' | 'idle' | 'producing' = 'first') => {
     const ctx = makeCtx({ clock });
     ctx.worker = w1;
     const next = jest.fn(async () => {
+      if (code && /TIMEOUT/.test(code) && stalled !== 'producing') ctx.attempt.stalled = stalled;
       if (code) throw new RouterError(code, `scripted ${code}`);
     });
     const outcome = await mw(ctx, next).then(
@@ -157,6 +161,25 @@ test.each<[ErrorCode, string]>([
   expect(outcome?.code).toBe(code);
   // The earlier counted failure is neither reset nor increased.
   expect(failures(s)).toBe(1);
+});
+
+test.each<[ErrorCode]>([['WORKER_TIMEOUT'], ['STREAM_IDLE_TIMEOUT'], ['REQUEST_TIMEOUT']])(
+  'breaker - records: %s on an attempt that was still producing (not stalled) never counts against the worker',
+  async (code) => {
+    const s = recording({ failureThreshold: 1 });
+    for (let i = 0; i < 3; i++) {
+      const { outcome } = await s.attempt(code, 'producing');
+      expect(outcome?.code).toBe(code);
+    }
+    expect(failures(s)).toBe(0);
+    expect(s.transitions).toEqual([]);
+  },
+);
+
+test('breaker - records: a timeout of a worker that went quiet (idle mid-answer) counts', async () => {
+  const s = recording({ failureThreshold: 1 });
+  await s.attempt('STREAM_IDLE_TIMEOUT', 'idle');
+  expect(s.transitions).toEqual(['w1:closed->open']);
 });
 
 test('breaker - records: a success is recorded and resets the consecutive failure count', async () => {

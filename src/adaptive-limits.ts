@@ -1,0 +1,101 @@
+/**
+ * Adaptive limits: the time to first token and the longest gap between tokens, learned per worker
+ * and model from recent successful attempts. A limit is a high percentile of the recent
+ * observations times a factor, kept between a floor and the configured limit (the ceiling), so a
+ * 20 ms-TTFT cluster detects a hang in about a second while a 5 s-TTFT cluster is judged by its
+ * own pace. Until enough observations exist, the configured limit applies.
+ */
+
+export interface AdaptiveOptions {
+  /** Learn limits at all (default true). */
+  enabled: boolean;
+  /** Multiple of the observed percentile (default 4). */
+  factor: number;
+  /** No learned limit is shorter than this (ms, default 1000). */
+  floorMs: number;
+  /** Observations needed before a learned limit applies (default 20). */
+  minSamples: number;
+  /** Percentile of the recent observations, 0..1 (default 0.99). */
+  percentile?: number;
+  /** Recent observations kept per worker and model (default 64). */
+  window?: number;
+  /** Worker+model pairs remembered, least recently updated forgotten first (default 1024). */
+  maxKeys?: number;
+}
+
+/** A fixed-size ring of the most recent observations. */
+class Ring {
+  private readonly values: Float64Array;
+  private next = 0;
+  count = 0;
+
+  constructor(size: number) {
+    this.values = new Float64Array(size);
+  }
+
+  push(v: number): void {
+    this.values[this.next] = v;
+    this.next = (this.next + 1) % this.values.length;
+    this.count = Math.min(this.count + 1, this.values.length);
+  }
+
+  percentile(p: number): number {
+    const sorted = Array.from(this.values.subarray(0, this.count)).sort((a, b) => a - b);
+    return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+  }
+}
+
+interface Entry {
+  ttft: Ring;
+  gap: Ring;
+}
+
+export class AdaptiveLimits {
+  private readonly entries = new Map<string, Entry>();
+
+  constructor(private readonly options: AdaptiveOptions) {}
+
+  private entry(worker: string, model: string, create: boolean): Entry | undefined {
+    const key = `${worker}\u0000${model}`;
+    let e = this.entries.get(key);
+    if (e && create) {
+      // Most recently updated last: the first key is the one to forget.
+      this.entries.delete(key);
+      this.entries.set(key, e);
+    }
+    if (!e && create) {
+      const size = this.options.window ?? 64;
+      e = { ttft: new Ring(size), gap: new Ring(size) };
+      this.entries.set(key, e);
+      if (this.entries.size > (this.options.maxKeys ?? 1024)) this.entries.delete(this.entries.keys().next().value as string);
+    }
+    return e;
+  }
+
+  /** A successful attempt's time to first token (ms), prompt allowance already taken out. */
+  observeTtft(worker: string, model: string, ms: number): void {
+    if (this.options.enabled && Number.isFinite(ms) && ms >= 0) this.entry(worker, model, true)!.ttft.push(ms);
+  }
+
+  /** A successful streamed attempt's longest gap between two chunks (ms). */
+  observeGap(worker: string, model: string, ms: number): void {
+    if (this.options.enabled && Number.isFinite(ms) && ms >= 0) this.entry(worker, model, true)!.gap.push(ms);
+  }
+
+  /** The time-to-first-token limit for this worker and model: learned, or `ceiling`. */
+  ttftLimit(worker: string, model: string, ceiling: number): number {
+    return this.limit(this.entry(worker, model, false)?.ttft, ceiling);
+  }
+
+  /** The idle limit between tokens for this worker and model: learned, or `ceiling`. */
+  idleLimit(worker: string, model: string, ceiling: number): number {
+    return this.limit(this.entry(worker, model, false)?.gap, ceiling);
+  }
+
+  private limit(ring: Ring | undefined, ceiling: number): number {
+    const { enabled, minSamples, factor, floorMs } = this.options;
+    if (!enabled || !ring || ring.count < Math.max(1, minSamples)) return ceiling;
+    const learned = ring.percentile(this.options.percentile ?? 0.99) * factor;
+    return Math.min(ceiling, Math.max(floorMs, learned));
+  }
+}
