@@ -116,9 +116,11 @@ export async function runWorker(flags: Flags): Promise<number> {
   }
   const ended = await Promise.race([signal.promise, nc.closed().then(() => 'nats-closed' as const), parent, refused]);
   signal.cancel();
-  if (typeof ended === 'object') {
+  // A refusal may close the connection before it is reported: it is still a refusal (exit 3).
+  const refusal = typeof ended === 'object' ? ended.refused : worker.refusedBecause;
+  if (refusal !== undefined) {
     // The worker has stopped already (no bye believed for the live instance); say why and exit.
-    process.stderr.write(`mlx-router worker: ${ended.refused}\n`);
+    process.stderr.write(`mlx-router worker: ${refusal}\n`);
     await engine.close?.();
     await nc.drain().catch(() => undefined);
     return 3;

@@ -106,6 +106,8 @@ export class Worker {
   private readonly subs: Subscription[] = [];
   private heartbeatTimer?: NodeJS.Timeout;
   private readonly onRefused?: (message: string) => void;
+  /** Why a controller refused this instance (its id is served by another live process), once it did. */
+  refusedBecause: string | undefined;
   private readonly random: () => number;
   /** Discovery answers: at most one per heartbeat interval, after a random delay. */
   private discoveryTimer?: NodeJS.Timeout;
@@ -286,6 +288,8 @@ export class Worker {
       `worker id '${this.id}' is already served by another live worker process on this NATS ` +
       `(instance ${this.instance} refused: ${String(notice.reason ?? 'duplicate id').slice(0, 200)}); give every worker a unique --id`;
     this.log.error({ worker: this.id, instance: this.instance }, message);
+    // Known at once: stopping may close the connection before `onRefused` runs.
+    this.refusedBecause = message;
     void this.stop().finally(() => this.onRefused?.(message));
   }
 
