@@ -7,7 +7,7 @@ import { resolve } from 'node:path';
 import { connect, errors, type NatsConnection } from '@nats-io/transport-node';
 import { loadConfig, type RouterConfig } from '../../src/config';
 import { Controller } from '../../src/controller/controller';
-import { silentLogger } from '../../src/logger';
+import { createLogger, silentLogger } from '../../src/logger';
 import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
 import { makeSubjects } from '../../src/protocol';
 
@@ -129,7 +129,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   let controller: Controller | undefined;
   let nc: NatsConnection | undefined;
   try {
-    controller = await Controller.start({ config, log: silentLogger() });
+    // MLX_TEST_LOG=debug (or any pino level) shows the in-process controller's log when debugging a test.
+    controller = await Controller.start({ config, log: process.env.MLX_TEST_LOG ? createLogger('controller', process.env.MLX_TEST_LOG) : silentLogger() });
     nc = await connect({ servers: nats.url });
     const ctl = controller;
     const cluster: Cluster = {
