@@ -401,3 +401,22 @@ export async function addEngineWorker(cluster: Cluster, options: EngineWorkerOpt
  * because on a loaded 2-core machine a worker can be starved that long and dropped mid-request.
  */
 export const STEADY: Record<string, unknown> = { 'discovery.offlineAfterMs': 5000 };
+
+/**
+ * `Promise.all` for a test's set-up: when one start fails, whatever did start is stopped (its
+ * `stop()` or `close()`) before the failure is thrown, so no nats-server or worker outlives the test file.
+ */
+export async function startTogether<T extends readonly unknown[]>(starts: readonly [...{ [K in keyof T]: Promise<T[K]> }]): Promise<T> {
+  const settled = await Promise.allSettled(starts);
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (!failed) return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as unknown as T;
+  await Promise.allSettled(
+    settled.map(async (s) => {
+      if (s.status !== 'fulfilled') return;
+      const v = s.value as { stop?: () => Promise<unknown>; close?: () => Promise<unknown> };
+      if (typeof v?.stop === 'function') await v.stop();
+      else if (typeof v?.close === 'function') await v.close();
+    }),
+  );
+  throw failed.reason;
+}

@@ -4,7 +4,7 @@
  * sends reaches the engine; tool calls, logprobs, usage details and unknown answer fields come back.
  */
 import OpenAI from 'openai';
-import { addEngineWorker, MODEL, startCluster, STEADY, type Cluster } from '../helpers/cluster';
+import { addEngineWorker, MODEL, startCluster, startTogether, STEADY, type Cluster } from '../helpers/cluster';
 import { FAKE_CACHED_TOKENS, FAKE_TOOL_ARGS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
 
 const TTFT_LIMIT_MS = 1500;
@@ -14,7 +14,7 @@ let fake: FakeEngine;
 let client: OpenAI;
 
 beforeAll(async () => {
-  [cluster, fake] = await Promise.all([
+  [cluster, fake] = await startTogether([
     // A time to first token limit well below the slow engine's delay in the keep-alive test.
     startCluster({ config: { ...STEADY, 'cluster.requestRouting.firstChunkTimeoutMs': TTFT_LIMIT_MS, 'cluster.requestRouting.attemptTimeoutMs': 20_000 } }),
     startFakeEngine({ models: [MODEL] }),
