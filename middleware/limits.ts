@@ -31,7 +31,7 @@ function refill(s: KeyState, c: ClientKey, now: number): void {
 
 function refuse(c: ClientKey, limit: 'rpm' | 'tpm' | 'concurrency', message: string, retryAfterMs: number, deps: LimitsDeps): never {
   deps.metrics?.rateLimited?.inc({ key: c.id, limit });
-  throw new RouterError('RATE_LIMIT_EXCEEDED', message, { retryAfterMs: Math.max(1, Math.ceil(retryAfterMs)) });
+  throw new RouterError('RATE_LIMIT_EXCEEDED', message, { retryAfterMs: Math.max(1, Math.ceil(retryAfterMs - 1e-6)) });
 }
 
 /**
