@@ -65,4 +65,9 @@ export function registerAuth(app: FastifyInstance, config: RouterConfig): void {
       throw new RouterError('ADMIN_FORBIDDEN', `the API key '${client.id}' may not use the operator endpoints (it needs admin: true in cluster.auth.keys)`);
     }
   });
+  // A refused WebSocket upgrade: after its error answer nothing else will use or close the raw
+  // socket (the WebSocket plugin only closes those its own hook saw), so close it here.
+  app.addHook('onResponse', async (req, reply) => {
+    if (reply.statusCode >= 400 && req.raw.headers.upgrade !== undefined && !clients.has(req.raw)) req.raw.socket.destroy();
+  });
 }
