@@ -67,7 +67,7 @@ test('limits - tokens per minute are taken from the usage answers report; Retry-
   const c = client({ tpm: 100 });
   const ctx = ctxFor(clock, c);
   await mw(ctx, async () => {
-    ctx.result = { text: 'x', finish_reason: 'stop', usage: { prompt_tokens: 50, completion_tokens: 100, total_tokens: 150 } };
+    ctx.result = { type: 'result', text: 'x', finish_reason: 'stop', usage: { prompt_tokens: 50, completion_tokens: 100, total_tokens: 150 } };
   });
   expect(keyTokens.inc).toHaveBeenCalledWith({ key: 'team-a' }, 150);
   // 100 - 150 = -50: 51 tokens to refill at 100 per minute.
