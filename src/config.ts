@@ -4,7 +4,7 @@
  * or a wrong type stops start-up with a message naming the key (ConfigError).
  */
 import convict from 'convict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { isErrorCode } from './errors';
@@ -315,6 +315,8 @@ const schema = {
         doc: "Client API keys: a list of {id, hash, models, rpm, tpm, concurrency, priority, admin}; hash is sha256:<hex> of the key (mlx-router keys create), never the key. Empty: no keys needed (keep the controller on loopback then). See docs/security.md.",
         format: 'api-keys',
         default: [],
+        // Not secret (hashes), but a plain key pasted by mistake must not be echoed in an error.
+        sensitive: true,
       },
       defaultPriority: { doc: 'Priority class of a key that names none, and of every request while no keys are configured.', format: String, default: 'normal' },
       priorityWeights: {
@@ -482,8 +484,24 @@ export function loadConfig(options: LoadOptions = {}): RouterConfig {
     throw new ConfigError(`invalid configuration: ${(err as Error).message}`, { cause: err });
   }
   const cfg = config.getProperties() as RouterConfig;
+  // convict merges maps into their defaults; the priority classes are exactly those configured.
+  cfg.cluster.auth.priorityWeights = explicitValue(options, 'cluster.auth.priorityWeights') ?? cfg.cluster.auth.priorityWeights;
   checkSemantics(cfg);
   return cfg;
+}
+
+/** A map key's value as its highest-precedence source gives it (flag, environment, file), unmerged. */
+function explicitValue<T>(options: LoadOptions, key: string): T | undefined {
+  if (options.overrides?.[key] !== undefined) return options.overrides[key] as T;
+  const env = (options.env ?? process.env)[envName(key)];
+  if (env !== undefined) return JSON.parse(env) as T;
+  if (options.file) {
+    const file = resolve(options.file);
+    const tree = (file.endsWith('.json') ? JSON.parse(readFileSync(file, 'utf8')) : parseYaml(readFileSync(file, 'utf8'))) as unknown;
+    const value = key.split('.').reduce<unknown>((node, k) => (typeof node === 'object' && node !== null ? (node as Record<string, unknown>)[k] : undefined), tree);
+    if (value !== undefined) return value as T;
+  }
+  return undefined;
 }
 
 /** Rules a type cannot say; each message names its key. */
