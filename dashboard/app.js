@@ -238,7 +238,7 @@
               if (TYPES.includes(type) && data.length > 0) onEvent(JSON.parse(data.join('\n')));
             }
           }
-        } catch (err) {
+        } catch {
           if (closed) return;
         }
         feedStatus(false);
