@@ -36,7 +36,7 @@ test('config - defaults load with the documented keys and meanings', () => {
   const c = loadConfig({ env: {} });
   const rr = c.cluster.requestRouting;
   expect(c.cluster.pipeline).toEqual(DEFAULT_PIPELINE);
-  expect(DEFAULT_PIPELINE).toEqual(['metrics', 'session', 'retry', 'breaker', 'select', 'timeout', 'health']);
+  expect(DEFAULT_PIPELINE).toEqual(['metrics', 'limits', 'session', 'retry', 'breaker', 'priority', 'select', 'timeout', 'health']);
   // Long enough for a 2,000-token answer at 10 tokens/s: hangs are caught by the TTFT and idle limits.
   expect(rr.timeoutMs).toBe(300000);
   expect(rr.streamingTimeoutMs).toBe(300000);
