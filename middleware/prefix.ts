@@ -55,7 +55,8 @@ function reportedCached(ctx: RouteContext): number | undefined {
  * workers first, so a retry or resume goes to the next-longest predicted prefix. When every
  * candidate is saturated it narrows nothing and `select` waits as usual. After the attempt, the
  * answer's `cached_tokens` checks the prediction: a predicted hit the engine missed drops that
- * worker's entries.
+ * worker's entries. Only answered requests are recorded: until then the engine holds nothing of the
+ * prompt, and a request sharing its prefix would pay the whole prefill there behind it.
  *
  * @example pipeline: [metrics, session, retry, breaker, prefix, select, timeout, health]
  */

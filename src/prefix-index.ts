@@ -4,8 +4,8 @@
  * is a chain of hashes at message boundaries (hash i covers the model and messages 0..i), so two
  * requests sharing a system prompt, or a turn and the turn before it, share a prefix of the chain.
  * Per worker, an LRU of such chains (PrefixLru, the same rules as the synthetic engine's cache) with
- * the capacity the worker advertises. Routing a request records its chain; an answer's reported
- * `cached_tokens` corrects it (a predicted hit that the engine missed drops the worker's entries);
+ * the capacity the worker advertises. An answered request records its chain (the engine stores a
+ * prompt once it has answered it, not before); an answer's reported `cached_tokens` corrects it (a predicted hit that the engine missed drops the worker's entries);
  * a new cache epoch (the worker or its engine restarted) empties it.
  *
  * Cache pressure: entries are stamped with a logical clock (one tick per routed request) when
@@ -133,9 +133,11 @@ export class PrefixIndex {
   }
 
   /**
-   * A request with `chain` was routed to `id`: the clock advances; when it continues a whole entry,
-   * the entry's age is a reuse distance (unless `observe` is false: a retry continues the entry its
-   * failed attempt just recorded); then it is recorded as by `record`.
+   * A request with `chain` was routed to `id`: the clock advances; the entry it reuses becomes the
+   * most recent (the engine's lookup does the same); when it continues a whole entry, the entry's
+   * age is a reuse distance (unless `observe` is false: a retry). Nothing is stored yet: an engine
+   * stores the prompt once it has answered, so a request sharing this prefix that comes before
+   * then finds nothing there (see `record`).
    */
   route(id: string, chain: readonly string[], observe = true): void {
     this.clock++;
@@ -148,12 +150,11 @@ export class PrefixIndex {
       this.reuse = this.reuse === undefined ? age : this.reuse + REUSE_ALPHA * (age - this.reuse);
     }
     w.lru.touch(m.at);
-    w.lru.insert(chain, this.clock);
   }
 
   /**
-   * `id` takes `chain` (a request routed there, or its answer): the entry it reused becomes the
-   * most recent, then the chain is stored, replacing the entries it extends.
+   * `id` has stored `chain` (an answered request: its prompt and answer): the entry it reused
+   * becomes the most recent, then the chain is stored, replacing the entries it extends.
    */
   record(id: string, chain: readonly string[]): void {
     const w = this.workers.get(id);

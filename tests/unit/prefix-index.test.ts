@@ -169,3 +169,14 @@ test('prefix index - pressured: full, and its least recently used entry younger 
   play('roomy', 'erin', 0);
   expect(index.pressured('w')).toBe(false);
 });
+
+test('prefix index - routing stores nothing: only an answered request is predicted (the engine stores a prompt once answered)', () => {
+  const index = new PrefixIndex(10);
+  index.sync('w', cache(10));
+  const t = conv(SYSTEM, user('q'));
+  index.route('w', t.hashes);
+  expect(index.entries('w')).toBe(0);
+  expect(index.predict('w', conv(SYSTEM, user('another')))).toBe(0);
+  index.record('w', withAnswer(t, 'a'));
+  expect(index.predict('w', conv(SYSTEM, user('another')))).toBe(messageTokens(SYSTEM));
+});

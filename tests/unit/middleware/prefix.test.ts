@@ -200,3 +200,23 @@ test('prefix - when every candidate is full of live conversations, the longest p
   // carol's system prompt is on both; both are full: no room anywhere, so the usual rules choose (w1, first on a tie).
   expect((await route(mw, pool, t('carol', 1), { cached: 400 })).narrowed).toEqual(['w1']);
 });
+
+test('prefix - a prefix still in flight is not predicted: a second request sharing it goes where it does not queue behind it', async () => {
+  const mw = prefix(OPTIONS);
+  const pool = workers('w1', 'w2');
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  const ctx = makeCtx({ candidates: pool, request: { messages: [SYSTEM, user('alice')] } });
+  const first = mw(ctx, async () => {
+    ctx.worker = ctx.candidates[0];
+    await held;
+    ctx.result = { type: 'result', text: 'a', finish_reason: 'stop', usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2, prompt_tokens_details: { cached_tokens: 0 } } };
+  });
+  expect(ctx.candidates.map((w) => w.id)).toEqual(['w1']);
+  // w1 has not stored the system prompt yet: bob would pay all of it there, behind alice.
+  expect((await route(mw, pool, [SYSTEM, user('bob')], { cached: 0 })).narrowed).toEqual(['w2']);
+  release();
+  await first;
+  // Once alice is answered, w1 holds it, as w2 holds bob's: carol follows the least prefill work, both cached.
+  expect((await route(mw, pool, [SYSTEM, user('carol')], { cached: 400 })).narrowed).toEqual(['w1']);
+});
