@@ -270,13 +270,30 @@ function outcome(strategy: string, turns: Turn[], before: CpuReading, after: Cpu
   };
 }
 
-async function measure(label: string, workload: Workload, agent: Agent, router: ChildHandle, workers: Proc[], strategy: Strategy, tag: string): Promise<Outcome> {
+/**
+ * A fresh keep-alive agent for one workload: its connections are never idle longer than a pause
+ * (under a second), far below the router's keep-alive timeout (5 s). Sharing one agent across
+ * strategies let a connection idle through the others' rounds and be reused just as the router
+ * closed it (ECONNRESET).
+ */
+async function withAgent<T>(fn: (agent: Agent) => Promise<T>): Promise<T> {
+  const agent = new Agent({ keepAlive: true, maxSockets: 512 });
+  try {
+    return await fn(agent);
+  } finally {
+    agent.destroy();
+  }
+}
+
+async function measure(label: string, workload: Workload, router: ChildHandle, workers: Proc[], strategy: Strategy, tag: string): Promise<Outcome> {
   const bar = progress(`8 · ${label}, ${strategy.name}`.padEnd(56));
   let n = 0;
   const before = readCpu(router, workers);
-  const turns = await workload.run(agent, router.url, `${tag} ${strategy.name}`, strategy.sessions === true, () => {
-    if (++n % 16 === 0) bar.update(n / workload.requests, `${n} req`);
-  });
+  const turns = await withAgent((agent) =>
+    workload.run(agent, router.url, `${tag} ${strategy.name}`, strategy.sessions === true, () => {
+      if (++n % 16 === 0) bar.update(n / workload.requests, `${n} req`);
+    }),
+  );
   const o = outcome(strategy.name, turns, before, readCpu(router, workers));
   bar.done(
     `TTFT p50 ${o.ttftP50.toFixed(1)} ms, p99 ${o.ttftP99.toFixed(1)} ms · hits ${o.hitRatio.toFixed(0)} % · ` +
@@ -366,21 +383,23 @@ function figures(run: BenchRun, label: string, results: Measured[], targets: { p
  * discovery.offlineAfterMs, or a "no responders"), then fail over; its conversations move. TTFT
  * p99 is followed in one-second windows (by when answers end) to find when it is back.
  */
-async function killed(run: BenchRun, agent: Agent, router: ChildHandle, workers: Proc[], users: number, turns: number): Promise<void> {
+async function killed(run: BenchRun, router: ChildHandle, workers: Proc[], users: number, turns: number): Promise<void> {
   const workload = multiTurn(users, turns);
   const bar = progress('8 · multi-turn, prefix, one worker killed'.padEnd(56));
   let n = 0;
   let killedAt = Number.NaN;
   const victim = workers[workers.length - 1];
   const t0 = performance.now();
-  const turnsDone = await workload.run(agent, router.url, 'killed prefix', false, () => {
-    n++;
-    if (n % 16 === 0) bar.update(n / workload.requests, `${n} req`);
-    if (n === Math.floor(workload.requests / 4)) {
-      killedAt = performance.now() - t0;
-      victim.process.kill('SIGKILL');
-    }
-  });
+  const turnsDone = await withAgent((agent) =>
+    workload.run(agent, router.url, 'killed prefix', false, () => {
+      n++;
+      if (n % 16 === 0) bar.update(n / workload.requests, `${n} req`);
+      if (n === Math.floor(workload.requests / 4)) {
+        killedAt = performance.now() - t0;
+        victim.process.kill('SIGKILL');
+      }
+    }),
+  );
   const ok = turnsDone.filter((t) => t.ok);
   const errors = turnsDone.length - ok.length;
   const window = (from: number, to: number) => summarize(ok.filter((t) => t.endedAt >= from && t.endedAt < to).map((t) => t.ttft));
@@ -425,7 +444,6 @@ async function killed(run: BenchRun, agent: Agent, router: ChildHandle, workers:
 
 export async function prefixRouting(run: BenchRun): Promise<void> {
   const lab = await Lab.start();
-  const agent = new Agent({ keepAlive: true, maxSockets: 512 });
   try {
     const workers: Proc[] = [];
     for (let i = 1; i <= WORKERS; i++) {
@@ -440,7 +458,7 @@ export async function prefixRouting(run: BenchRun): Promise<void> {
       routers.set(s.name, r);
     }
     // Warm-up: every router's and worker's JIT, and the connections, before anything is measured.
-    for (const s of STRATEGIES) await measure('warm-up', multiTurn(8, 2), agent, routers.get(s.name)!, workers, s, 'warm-up');
+    for (const s of STRATEGIES) await measure('warm-up', multiTurn(8, 2), routers.get(s.name)!, workers, s, 'warm-up');
     // Strategies take turns, round after round, in a rotated order, so a change in the machine's
     // load (other work on it) falls on all of them alike; each figure is the median of the rounds.
     const rounds = run.pick(5, 1);
@@ -450,7 +468,7 @@ export async function prefixRouting(run: BenchRun): Promise<void> {
       for (let r = 0; r < rounds; r++) {
         for (let i = 0; i < chosen.length; i++) {
           const s = chosen[(i + r) % chosen.length];
-          out.get(s.name)!.push(await measure(`${label} (round ${r + 1}/${rounds})`, workload, agent, routers.get(s.name)!, workers, s, `${label} ${r}`));
+          out.get(s.name)!.push(await measure(`${label} (round ${r + 1}/${rounds})`, workload, routers.get(s.name)!, workers, s, `${label} ${r}`));
         }
       }
       return chosen.map((s) => ({ strategy: s.name, rounds: out.get(s.name)! }));
@@ -471,9 +489,8 @@ export async function prefixRouting(run: BenchRun): Promise<void> {
     run.raw.prefix = { thinkMs: THINK_MS, rounds, multiTurn: mt, crowd, groups, none };
     // 24 users: the three workers left have 30 cache slots, so every conversation still fits after
     // the kill (as 32 fit in the 40 slots of four); with more, no routing could keep them cached.
-    await killed(run, agent, routers.get('prefix')!, workers, run.pick(24, 6), run.pick(40, 6));
+    await killed(run, routers.get('prefix')!, workers, run.pick(24, 6), run.pick(40, 6));
   } finally {
-    agent.destroy();
     await lab.stop();
   }
 }
