@@ -51,8 +51,9 @@ function reportedCached(ctx: RouteContext): number | undefined {
  * loaded candidate (ties: least prefill work). A request that would add an entry to a worker whose
  * cache is full of live conversations (PrefixIndex.pressured) goes elsewhere when another
  * candidate has room, so conversations spread over the cluster's cache slots instead of evicting
- * each other on the worker that first held their shared system prompt. A session's sticky worker, when free, wins. Untried
- * workers first, so a retry or resume goes to the next-longest predicted prefix. When every
+ * each other on the worker that first held their shared system prompt. A session's sticky worker,
+ * when free, wins. Untried workers first, so a retry or resume goes to the next-longest predicted
+ * prefix. When every
  * candidate is saturated it narrows nothing and `select` waits as usual. After the attempt, the
  * answer's `cached_tokens` checks the prediction: a predicted hit the engine missed drops that
  * worker's entries. Only answered requests are recorded: until then the engine holds nothing of the
