@@ -127,14 +127,14 @@ export class Controller {
       controllerId: id,
     };
     // Peers: who else routes, and what each holds per worker; a dead one's load expires with it.
-    let listening: string | undefined;
+    const listening: { url?: string } = {};
     const peerExpireMs = config.discovery.offlineAfterMs;
     const peers = new ControllerPeers({
       nc,
       subject: subjects.controllerHeartbeat,
       id,
       replyPrefix: mux.replyPrefix,
-      url: () => listening,
+      url: () => listening.url,
       intervalMs: Math.max(50, Math.min(1000, Math.floor(peerExpireMs / 4))),
       expireMs: peerExpireMs,
       clock,
@@ -235,7 +235,7 @@ export class Controller {
       if (ownsConnection) await nc.close();
       throw err;
     }
-    listening = url;
+    listening.url = url;
     log.info({ url, id, pipeline: pipeline.names, nats: config.nats.servers }, 'controller listening');
     return new Controller(deps, pipeline, app, subs, sweepTimer, prober, ownsConnection, url, id, signals, sessionMoves, stopOpening);
   }
