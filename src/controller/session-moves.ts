@@ -24,6 +24,16 @@ export interface SessionMovesOptions {
   log: Logger;
   /** A move arrived (a peer's, or this controller's own echo). */
   onMove(session: string, worker: string): void;
+  /** How often (ms) the watch is checked against the bucket; 0 never (default 1000). */
+  probeMs?: number;
+}
+
+const DEFAULT_PROBE_MS = 1000;
+
+/** Starts a watch; `startedAt` is the bucket's newest revision just before it (what it must reach). */
+async function startWatch(kv: KV): Promise<{ watcher: QueuedIterator<KvWatchEntry>; startedAt: number }> {
+  const startedAt = (await kv.status()).streamInfo.state.last_seq;
+  return { watcher: await kv.watch(), startedAt };
 }
 
 interface MoveValue {
@@ -56,13 +66,31 @@ export function readMove(entry: Pick<KvWatchEntry, 'operation' | 'key' | 'string
 
 export class SharedSessionMoves implements SessionMoveLog {
   private closed = false;
+  private watcher: QueuedIterator<KvWatchEntry>;
+  private watching: Promise<void>;
+  /** The newest bucket revision the watch has delivered (or that existed when it started). */
+  private delivered: number;
+  /** The bucket's newest revision at the last probe, when the watch had not delivered it (0: none). */
+  private behindSince = 0;
+  private probing = false;
+  private readonly probeTimer?: NodeJS.Timeout;
+  /** Watches recreated because they stalled (tests and logs). */
+  restarts = 0;
 
   private constructor(
     private readonly kv: KV,
-    private readonly watcher: QueuedIterator<KvWatchEntry>,
-    private readonly watching: Promise<void>,
+    first: { watcher: QueuedIterator<KvWatchEntry>; startedAt: number },
     private readonly options: SessionMovesOptions,
-  ) {}
+  ) {
+    this.watcher = first.watcher;
+    this.delivered = first.startedAt;
+    this.watching = this.follow(first.watcher);
+    const probeMs = options.probeMs ?? DEFAULT_PROBE_MS;
+    if (probeMs > 0) {
+      this.probeTimer = setInterval(() => void this.probe(), probeMs);
+      this.probeTimer.unref();
+    }
+  }
 
   /**
    * Opens (creating when absent) the bucket and starts watching it. Resolves undefined when
@@ -70,10 +98,10 @@ export class SharedSessionMoves implements SessionMoveLog {
    */
   static async open(nc: NatsConnection, options: SessionMovesOptions, quiet = false): Promise<SharedSessionMoves | undefined> {
     let kv: KV;
-    let watcher: QueuedIterator<KvWatchEntry>;
+    let first: { watcher: QueuedIterator<KvWatchEntry>; startedAt: number };
     try {
       kv = await new Kvm(nc).create(options.bucket, { ttl: options.ttlMs, history: 1, replicas: options.replicas });
-      watcher = await kv.watch();
+      first = await startWatch(kv);
     } catch (err) {
       options.log[quiet ? 'debug' : 'warn'](
         { bucket: options.bucket, err: (err as Error).message },
@@ -81,14 +109,64 @@ export class SharedSessionMoves implements SessionMoveLog {
       );
       return undefined;
     }
-    const watching = (async () => {
-      for await (const entry of watcher) {
-        const move = readMove(entry);
-        if (move) options.onMove(move.session, move.worker);
-      }
-    })().catch((err: unknown) => options.log.warn({ err: (err as Error).message }, 'session move watch ended'));
     options.log.info({ bucket: options.bucket, replicas: options.replicas }, 'sharing session moves through JetStream key-value');
-    return new SharedSessionMoves(kv, watcher, watching, options);
+    return new SharedSessionMoves(kv, first, options);
+  }
+
+  private follow(watcher: QueuedIterator<KvWatchEntry>): Promise<void> {
+    return (async () => {
+      for await (const entry of watcher) {
+        if (watcher !== this.watcher) break;
+        if (entry.revision > this.delivered) this.delivered = entry.revision;
+        const move = readMove(entry);
+        if (move) this.options.onMove(move.session, move.worker);
+      }
+    })().catch((err: unknown) => {
+      if (!this.closed) this.options.log.warn({ err: (err as Error).message }, 'session move watch ended');
+    });
+  }
+
+  /**
+   * The watch is an ordered JetStream consumer living on one NATS node. When that node dies the
+   * consumer goes with it, and the client notices only after two missed idle heartbeats (10 s,
+   * then 60 s once it was recreated) and a recreate that fails until the stream has a leader
+   * again: moves stay unseen for well over 10 s. So the bucket's newest revision is compared with
+   * the watch's at every probe: behind at two probes in a row means stalled, and the watch is
+   * recreated from the first revision it missed (moves are idempotent, a repeat costs nothing).
+   */
+  private async probe(): Promise<void> {
+    if (this.closed || this.probing) return;
+    this.probing = true;
+    try {
+      const last = (await this.kv.status()).streamInfo.state.last_seq;
+      if (this.closed) return;
+      // A revision the bucket held one probe ago and the watch still has not delivered: stalled.
+      if (this.behindSince > 0 && this.delivered < this.behindSince) {
+        await this.restartWatch(`the watch delivered revision ${this.delivered}, the bucket holds ${last}`);
+        return;
+      }
+      this.behindSince = last > this.delivered ? last : 0;
+    } catch (err) {
+      // No stream leader yet (a node just died), or our own link is down: try again next probe.
+      this.options.log.debug({ err: (err as Error).message }, 'session move probe failed');
+    } finally {
+      this.probing = false;
+    }
+  }
+
+  private async restartWatch(why: string): Promise<void> {
+    const next = await this.kv.watch({ resumeFromRevision: this.delivered + 1 });
+    if (this.closed) {
+      next.stop();
+      return;
+    }
+    const old = this.watcher;
+    this.watcher = next;
+    this.behindSince = 0;
+    this.restarts++;
+    old.stop();
+    this.watching = Promise.all([this.watching, this.follow(next)]).then(() => undefined);
+    this.options.log.warn({ bucket: this.options.bucket, why }, 'session move watch stalled: recreated');
   }
 
   /** Writes the move without waiting; a failed write only costs the peers' agreement on it. */
@@ -102,6 +180,7 @@ export class SharedSessionMoves implements SessionMoveLog {
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.probeTimer) clearInterval(this.probeTimer);
     this.watcher.stop();
     await this.watching;
   }
