@@ -123,6 +123,17 @@ describe('a NATS node dies under mixed load', () => {
     expect(reconnectMs).toBeLessThan(3000);
     expect(a.deps.nc.info?.port).not.toBe(nats.nodes[0].clientPort);
   }, 120_000);
+
+  test('nats - the shared session bucket (three replicas) and both watches follow moves again within seconds of the lost node', async () => {
+    const moves = await b.sessionMoves;
+    expect(moves).toBeDefined();
+    // a was connected to the dead node, and either watch's consumer may have lived there: a stalled
+    // watch is found against the bucket's newest revision and recreated (it used to stay silent > 15 s).
+    moves?.record('after-the-kill', 'w2');
+    await waitFor(() => a.deps.sessions.get('after-the-kill') === 'w2', 'a to see a move b wrote after the kill', 8000);
+    (await a.sessionMoves)?.record('after-the-kill', 'w3');
+    await waitFor(() => b.deps.sessions.get('after-the-kill') === 'w3', 'b to see a move a wrote after the kill', 8000);
+  }, 40_000);
 });
 
 describe('one of two controllers dies', () => {
