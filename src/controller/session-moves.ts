@@ -29,6 +29,36 @@ export interface SessionMovesOptions {
 }
 
 const DEFAULT_PROBE_MS = 1000;
+/** How long a working watch may take to deliver a revision the bucket holds (ms). */
+const STALL_GRACE_MS = 500;
+/** Longest wait for the bucket's status in a probe, and for a new watch (a consumer to create) (ms). */
+const PROBE_TIMEOUT_MS = 1500;
+const WATCH_TIMEOUT_MS = 3000;
+
+/** `p`, or a rejection after `ms`; a value that arrives later goes to `late` (to be released). */
+function bounded<T>(p: Promise<T>, ms: number, what: string, late?: (value: T) => void): Promise<T> {
+  let timedOut = false;
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      timedOut = true;
+      reject(new Error(`${what}: no answer within ${ms} ms`));
+    }, ms);
+  });
+  const settled = p.then(
+    (value) => {
+      clearTimeout(timer);
+      if (timedOut) late?.(value);
+      return value;
+    },
+    (err: unknown) => {
+      clearTimeout(timer);
+      throw err;
+    },
+  );
+  settled.catch(() => undefined);
+  return Promise.race([settled, timeout]);
+}
 
 /** Starts a watch; `startedAt` is the bucket's newest revision just before it (what it must reach). */
 async function startWatch(kv: KV): Promise<{ watcher: QueuedIterator<KvWatchEntry>; startedAt: number }> {
@@ -70,9 +100,9 @@ export class SharedSessionMoves implements SessionMoveLog {
   private watching: Promise<void>;
   /** The newest bucket revision the watch has delivered (or that existed when it started). */
   private delivered: number;
-  /** The bucket's newest revision at the last probe, when the watch had not delivered it (0: none). */
-  private behindSince = 0;
   private probing = false;
+  /** The grace period of a probe under way; close() ends it at once. */
+  private grace?: { timer: NodeJS.Timeout; resolve: () => void };
   private readonly probeTimer?: NodeJS.Timeout;
   /** Watches recreated because they stalled (tests and logs). */
   restarts = 0;
@@ -131,21 +161,24 @@ export class SharedSessionMoves implements SessionMoveLog {
    * consumer goes with it, and the client notices only after two missed idle heartbeats (10 s,
    * then 60 s once it was recreated) and a recreate that fails until the stream has a leader
    * again: moves stay unseen for well over 10 s. So the bucket's newest revision is compared with
-   * the watch's at every probe: behind at two probes in a row means stalled, and the watch is
-   * recreated from the first revision it missed (moves are idempotent, a repeat costs nothing).
+   * the watch's at every probe: still undelivered half a second later means stalled, and the watch
+   * is recreated from the first revision it missed (moves are idempotent, a repeat costs nothing).
    */
   private async probe(): Promise<void> {
     if (this.closed || this.probing) return;
     this.probing = true;
     try {
-      const last = (await this.kv.status()).streamInfo.state.last_seq;
-      if (this.closed) return;
-      // A revision the bucket held one probe ago and the watch still has not delivered: stalled.
-      if (this.behindSince > 0 && this.delivered < this.behindSince) {
-        await this.restartWatch(`the watch delivered revision ${this.delivered}, the bucket holds ${last}`);
-        return;
-      }
-      this.behindSince = last > this.delivered ? last : 0;
+      // Bounded well below the JetStream API's 5 s: right after a node loss a request can hang
+      // while a fresh one, a probe later, is answered at once.
+      const last = (await bounded(this.kv.status(), PROBE_TIMEOUT_MS, 'bucket status')).streamInfo.state.last_seq;
+      if (this.closed || last <= this.delivered) return;
+      // A working watch delivers a stored revision within milliseconds; give it a grace period.
+      await new Promise<void>((resolve) => {
+        this.grace = { timer: setTimeout(resolve, STALL_GRACE_MS), resolve };
+      });
+      this.grace = undefined;
+      if (this.closed || this.delivered >= last) return;
+      await this.restartWatch(`the watch delivered revision ${this.delivered}, the bucket holds ${last}`);
     } catch (err) {
       // No stream leader yet (a node just died), or our own link is down: try again next probe.
       this.options.log.debug({ err: (err as Error).message }, 'session move probe failed');
@@ -155,14 +188,14 @@ export class SharedSessionMoves implements SessionMoveLog {
   }
 
   private async restartWatch(why: string): Promise<void> {
-    const next = await this.kv.watch({ resumeFromRevision: this.delivered + 1 });
+    // A watch that arrives after we gave up on it is stopped at once.
+    const next = await bounded(this.kv.watch({ resumeFromRevision: this.delivered + 1 }), WATCH_TIMEOUT_MS, 'new watch', (late) => late.stop());
     if (this.closed) {
       next.stop();
       return;
     }
     const old = this.watcher;
     this.watcher = next;
-    this.behindSince = 0;
     this.restarts++;
     old.stop();
     this.watching = Promise.all([this.watching, this.follow(next)]).then(() => undefined);
@@ -181,6 +214,10 @@ export class SharedSessionMoves implements SessionMoveLog {
   async close(): Promise<void> {
     this.closed = true;
     if (this.probeTimer) clearInterval(this.probeTimer);
+    if (this.grace) {
+      clearTimeout(this.grace.timer);
+      this.grace.resolve();
+    }
     this.watcher.stop();
     await this.watching;
   }

@@ -128,11 +128,11 @@ describe('a NATS node dies under mixed load', () => {
     const moves = await b.sessionMoves;
     expect(moves).toBeDefined();
     // a was connected to the dead node, and either watch's consumer may have lived there: a stalled
-    // watch is found against the bucket's newest revision and recreated (it used to stay silent > 15 s).
+    // watch is found against the bucket's newest revision and recreated (it used to stay silent > 15 s; without a JetStream meta leader no new consumer can be made).
     moves?.record('after-the-kill', 'w2');
-    await waitFor(() => a.deps.sessions.get('after-the-kill') === 'w2', 'a to see a move b wrote after the kill', 8000);
+    await waitFor(() => a.deps.sessions.get('after-the-kill') === 'w2', 'a to see a move b wrote after the kill', 10_000);
     (await a.sessionMoves)?.record('after-the-kill', 'w3');
-    await waitFor(() => b.deps.sessions.get('after-the-kill') === 'w3', 'b to see a move a wrote after the kill', 8000);
+    await waitFor(() => b.deps.sessions.get('after-the-kill') === 'w3', 'b to see a move a wrote after the kill', 10_000);
   }, 40_000);
 });
 

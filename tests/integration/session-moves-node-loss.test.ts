@@ -3,7 +3,7 @@
  * an ordered JetStream consumer on one node; when that node dies the client notices only after
  * two missed idle heartbeats (10 s) and a recreate, so moves went unseen for well over 10 s.
  * SharedSessionMoves checks its watch against the bucket and recreates it once it falls behind:
- * moves propagate again within a few seconds of the bucket accepting them.
+ * moves propagate again within seconds of the bucket accepting them.
  */
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV } from '@nats-io/kv';
@@ -92,9 +92,12 @@ test('session moves - killing the NATS node the watch\'s consumer lives on: move
   const acceptedAt = await putUntilAccepted(writer, Buffer.from('after').toString('base64url'), JSON.stringify({ worker: 'w2' }));
   await waitFor(() => seen.get('after') === 'w2', 'the move made after the node loss seen', 20_000, 20);
   const seenAt = Date.now();
-  // Without the check the watch stays silent for 10 s or more after the kill (two missed 5 s
-  // idle heartbeats, then a recreate); with it: two probes and a new consumer after the bucket took the move.
-  expect(seenAt - acceptedAt).toBeLessThan(2 * PROBE_MS + 2500);
+  // Without the check the watch stayed silent for more than 20 s after the kill (the client
+  // notices a lost consumer by two missed 5 s idle heartbeats, and its recreated consumer has
+  // 30 s ones). With it: a probe, a grace of half a second, and a new consumer, which the cluster
+  // creates only once its JetStream meta group has a leader again (measured: 1 to 6 s after the
+  // bucket accepted the move, on a loaded two-core machine).
+  expect(seenAt - acceptedAt).toBeLessThan(10_000);
   // And it keeps following.
   await putUntilAccepted(writer, Buffer.from('later').toString('base64url'), JSON.stringify({ worker: 'w3' }));
   await waitFor(() => seen.get('later') === 'w3', 'a later move seen', 5000);
