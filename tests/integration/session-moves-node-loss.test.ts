@@ -55,7 +55,7 @@ async function putUntilAccepted(kv: KV, key: string, value: string): Promise<num
   );
 }
 
-test('session moves - killing the NATS node the watch\'s consumer lives on: moves propagate again within a few seconds', async () => {
+test('session moves - killing the NATS node the watch\'s consumer lives on: moves propagate again within seconds, not after 20 s of silence', async () => {
   nats = await startNatsCluster();
   const seen = new Map<string, string>();
   const watcherNc = await connectTo(nats.seedsFrom(0));
