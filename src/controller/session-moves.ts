@@ -35,24 +35,37 @@ const STALL_GRACE_MS = 500;
 const PROBE_TIMEOUT_MS = 1500;
 const WATCH_TIMEOUT_MS = 3000;
 
-/** `p`, or a rejection after `ms`; a value that arrives later goes to `late` (to be released). */
-function bounded<T>(p: Promise<T>, ms: number, what: string, late?: (value: T) => void): Promise<T> {
-  let timedOut = false;
+/**
+ * `p`, or a rejection after `ms` or once `signal` aborts; a value that arrives after that goes to
+ * `late` (to be released).
+ */
+function bounded<T>(p: Promise<T>, ms: number, what: string, signal: AbortSignal, late?: (value: T) => void): Promise<T> {
+  let gaveUp = false;
   let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  const done = (): void => {
+    clearTimeout(timer);
+    if (onAbort) signal.removeEventListener('abort', onAbort);
+  };
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      timedOut = true;
-      reject(new Error(`${what}: no answer within ${ms} ms`));
-    }, ms);
+    const giveUp = (why: string): void => {
+      gaveUp = true;
+      done();
+      reject(new Error(`${what}: ${why}`));
+    };
+    if (signal.aborted) return giveUp('stopped');
+    timer = setTimeout(() => giveUp(`no answer within ${ms} ms`), ms);
+    onAbort = () => giveUp('stopped');
+    signal.addEventListener('abort', onAbort, { once: true });
   });
   const settled = p.then(
     (value) => {
-      clearTimeout(timer);
-      if (timedOut) late?.(value);
+      done();
+      if (gaveUp) late?.(value);
       return value;
     },
     (err: unknown) => {
-      clearTimeout(timer);
+      done();
       throw err;
     },
   );
@@ -100,7 +113,9 @@ export class SharedSessionMoves implements SessionMoveLog {
   private watching: Promise<void>;
   /** The newest bucket revision the watch has delivered (or that existed when it started). */
   private delivered: number;
-  private probing = false;
+  private probing?: Promise<void>;
+  /** Aborted by close(): ends a probe's waits at once. */
+  private readonly stopping = new AbortController();
   /** The grace period of a probe under way; close() ends it at once. */
   private grace?: { timer: NodeJS.Timeout; resolve: () => void };
   private readonly probeTimer?: NodeJS.Timeout;
@@ -117,7 +132,10 @@ export class SharedSessionMoves implements SessionMoveLog {
     this.watching = this.follow(first.watcher);
     const probeMs = options.probeMs ?? DEFAULT_PROBE_MS;
     if (probeMs > 0) {
-      this.probeTimer = setInterval(() => void this.probe(), probeMs);
+      this.probeTimer = setInterval(() => {
+        if (this.closed || this.probing) return;
+        this.probing = this.probe().finally(() => (this.probing = undefined));
+      }, probeMs);
       this.probeTimer.unref();
     }
   }
@@ -165,12 +183,10 @@ export class SharedSessionMoves implements SessionMoveLog {
    * is recreated from the first revision it missed (moves are idempotent, a repeat costs nothing).
    */
   private async probe(): Promise<void> {
-    if (this.closed || this.probing) return;
-    this.probing = true;
     try {
       // Bounded well below the JetStream API's 5 s: right after a node loss a request can hang
       // while a fresh one, a probe later, is answered at once.
-      const last = (await bounded(this.kv.status(), PROBE_TIMEOUT_MS, 'bucket status')).streamInfo.state.last_seq;
+      const last = (await bounded(this.kv.status(), PROBE_TIMEOUT_MS, 'bucket status', this.stopping.signal)).streamInfo.state.last_seq;
       if (this.closed || last <= this.delivered) return;
       // A working watch delivers a stored revision within milliseconds; give it a grace period.
       await new Promise<void>((resolve) => {
@@ -182,14 +198,12 @@ export class SharedSessionMoves implements SessionMoveLog {
     } catch (err) {
       // No stream leader yet (a node just died), or our own link is down: try again next probe.
       this.options.log.debug({ err: (err as Error).message }, 'session move probe failed');
-    } finally {
-      this.probing = false;
     }
   }
 
   private async restartWatch(why: string): Promise<void> {
     // A watch that arrives after we gave up on it is stopped at once.
-    const next = await bounded(this.kv.watch({ resumeFromRevision: this.delivered + 1 }), WATCH_TIMEOUT_MS, 'new watch', (late) => late.stop());
+    const next = await bounded(this.kv.watch({ resumeFromRevision: this.delivered + 1 }), WATCH_TIMEOUT_MS, 'new watch', this.stopping.signal, (late) => late.stop());
     if (this.closed) {
       next.stop();
       return;
@@ -218,6 +232,8 @@ export class SharedSessionMoves implements SessionMoveLog {
       clearTimeout(this.grace.timer);
       this.grace.resolve();
     }
+    this.stopping.abort();
+    await this.probing;
     this.watcher.stop();
     await this.watching;
   }
