@@ -79,4 +79,5 @@ test('peers - a controller SIGKILLed with requests in flight stops counting with
   expect(answers.map((r) => r.status)).toEqual([200, 200, 200, 200]);
   expect(answers.map((r) => r.headers.get('x-mlx-retries'))).toEqual(['0', '0', '0', '0']);
   expect(worker.output()).toMatch(/cancelling an attempt: its controller is gone/);
+  process.stdout.write(`controller killed: its in-flight no longer counted after ${forgottenMs} ms, worker slots free after ${freedMs} ms (expiry ${EXPIRE_MS} ms)\n`);
 }, 60_000);
