@@ -31,9 +31,13 @@ export interface SessionMovesOptions {
 const DEFAULT_PROBE_MS = 1000;
 /** How long a working watch may take to deliver a revision the bucket holds (ms). */
 const STALL_GRACE_MS = 500;
-/** Longest wait for the bucket's status in a probe, and for a new watch (a consumer to create) (ms). */
-const PROBE_TIMEOUT_MS = 1500;
-const WATCH_TIMEOUT_MS = 3000;
+/**
+ * Longest wait for the bucket's status in a probe (ms), below the JetStream API's 5 s: right after
+ * a node loss a request can hang while a fresh one is answered at once. A new watch gets longer:
+ * on a loaded cluster creating a consumer can take seconds, and giving up early would never end.
+ */
+const PROBE_TIMEOUT_MS = 3000;
+const WATCH_TIMEOUT_MS = 10_000;
 
 /**
  * `p`, or a rejection after `ms` or once `signal` aborts; a value that arrives after that goes to
@@ -184,8 +188,6 @@ export class SharedSessionMoves implements SessionMoveLog {
    */
   private async probe(): Promise<void> {
     try {
-      // Bounded well below the JetStream API's 5 s: right after a node loss a request can hang
-      // while a fresh one, a probe later, is answered at once.
       const last = (await bounded(this.kv.status(), PROBE_TIMEOUT_MS, 'bucket status', this.stopping.signal)).streamInfo.state.last_seq;
       if (this.closed || last <= this.delivered) return;
       // A working watch delivers a stored revision within milliseconds; give it a grace period.

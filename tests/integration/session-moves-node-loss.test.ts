@@ -90,14 +90,14 @@ test('session moves - killing the NATS node the watch\'s consumer lives on: move
   await nats.kill(victim);
   const killedAt = Date.now();
   const acceptedAt = await putUntilAccepted(writer, Buffer.from('after').toString('base64url'), JSON.stringify({ worker: 'w2' }));
-  await waitFor(() => seen.get('after') === 'w2', 'the move made after the node loss seen', 20_000, 20);
+  await waitFor(() => seen.get('after') === 'w2', 'the move made after the node loss seen', 30_000, 20);
   const seenAt = Date.now();
   // Without the check the watch stayed silent for more than 20 s after the kill (the client
   // notices a lost consumer by two missed 5 s idle heartbeats, and its recreated consumer has
   // 30 s ones). With it: a probe, a grace of half a second, and a new consumer, which the cluster
   // creates only once its JetStream meta group has a leader again (measured: 1 to 6 s after the
-  // bucket accepted the move, on a loaded two-core machine).
-  expect(seenAt - acceptedAt).toBeLessThan(10_000);
+  // bucket accepted the move, up to 8 s on a two-core machine loaded to 20).
+  expect(seenAt - acceptedAt).toBeLessThan(15_000);
   // And it keeps following.
   await putUntilAccepted(writer, Buffer.from('later').toString('base64url'), JSON.stringify({ worker: 'w3' }));
   await waitFor(() => seen.get('later') === 'w3', 'a later move seen', 5000);
