@@ -75,7 +75,9 @@
 
   async function refreshCluster() {
     const c = await getJson('/v1/cluster');
-    $('controller').textContent = `controller ${c.controller.id} · up ${c.controller.uptimeSeconds} s · v${c.controller.version}`;
+    const peers = (c.peers || []).length;
+    $('controller').textContent = `controller ${c.controller.id} · up ${c.controller.uptimeSeconds} s · v${c.controller.version}` +
+      (peers > 0 ? ` · ${peers} other controller${peers === 1 ? '' : 's'}` : '');
     const nats = $('nats');
     nats.textContent = c.nats.connected ? 'NATS connected' : 'NATS disconnected';
     nats.className = `pill ${c.nats.connected ? 'ok' : 'bad'}`;

@@ -400,7 +400,7 @@ const schema = {
     },
   },
   discovery: {
-    offlineAfterMs: { doc: 'A worker silent this long (controller clock) is offline (ms).', format: 'nat', default: 6000 },
+    offlineAfterMs: { doc: 'A worker silent this long (controller clock) is offline (ms); a controller silent this long is gone for the other controllers and the workers (its in-flight stops counting, workers cancel its attempts); controllers heartbeat every quarter of it, at most every second.', format: 'nat', default: 6000 },
     probeAfterMs: {
       doc: "Ask NATS whether a worker still listens (no responders: gone) when its heartbeat is this late, or an attempt on it has heard nothing this long (ms; 0: off).",
       format: 'nat',

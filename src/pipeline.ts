@@ -16,6 +16,7 @@ import { dispatch, type ReplyMux } from './controller/dispatch';
 import type { EventBus } from './controller/events';
 import type { RouterMetrics } from './controller/metrics';
 import type { BusGuard } from './controller/bus-guard';
+import type { ControllerPeers } from './controller/peers';
 import type { WorkerRegistry } from './controller/registry';
 import type { RetryBudget } from './controller/retry-budget';
 import type { SessionRegistry } from './controller/sessions';
@@ -38,6 +39,9 @@ export interface RouterDeps extends MiddlewareDeps {
   bus?: EventBus;
   /** What the controller believes of the bus: counts dropped replies (docs/security.md). */
   guard?: BusGuard;
+  /** This controller's id among its peers, and the peers it hears (controller heartbeats). */
+  controllerId?: string;
+  peers?: ControllerPeers;
 }
 
 export interface Pipeline {

@@ -41,6 +41,11 @@ export interface Subjects {
   discover: string;
   /** Controllers share their breaker transitions here (`BreakerSignal`), as evidence for each other. */
   breaker: string;
+  /**
+   * Controllers announce themselves here (`ControllerHeartbeat`): peers learn each other and the
+   * in-flight each holds per worker; workers learn which reply prefixes belong to live controllers.
+   */
+  controllerHeartbeat: string;
 }
 
 export function makeSubjects(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects {
@@ -52,6 +57,7 @@ export function makeSubjects(prefix: string = DEFAULT_SUBJECT_PREFIX): Subjects 
     bye: `${prefix}.bye`,
     discover: `${prefix}.discover`,
     breaker: `${prefix}.controller.breaker`,
+    controllerHeartbeat: `${prefix}.controller.heartbeat`,
   };
 }
 
@@ -220,6 +226,27 @@ export interface BreakerSignal {
   controller: string;
   worker: string;
   state: 'open' | 'closed';
+}
+
+/**
+ * A controller's periodic announcement on `Subjects.controllerHeartbeat`. A controller silent for
+ * `expire_ms` is gone: its peers stop counting its in-flight requests, and workers cancel the
+ * attempts whose reply subject starts with its `reply_prefix` (nobody reads those answers).
+ */
+export interface ControllerHeartbeat {
+  type: 'controller';
+  id: string;
+  /** Every attempt of this controller has a reply subject `<reply_prefix>.<token>`. */
+  reply_prefix: string;
+  interval_ms: number;
+  /** Silence this long (ms) means the controller is gone. */
+  expire_ms: number;
+  /** This controller's own in-flight attempts per worker id (workers with none are left out). */
+  in_flight: Record<string, number>;
+  /** Its HTTP address, for operators (`/v1/cluster`). */
+  url?: string;
+  /** Present (true) on the last heartbeat of a controller that stops cleanly: forget it now. */
+  bye?: boolean;
 }
 
 export interface CancelMessage {

@@ -5,7 +5,7 @@
  */
 import type { RouterConfig } from '../config';
 import { answerUsage, createContext, type RouteContext, type StreamSink } from '../context';
-import { RouterError, toRouterError } from '../errors';
+import { ERROR_CODE_HEADER, RouterError, toRouterError } from '../errors';
 import type { Logger } from '../logger';
 import { nextTraceparent, TRACEPARENT } from '../trace';
 import type { EventBus } from './events';
@@ -77,9 +77,12 @@ export function routingHeaders(ctx: RouteContext): Record<string, string> {
   return h;
 }
 
+/** `x-mlx-error-code` (the stable code, as `error.router_code`), and `retry-after` when the error carries a delay. */
 export function errorHeaders(err: RouterError): Record<string, string> {
   const seconds = err.retryAfterSeconds();
-  return seconds === undefined ? {} : { 'retry-after': String(seconds) };
+  const h: Record<string, string> = { [ERROR_CODE_HEADER]: err.code };
+  if (seconds !== undefined) h['retry-after'] = String(seconds);
+  return h;
 }
 
 /**

@@ -111,7 +111,8 @@ export function registerClusterApi(app: FastifyInstance, options: ClusterApiOpti
   const events = deps.bus ?? new EventBus();
   const stats = new ClusterStats(events);
   const startedAt = Date.now();
-  const controllerId = `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${process.pid}-${config.controller.port}`;
+  // The id this controller goes by among its peers (controller heartbeats, breaker signals).
+  const controllerId = deps.controllerId ?? `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${process.pid}-${config.controller.port}`;
   const streams = new Set<FastifyReply>();
   const otlp = config.tracing.otlpEndpoint
     ? new OtlpExporter(events, { endpoint: config.tracing.otlpEndpoint, serviceName: config.tracing.serviceName, log: deps.log })
@@ -131,6 +132,8 @@ export function registerClusterApi(app: FastifyInstance, options: ClusterApiOpti
       uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
       version: packageVersion(),
     },
+    // The other controllers this one hears (controller heartbeats), with their own in-flight.
+    peers: deps.peers?.list() ?? [],
     nats: { connected: options.natsConnected(), servers: config.nats.servers.map(redactUrl), server: deps.nc.info?.server_name ?? null },
     pipeline: options.pipeline.names,
     workers: { known: deps.registry.all().length, online: deps.registry.online().length },

@@ -15,6 +15,7 @@ import { newId } from '../ids';
 import { BreakerBook } from './breakers';
 import { observeAttempts } from './attempt-events';
 import { BreakerSignals } from './breaker-signals';
+import { ControllerPeers } from './peers';
 import { BusGuard } from './bus-guard';
 import { ReplyMux } from './dispatch';
 import { EventBus } from './events';
@@ -128,7 +129,30 @@ export class Controller {
       events: new Listeners<RouterEvent>(),
       bus: events,
       guard,
+      controllerId: id,
     };
+    // Peers: who else routes, and what each holds per worker; a dead one's load expires with it.
+    const listening: { url?: string } = {};
+    const peerExpireMs = config.discovery.offlineAfterMs;
+    const peers = new ControllerPeers({
+      nc,
+      subject: subjects.controllerHeartbeat,
+      id,
+      replyPrefix: mux.replyPrefix,
+      url: () => listening.url,
+      intervalMs: Math.max(50, Math.min(1000, Math.floor(peerExpireMs / 4))),
+      expireMs: peerExpireMs,
+      clock,
+      log,
+      ownInFlight: () => {
+        const own: Record<string, number> = {};
+        for (const w of registry.all()) if (w.outstanding > 0) own[w.id] = w.outstanding;
+        return own;
+      },
+      onLoad: (load) => registry.setPeerLoad(load),
+      onExpired: (peer) => registry.orphaned(peer.inFlight),
+    });
+    deps.peers = peers;
     observeAttempts(deps.events, events);
     let pipeline: Pipeline;
     try {
@@ -136,6 +160,7 @@ export class Controller {
     } catch (err) {
       signals.close();
       mux.close();
+      peers.stop(false);
       if (ownsConnection) await nc.close();
       throw err;
     }
@@ -169,6 +194,7 @@ export class Controller {
     // Running workers answer discovery with a heartbeat, so the registry fills at once.
     await nc.flush();
     nc.publish(subjects.discover, encode({ type: 'discover' }));
+    peers.start();
     // Silence is noticed within 1.25x offlineAfterMs; attempts waiting on that worker end then.
     const sweepTimer = setInterval(() => registry.sweep(), Math.max(25, Math.floor(config.discovery.offlineAfterMs / 4)));
     sweepTimer.unref();
@@ -183,6 +209,7 @@ export class Controller {
           natsUp = false;
           log.warn({ server: s.server }, 'NATS connection lost; interrupting in-flight attempts');
           registry.setTransport(false);
+          peers.setTransport(false);
           registry.interruptAll('NATS connection lost');
         } else if (s.type === 'reconnect') {
           natsUp = true;
@@ -191,6 +218,7 @@ export class Controller {
           // (NATS_DISCONNECTED, never counted against a worker), then the workers are re-learned.
           registry.interruptAll('NATS reconnected: messages around the gap may be lost');
           registry.setTransport(true);
+          peers.setTransport(true);
           nc.publish(subjects.discover, encode({ type: 'discover' }));
         }
       }
@@ -203,6 +231,7 @@ export class Controller {
     } catch (err) {
       clearInterval(sweepTimer);
       prober.stop();
+      peers.stop(false);
       for (const s of subs) s.unsubscribe();
       signals.close();
       stopOpening.abort();
@@ -211,6 +240,7 @@ export class Controller {
       if (ownsConnection) await nc.close();
       throw err;
     }
+    listening.url = url;
     log.info({ url, id, pipeline: pipeline.names, nats: config.nats.servers, apiKeys: config.cluster.auth.keys.length }, 'controller listening');
     if (!isLoopback(config.controller.host) && config.cluster.auth.keys.length === 0) {
       log.warn(
@@ -226,6 +256,8 @@ export class Controller {
     await this.app.close();
     clearInterval(this.sweepTimer);
     this.prober.stop();
+    // After the app closed, every in-flight request has ended: the bye tells peers and workers.
+    this.deps.peers?.stop();
     for (const s of this.subs) s.unsubscribe();
     this.signals.close();
     this.stopOpening.abort();

@@ -50,6 +50,11 @@ export class ReplyMux {
     });
   }
 
+  /** Every reply subject of this mux starts with this and a dot (controller heartbeats tell workers). */
+  get replyPrefix(): string {
+    return this.prefix;
+  }
+
   /** Registered handlers now: a leak shows here first. */
   get size(): number {
     return this.handlers.size;

@@ -6,7 +6,7 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
-import { RouterError, type ErrorCode } from '../errors';
+import { ERROR_CODE_HEADER, RouterError, type ErrorCode } from '../errors';
 import { newId } from '../ids';
 
 export interface ConnectionLimits {
@@ -23,6 +23,7 @@ export function rawErrorResponse(status: number, err: RouterError, extra: Record
     'content-type': 'application/json; charset=utf-8',
     'content-length': String(Buffer.byteLength(body)),
     'x-request-id': newId('req'),
+    [ERROR_CODE_HEADER]: err.code,
     connection: 'close',
     ...extra,
   };
@@ -86,7 +87,7 @@ export function guardServer(server: Server, limits: ConnectionLimits): void {
   });
   server.on('checkExpectation', (_req: IncomingMessage, res: ServerResponse) => {
     const err = new RouterError('REQUEST_VALIDATION_FAILED', 'unsupported Expect header (only 100-continue is understood)', { param: 'expect' });
-    res.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'x-request-id': newId('req'), connection: 'close' });
+    res.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'x-request-id': newId('req'), [ERROR_CODE_HEADER]: err.code, connection: 'close' });
     res.end(JSON.stringify(err.toJSON()));
   });
   server.on('connect', (_req: IncomingMessage, socket: Duplex) => {

@@ -56,6 +56,14 @@ export class WorkerRegistry implements WorkerDirectory {
   private readonly capacityWaiters = new Set<() => void>();
   /** False while this controller's NATS connection is down: no worker is reachable then. */
   private transportUp = true;
+  /** Live peer controllers' in-flight per worker, from their heartbeats (src/controller/peers.ts). */
+  private peerLoad = new Map<string, number>();
+  /**
+   * Per worker: in-flight of controllers that died (their last heartbeat's count), not yet seen
+   * to end. The worker still reports those attempts until it finishes or cancels them; they are
+   * nobody's load, so they are left out of `foreignInFlight`. Only ever shrinks (see foreign()).
+   */
+  private readonly orphans = new Map<string, number>();
 
   constructor(options: RegistryOptions) {
     this.clock = options.clock;
@@ -88,7 +96,7 @@ export class WorkerRegistry implements WorkerDirectory {
       known.engine = String(hb.engine ?? 'unknown');
       known.maxConcurrent = maxConcurrent;
       known.reportedInFlight = reported;
-      known.foreignInFlight = Math.max(0, reported - known.outstanding);
+      known.foreignInFlight = this.foreign(hb.id, reported, known.outstanding);
       known.state = state;
       known.lastSeen = now;
       known.gone = false;
@@ -125,6 +133,40 @@ export class WorkerRegistry implements WorkerDirectory {
       });
     }
     this.noteTransition(hb.id);
+    this.notifyCapacity();
+  }
+
+  /**
+   * The in-flight a worker reports beyond this controller's own, less what dead controllers left
+   * there: what the worker holds that no live controller claims, up to the orphans recorded for
+   * it, is not counted (and the orphan count shrinks to it, so it cannot hide live load later).
+   */
+  private foreign(id: string, reported: number, outstanding: number): number {
+    const beyond = Math.max(0, reported - outstanding);
+    const budget = this.orphans.get(id);
+    if (budget === undefined) return beyond;
+    const orphaned = Math.min(budget, Math.max(0, beyond - (this.peerLoad.get(id) ?? 0)));
+    if (orphaned > 0) this.orphans.set(id, orphaned);
+    else this.orphans.delete(id);
+    return beyond - orphaned;
+  }
+
+  /** The live peer controllers' in-flight per worker (summed), as their heartbeats tell. */
+  setPeerLoad(load: Map<string, number>): void {
+    this.peerLoad = load;
+  }
+
+  /**
+   * A peer controller died holding `inFlight` attempts per worker: stop counting them now rather
+   * than when the workers report them finished.
+   */
+  orphaned(inFlight: Record<string, number>): void {
+    for (const [id, n] of Object.entries(inFlight)) {
+      const w = this.workers.get(id);
+      if (!w || n <= 0) continue;
+      this.orphans.set(id, (this.orphans.get(id) ?? 0) + n);
+      w.foreignInFlight = this.foreign(id, w.reportedInFlight, w.outstanding);
+    }
     this.notifyCapacity();
   }
 
@@ -340,6 +382,7 @@ export class WorkerRegistry implements WorkerDirectory {
       if (now - w.lastSeen > this.offlineAfterMs * 10 && w.outstanding === 0) {
         this.workers.delete(id);
         this.wasOnline.delete(id);
+        this.orphans.delete(id);
         this.onForget?.(id);
       }
     }

@@ -24,6 +24,63 @@ export interface SessionMovesOptions {
   log: Logger;
   /** A move arrived (a peer's, or this controller's own echo). */
   onMove(session: string, worker: string): void;
+  /** How often (ms) the watch is checked against the bucket; 0 never (default 1000). */
+  probeMs?: number;
+}
+
+const DEFAULT_PROBE_MS = 1000;
+/** How long a working watch may take to deliver a revision the bucket holds (ms). */
+const STALL_GRACE_MS = 500;
+/**
+ * Longest wait for the bucket's status in a probe (ms), below the JetStream API's 5 s: right after
+ * a node loss a request can hang while a fresh one is answered at once. A new watch gets longer:
+ * on a loaded cluster creating a consumer can take seconds, and giving up early would never end.
+ */
+const PROBE_TIMEOUT_MS = 3000;
+const WATCH_TIMEOUT_MS = 10_000;
+
+/**
+ * `p`, or a rejection after `ms` or once `signal` aborts; a value that arrives after that goes to
+ * `late` (to be released).
+ */
+function bounded<T>(p: Promise<T>, ms: number, what: string, signal: AbortSignal, late?: (value: T) => void): Promise<T> {
+  let gaveUp = false;
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  const done = (): void => {
+    clearTimeout(timer);
+    if (onAbort) signal.removeEventListener('abort', onAbort);
+  };
+  const timeout = new Promise<never>((_, reject) => {
+    const giveUp = (why: string): void => {
+      gaveUp = true;
+      done();
+      reject(new Error(`${what}: ${why}`));
+    };
+    if (signal.aborted) return giveUp('stopped');
+    timer = setTimeout(() => giveUp(`no answer within ${ms} ms`), ms);
+    onAbort = () => giveUp('stopped');
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  const settled = p.then(
+    (value) => {
+      done();
+      if (gaveUp) late?.(value);
+      return value;
+    },
+    (err: unknown) => {
+      done();
+      throw err;
+    },
+  );
+  settled.catch(() => undefined);
+  return Promise.race([settled, timeout]);
+}
+
+/** Starts a watch; `startedAt` is the bucket's newest revision just before it (what it must reach). */
+async function startWatch(kv: KV): Promise<{ watcher: QueuedIterator<KvWatchEntry>; startedAt: number }> {
+  const startedAt = (await kv.status()).streamInfo.state.last_seq;
+  return { watcher: await kv.watch(), startedAt };
 }
 
 interface MoveValue {
@@ -56,13 +113,36 @@ export function readMove(entry: Pick<KvWatchEntry, 'operation' | 'key' | 'string
 
 export class SharedSessionMoves implements SessionMoveLog {
   private closed = false;
+  private watcher: QueuedIterator<KvWatchEntry>;
+  private watching: Promise<void>;
+  /** The newest bucket revision the watch has delivered (or that existed when it started). */
+  private delivered: number;
+  private probing?: Promise<void>;
+  /** Aborted by close(): ends a probe's waits at once. */
+  private readonly stopping = new AbortController();
+  /** The grace period of a probe under way; close() ends it at once. */
+  private grace?: { timer: NodeJS.Timeout; resolve: () => void };
+  private readonly probeTimer?: NodeJS.Timeout;
+  /** Watches recreated because they stalled (tests and logs). */
+  restarts = 0;
 
   private constructor(
     private readonly kv: KV,
-    private readonly watcher: QueuedIterator<KvWatchEntry>,
-    private readonly watching: Promise<void>,
+    first: { watcher: QueuedIterator<KvWatchEntry>; startedAt: number },
     private readonly options: SessionMovesOptions,
-  ) {}
+  ) {
+    this.watcher = first.watcher;
+    this.delivered = first.startedAt;
+    this.watching = this.follow(first.watcher);
+    const probeMs = options.probeMs ?? DEFAULT_PROBE_MS;
+    if (probeMs > 0) {
+      this.probeTimer = setInterval(() => {
+        if (this.closed || this.probing) return;
+        this.probing = this.probe().finally(() => (this.probing = undefined));
+      }, probeMs);
+      this.probeTimer.unref();
+    }
+  }
 
   /**
    * Opens (creating when absent) the bucket and starts watching it. Resolves undefined when
@@ -70,10 +150,10 @@ export class SharedSessionMoves implements SessionMoveLog {
    */
   static async open(nc: NatsConnection, options: SessionMovesOptions, quiet = false): Promise<SharedSessionMoves | undefined> {
     let kv: KV;
-    let watcher: QueuedIterator<KvWatchEntry>;
+    let first: { watcher: QueuedIterator<KvWatchEntry>; startedAt: number };
     try {
       kv = await new Kvm(nc).create(options.bucket, { ttl: options.ttlMs, history: 1, replicas: options.replicas });
-      watcher = await kv.watch();
+      first = await startWatch(kv);
     } catch (err) {
       options.log[quiet ? 'debug' : 'warn'](
         { bucket: options.bucket, err: (err as Error).message },
@@ -81,14 +161,61 @@ export class SharedSessionMoves implements SessionMoveLog {
       );
       return undefined;
     }
-    const watching = (async () => {
-      for await (const entry of watcher) {
-        const move = readMove(entry);
-        if (move) options.onMove(move.session, move.worker);
-      }
-    })().catch((err: unknown) => options.log.warn({ err: (err as Error).message }, 'session move watch ended'));
     options.log.info({ bucket: options.bucket, replicas: options.replicas }, 'sharing session moves through JetStream key-value');
-    return new SharedSessionMoves(kv, watcher, watching, options);
+    return new SharedSessionMoves(kv, first, options);
+  }
+
+  private follow(watcher: QueuedIterator<KvWatchEntry>): Promise<void> {
+    return (async () => {
+      for await (const entry of watcher) {
+        if (watcher !== this.watcher) break;
+        if (entry.revision > this.delivered) this.delivered = entry.revision;
+        const move = readMove(entry);
+        if (move) this.options.onMove(move.session, move.worker);
+      }
+    })().catch((err: unknown) => {
+      if (!this.closed) this.options.log.warn({ err: (err as Error).message }, 'session move watch ended');
+    });
+  }
+
+  /**
+   * The watch is an ordered JetStream consumer living on one NATS node. When that node dies the
+   * consumer goes with it, and the client notices only after two missed idle heartbeats (10 s,
+   * then 60 s once it was recreated) and a recreate that fails until the stream has a leader
+   * again: moves stay unseen for well over 10 s. So the bucket's newest revision is compared with
+   * the watch's at every probe: still undelivered half a second later means stalled, and the watch
+   * is recreated from the first revision it missed (moves are idempotent, a repeat costs nothing).
+   */
+  private async probe(): Promise<void> {
+    try {
+      const last = (await bounded(this.kv.status(), PROBE_TIMEOUT_MS, 'bucket status', this.stopping.signal)).streamInfo.state.last_seq;
+      if (this.closed || last <= this.delivered) return;
+      // A working watch delivers a stored revision within milliseconds; give it a grace period.
+      await new Promise<void>((resolve) => {
+        this.grace = { timer: setTimeout(resolve, STALL_GRACE_MS), resolve };
+      });
+      this.grace = undefined;
+      if (this.closed || this.delivered >= last) return;
+      await this.restartWatch(`the watch delivered revision ${this.delivered}, the bucket holds ${last}`);
+    } catch (err) {
+      // No stream leader yet (a node just died), or our own link is down: try again next probe.
+      this.options.log.debug({ err: (err as Error).message }, 'session move probe failed');
+    }
+  }
+
+  private async restartWatch(why: string): Promise<void> {
+    // A watch that arrives after we gave up on it is stopped at once.
+    const next = await bounded(this.kv.watch({ resumeFromRevision: this.delivered + 1 }), WATCH_TIMEOUT_MS, 'new watch', this.stopping.signal, (late) => late.stop());
+    if (this.closed) {
+      next.stop();
+      return;
+    }
+    const old = this.watcher;
+    this.watcher = next;
+    this.restarts++;
+    old.stop();
+    this.watching = Promise.all([this.watching, this.follow(next)]).then(() => undefined);
+    this.options.log.warn({ bucket: this.options.bucket, why }, 'session move watch stalled: recreated');
   }
 
   /** Writes the move without waiting; a failed write only costs the peers' agreement on it. */
@@ -102,6 +229,13 @@ export class SharedSessionMoves implements SessionMoveLog {
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.probeTimer) clearInterval(this.probeTimer);
+    if (this.grace) {
+      clearTimeout(this.grace.timer);
+      this.grace.resolve();
+    }
+    this.stopping.abort();
+    await this.probing;
     this.watcher.stop();
     await this.watching;
   }

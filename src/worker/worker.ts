@@ -12,6 +12,7 @@ import { ERROR_CATALOGUE } from '../errors';
 import type { Logger } from '../logger';
 import {
   controlSubject,
+  type ControllerHeartbeat,
   decode,
   DEFAULT_SUBJECT_PREFIX,
   encode,
@@ -36,6 +37,7 @@ import { hostname } from 'node:os';
 import { isWireRequestV2, type Capability, type ChoiceDelta } from '../protocol-v2';
 import { PartJoiner, publishParts, readPart } from '../parts';
 import { flushWithin } from '../nats';
+import { ControllerWatch } from './controller-watch';
 import { DeltaRelay } from './delta-relay';
 import { EngineError, type Engine, type EngineResult, type GenerateContext } from './engine';
 import { readWireRequestV2 } from './request-v2';
@@ -106,6 +108,10 @@ export class Worker {
   private readonly joining = new Map<string, { joiner: PartJoiner; timer: NodeJS.Timeout }>();
   private readonly subs: Subscription[] = [];
   private heartbeatTimer?: NodeJS.Timeout;
+  /** Live controllers by reply prefix; attempts of one gone silent are cancelled (`orphanTimer`). */
+  private readonly controllers: ControllerWatch;
+  private orphanTimer?: NodeJS.Timeout;
+  private linkStatus?: { stop?: () => void };
   private readonly onRefused?: (message: string) => void;
   /** Why a controller refused this instance (its id is served by another live process), once it did. */
   refusedBecause: string | undefined;
@@ -137,6 +143,7 @@ export class Worker {
     this.clock = options.clock ?? systemClock;
     this.onRefused = options.onRefused;
     this.random = options.random ?? Math.random;
+    this.controllers = new ControllerWatch(this.clock);
   }
 
   async start(): Promise<void> {
@@ -149,11 +156,15 @@ export class Worker {
     on(this.subjects.discover, () => this.onDiscover());
     // One control subject: a refused duplicate id (docs/security.md) or an operator's drain/undrain.
     on(controlSubject(this.prefix, this.id), (msg) => this.onControl(msg));
+    on(this.subjects.controllerHeartbeat, (msg) => this.controllers.onHeartbeat(decode<ControllerHeartbeat>(msg.data)));
+    this.watchLink();
     // The server must know our subscriptions before anyone is told we exist.
     await this.nc.flush();
     this.state = 'ready';
     this.heartbeat();
     this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatIntervalMs);
+    this.orphanTimer = setInterval(() => this.cancelOrphans(), Math.min(250, this.heartbeatIntervalMs));
+    this.orphanTimer.unref();
     const engine = { worker: this.id, engine: this.engine.name, engineUrl: this.engine.url, models: this.engine.models(), maxConcurrent: this.maxConcurrent };
     if (this.engine.healthy?.() === false) {
       this.log.warn(engine, `worker online, but its engine${this.engine.url ? ` at ${this.engine.url}` : ''} does not answer: it reports unhealthy and takes no work`);
@@ -178,6 +189,10 @@ export class Worker {
     }
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = undefined;
+    if (this.orphanTimer) clearInterval(this.orphanTimer);
+    this.orphanTimer = undefined;
+    this.linkStatus?.stop?.();
+    this.linkStatus = undefined;
     for (const j of this.joining.values()) clearTimeout(j.timer);
     this.joining.clear();
     if (this.discoveryTimer) clearTimeout(this.discoveryTimer);
@@ -220,6 +235,31 @@ export class Worker {
       instance: this.instance,
     };
     this.nc.publish(this.subjects.heartbeat, encode(hb));
+  }
+
+  /** Follows this worker's own NATS link: while it is down, controllers' silence proves nothing. */
+  private watchLink(): void {
+    const status = this.nc.status();
+    this.linkStatus = status as { stop?: () => void };
+    void (async () => {
+      for await (const s of status) {
+        if (s.type === 'disconnect') this.controllers.setLink(false);
+        else if (s.type === 'reconnect') this.controllers.setLink(true);
+      }
+    })().catch(() => undefined);
+  }
+
+  /** Cancels the attempts of controllers gone silent past their expiry: nobody reads those answers. */
+  private cancelOrphans(): void {
+    const now = this.clock.now();
+    for (const [reply, flight] of this.inFlight) {
+      if (flight.controller.signal.aborted) continue;
+      const gone = this.controllers.goneFor(reply, now);
+      if (gone === undefined) continue;
+      this.log.warn({ worker: this.id, requestId: flight.requestId, attempt: flight.attempt, controller: gone }, 'cancelling an attempt: its controller is gone');
+      flight.controller.abort(new Error(`controller ${gone} is gone`));
+    }
+    this.controllers.sweep(now);
   }
 
   private reportedState(): Heartbeat['state'] {

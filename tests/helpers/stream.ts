@@ -52,20 +52,31 @@ export async function openStream(url: string, options: ChatOptions = {}): Promis
   };
 }
 
+/** An SSE error event's `error` (docs/errors.md). */
+export interface StreamError {
+  message: string;
+  type: string;
+  code: string;
+  router_code: string;
+  param: string | null;
+  attempts?: unknown[];
+}
+
 /** Content, finish reason, usage and errors of a whole SSE answer. */
 export function summarize(text: string): {
   content: string;
   finishReason: string | null;
   usage: unknown;
   done: boolean;
-  errors: Array<{ code: string; message: string }>;
+  /** Each `event: error`'s `error` object: OpenAI's `type` and `code`, our stable `router_code`. */
+  errors: StreamError[];
   metadata: any;
 } {
   let content = '';
   let finishReason: string | null = null;
   let usage: unknown;
   let metadata: any;
-  const errors: Array<{ code: string; message: string }> = [];
+  const errors: StreamError[] = [];
   let done = false;
   for (const e of parseSse(text)) {
     if (e.event === 'error') {

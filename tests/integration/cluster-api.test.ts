@@ -103,7 +103,7 @@ describe('cluster API', () => {
     expect(busy.some((p: any) => p.ttftP50Ms !== null)).toBe(true);
     const bad = await get(cluster.url, '/v1/cluster/stats?windowSeconds=0');
     expect(bad.status).toBe(400);
-    expect(bad.json.error).toMatchObject({ code: 'REQUEST_VALIDATION_FAILED', param: 'windowSeconds' });
+    expect(bad.json.error).toMatchObject({ router_code: 'REQUEST_VALIDATION_FAILED', param: 'windowSeconds' });
   });
 
   test('cluster - the event feed carries breaker transitions and retries with request ids', async () => {
@@ -145,15 +145,15 @@ describe('cluster API', () => {
   test('admin - 401 without a key, 403 with a wrong one, OpenAI-shaped with x-request-id', async () => {
     const none = await post(cluster.url, '/v1/cluster/workers/b-good/drain');
     expect(none.status).toBe(401);
-    expect(none.json.error).toMatchObject({ code: 'ADMIN_UNAUTHORIZED', type: 'invalid_request_error', param: null, message: expect.any(String) });
+    expect(none.json.error).toMatchObject({ router_code: 'ADMIN_UNAUTHORIZED', type: 'invalid_request_error', param: null, message: expect.any(String) });
     expect(none.headers.get('x-request-id')).toMatch(/\S/);
     const wrong = await post(cluster.url, '/v1/cluster/workers/b-good/drain', { key: 'not-the-admin-key-at-all' });
     expect(wrong.status).toBe(403);
-    expect(wrong.json.error).toMatchObject({ code: 'ADMIN_FORBIDDEN', type: 'invalid_request_error' });
+    expect(wrong.json.error).toMatchObject({ router_code: 'ADMIN_FORBIDDEN', type: 'invalid_request_error' });
     expect((await workerView(cluster.url, 'b-good')).state).toBe('ready');
     const unknown = await post(cluster.url, '/v1/cluster/workers/nobody/drain', { key: KEY });
     expect(unknown.status).toBe(404);
-    expect(unknown.json.error.code).toBe('NOT_FOUND');
+    expect(unknown.json.error.router_code).toBe('NOT_FOUND');
   });
 
   test('admin - a breaker reset closes an open breaker and the worker is offered traffic again', async () => {
@@ -192,7 +192,7 @@ describe('admin drain', () => {
   test('admin - without cluster.admin.key admin routes answer 403 (off), even with a token', async () => {
     const r = await post(second!.url, '/v1/cluster/workers/d-one/drain', { key: KEY });
     expect(r.status).toBe(403);
-    expect(r.json.error.code).toBe('ADMIN_FORBIDDEN');
+    expect(r.json.error.router_code).toBe('ADMIN_FORBIDDEN');
     expect(r.json.error.message).toMatch(/cluster\.admin\.key/);
   });
 
@@ -250,7 +250,7 @@ describe('admin drain', () => {
     expect(out.json.workers.every((w: any) => w.ok && w.drainingModels.includes(MODEL))).toBe(true);
     const refused = await chat(cluster.url, { content: 'model out' });
     expect(refused.status).toBe(503);
-    expect(refused.json.error.code).toBe('NO_WORKERS_AVAILABLE');
+    expect(refused.json.error.router_code).toBe('NO_WORKERS_AVAILABLE');
     const otherModel = await chat(cluster.url, { content: 'other model', body: { model: OTHER_MODEL } });
     expect(otherModel.status).toBe(200);
     expect(otherModel.json.metadata.selectedWorker).toBe('d-one');

@@ -18,7 +18,7 @@ async function post(body: string, headers: Record<string, string> = { 'content-t
 test('http - malformed JSON is a 400 OpenAI error naming the body, with the client request id echoed', async () => {
   const r = await post('{"model": ', { 'content-type': 'application/json', 'x-request-id': 'client-id-1' });
   expect(r.status).toBe(400);
-  expect(r.json).toEqual({ error: { message: expect.stringMatching(/not valid JSON/), type: 'invalid_request_error', param: 'body', code: 'REQUEST_VALIDATION_FAILED' } });
+  expect(r.json).toEqual({ error: { message: expect.stringMatching(/not valid JSON/), type: 'invalid_request_error', param: 'body', code: 'request_validation_failed', router_code: 'REQUEST_VALIDATION_FAILED' } });
   expect(r.headers.get('x-request-id')).toBe('client-id-1');
 });
 
@@ -31,7 +31,7 @@ test.each([
 ])('http - %s is a 400 naming %s', async (_name, param, body) => {
   const r = await post(JSON.stringify(body));
   expect(r.status).toBe(400);
-  expect(r.json.error).toMatchObject({ code: 'REQUEST_VALIDATION_FAILED', param });
+  expect(r.json.error).toMatchObject({ router_code: 'REQUEST_VALIDATION_FAILED', param });
 });
 
 test('http - a body without content-type is still read as JSON (curl -d)', async () => {
@@ -43,13 +43,13 @@ test('http - a body without content-type is still read as JSON (curl -d)', async
 test('http - a body over the limit is a 413', async () => {
   const r = await post(JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'x'.repeat(5000) }] }));
   expect(r.status).toBe(413);
-  expect(r.json.error.code).toBe('REQUEST_TOO_LARGE');
+  expect(r.json.error.router_code).toBe('REQUEST_TOO_LARGE');
 });
 
 test('http - an unknown route is a 404 JSON error with a request id', async () => {
   const res = await fetch(`${cluster.url}/v2/nothing`);
   expect(res.status).toBe(404);
-  expect(((await res.json()) as any).error.code).toBe('NOT_FOUND');
+  expect(((await res.json()) as any).error.router_code).toBe('NOT_FOUND');
   expect(res.headers.get('x-request-id')).toMatch(/^req-/);
 });
 
@@ -87,6 +87,6 @@ test('http - ready turns 503 when the last worker leaves', async () => {
   const r = await post(JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'x' }] }));
   expect(performance.now() - started).toBeGreaterThanOrEqual(290);
   expect(r.status).toBe(503);
-  expect(r.json.error.code).toBe('NO_WORKERS_AVAILABLE');
+  expect(r.json.error.router_code).toBe('NO_WORKERS_AVAILABLE');
   expect(r.headers.get('retry-after')).toBe('1');
 });

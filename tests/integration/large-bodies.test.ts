@@ -66,7 +66,7 @@ test('large - a body over the limit is a 413 for fetch, the OpenAI SDK (no retry
   const huge = JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'x'.repeat(LIMIT + 1024 * 1024) }] });
   const res = await fetch(`${cluster.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: huge });
   expect(res.status).toBe(413);
-  expect(((await res.json()) as { error: { code: string } }).error.code).toBe('REQUEST_TOO_LARGE');
+  expect(((await res.json()) as { error: { router_code: string } }).error.router_code).toBe('REQUEST_TOO_LARGE');
 
   let attempts = 0;
   const counting = new OpenAI({

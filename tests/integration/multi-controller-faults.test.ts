@@ -123,6 +123,30 @@ describe('a NATS node dies under mixed load', () => {
     expect(reconnectMs).toBeLessThan(3000);
     expect(a.deps.nc.info?.port).not.toBe(nats.nodes[0].clientPort);
   }, 120_000);
+
+  test('nats - the shared session bucket (three replicas) and both watches follow moves again within seconds of the lost node', async () => {
+    const moves = await b.sessionMoves;
+    const movesA = await a.sessionMoves;
+    expect(moves).toBeDefined();
+    expect(movesA).toBeDefined();
+    // a was connected to the dead node, and either watch's consumer may have lived there: a stalled
+    // watch is found against the bucket's newest revision and recreated (it used to stay silent
+    // > 15 s). A write is fire-and-forget and can fail while the stream elects a leader, so the
+    // writer repeats it (idempotent) every 2 s; what is measured is the other side following.
+    const follow = async (write: () => void, seen: () => boolean, what: string) => {
+      let lastWrite = 0;
+      await waitFor(() => {
+        if (seen()) return true;
+        if (Date.now() - lastWrite >= 2000) {
+          write();
+          lastWrite = Date.now();
+        }
+        return false;
+      }, what, 10_000);
+    };
+    await follow(() => moves?.record('after-the-kill', 'w2'), () => a.deps.sessions.get('after-the-kill') === 'w2', 'a to see a move b wrote after the kill');
+    await follow(() => movesA?.record('after-the-kill', 'w3'), () => b.deps.sessions.get('after-the-kill') === 'w3', 'b to see a move a wrote after the kill');
+  }, 40_000);
 });
 
 describe('one of two controllers dies', () => {

@@ -53,16 +53,21 @@ test('openai client - a wrongly typed field is a 400 naming the field', async ()
   expect(err).toBeInstanceOf(OpenAI.BadRequestError);
   const e = err as InstanceType<typeof OpenAI.BadRequestError>;
   expect(e.status).toBe(400);
-  expect(e.code).toBe('REQUEST_VALIDATION_FAILED');
+  expect(e.code).toBe('request_validation_failed');
+  expect(e.type).toBe('invalid_request_error');
+  expect((e.error as { router_code?: string }).router_code).toBe('REQUEST_VALIDATION_FAILED');
   expect(e.param).toBe('max_tokens');
 });
 
-test('openai client - an unknown model is a 404 MODEL_NOT_FOUND', async () => {
+test('openai client - an unknown model is a 404 with code model_not_found (router_code MODEL_NOT_FOUND)', async () => {
   const err = await client.chat.completions
     .create({ model: 'no-such-model', messages: [{ role: 'user', content: 'x' }] })
     .catch((e: unknown) => e);
   expect(err).toBeInstanceOf(OpenAI.NotFoundError);
-  expect((err as InstanceType<typeof OpenAI.NotFoundError>).code).toBe('MODEL_NOT_FOUND');
+  const e = err as InstanceType<typeof OpenAI.NotFoundError>;
+  expect([e.code, e.type, e.param]).toEqual(['model_not_found', 'invalid_request_error', 'model']);
+  expect((e.error as { router_code?: string }).router_code).toBe('MODEL_NOT_FOUND');
+  expect(e.headers.get('x-mlx-error-code')).toBe('MODEL_NOT_FOUND');
 });
 
 test('openai client - models lists what the workers advertise', async () => {

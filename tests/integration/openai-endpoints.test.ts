@@ -85,5 +85,5 @@ test('endpoints - an unknown route is an OpenAI-shaped 404 with x-request-id', a
   const res = await fetch(`${cluster.url}/v1/assistants`, { method: 'POST', body: '{}' });
   expect(res.status).toBe(404);
   expect(res.headers.get('x-request-id')).toBeTruthy();
-  expect(((await res.json()) as { error: unknown }).error).toMatchObject({ type: 'invalid_request_error', code: 'NOT_FOUND' });
+  expect(((await res.json()) as { error: unknown }).error).toMatchObject({ type: 'invalid_request_error', code: 'unknown_url', router_code: 'NOT_FOUND' });
 });

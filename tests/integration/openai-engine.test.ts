@@ -4,6 +4,7 @@
  * passes (buffered, streamed, usage, models, errors), then each engine fault and its answer.
  * The tests run in order: worker oa2 joins half-way, for the retry-elsewhere and engine-down cases.
  */
+import OpenAI from 'openai';
 import { addEngineWorker, chat, MODEL, parseSse, startCluster, startTogether, STARTUP_MS, streamedText, waitFor, type Cluster } from '../helpers/cluster';
 import { FAKE_PROMPT_TOKENS, FAKE_USAGE_DETAILS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
 
@@ -84,7 +85,7 @@ test('openai worker - engine 429 on the only worker ends in 503 WORKER_OVERLOADE
   fake1.behave({ mode: 'rate-limited', retryAfter: '1' });
   const res = await chat(cluster.url);
   expect(res.status).toBe(503);
-  expect(res.json.error.code).toBe('WORKER_OVERLOADED');
+  expect(res.json.error.router_code).toBe('WORKER_OVERLOADED');
   expect(res.headers.get('retry-after')).toBe('1');
   // Overload is retryable: the first attempt and both retries reached the engine.
   expect(fake1.chatRequests()).toHaveLength(1 + cluster.config.cluster.requestRouting.retry.maxRetries);
@@ -94,7 +95,7 @@ test('openai worker - engine 400 is a 400 REQUEST_VALIDATION_FAILED, never retri
   fake1.behave({ mode: 'status', status: 400, errorMessage: 'unsupported value for logit_bias' });
   const res = await chat(cluster.url);
   expect(res.status).toBe(400);
-  expect(res.json.error.code).toBe('REQUEST_VALIDATION_FAILED');
+  expect(res.json.error.router_code).toBe('REQUEST_VALIDATION_FAILED');
   expect(res.json.error.message).toContain('unsupported value for logit_bias');
   expect(fake1.chatRequests()).toHaveLength(1);
 });
@@ -103,8 +104,29 @@ test('openai worker - engine 400 about context length is a 400 CONTEXT_LENGTH_EX
   fake1.behave({ mode: 'status', status: 400, errorMessage: "This model's maximum context length is 4096 tokens." });
   const res = await chat(cluster.url);
   expect(res.status).toBe(400);
-  expect(res.json.error.code).toBe('CONTEXT_LENGTH_EXCEEDED');
+  expect(res.json.error.router_code).toBe('CONTEXT_LENGTH_EXCEEDED');
   expect(fake1.chatRequests()).toHaveLength(1);
+});
+
+test('openai worker - the official openai client sees OpenAI\'s codes: context_length_exceeded on messages, worker_overloaded with our code beside', async () => {
+  const client = new OpenAI({ baseURL: `${cluster.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  const ask = () => client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'x' }], max_tokens: 5 }).catch((e: unknown) => e);
+  fake1.behave({ mode: 'status', status: 400, errorMessage: "This model's maximum context length is 4096 tokens." });
+  const tooLong = await ask();
+  expect(tooLong).toBeInstanceOf(OpenAI.BadRequestError);
+  const e = tooLong as InstanceType<typeof OpenAI.BadRequestError>;
+  expect([e.status, e.type, e.code, e.param]).toEqual([400, 'invalid_request_error', 'context_length_exceeded', 'messages']);
+  expect((e.error as { router_code?: string }).router_code).toBe('CONTEXT_LENGTH_EXCEEDED');
+  expect(e.headers.get('x-mlx-error-code')).toBe('CONTEXT_LENGTH_EXCEEDED');
+
+  // The engine's 429: the cluster was busy, not the client wrong (docs/errors.md: 503, not 429).
+  fake1.behave({ mode: 'rate-limited', retryAfter: '1' });
+  const busy = await ask();
+  expect(busy).toBeInstanceOf(OpenAI.InternalServerError);
+  const b = busy as InstanceType<typeof OpenAI.InternalServerError>;
+  expect([b.status, b.type, b.code]).toEqual([503, 'server_error', 'worker_overloaded']);
+  expect((b.error as { router_code?: string }).router_code).toBe('WORKER_OVERLOADED');
+  expect(b.headers.get('retry-after')).toBe('1');
 });
 
 test.each([
@@ -164,7 +186,7 @@ test('openai worker - an engine that goes down makes its worker unhealthy and un
   // The controller first waits (workerWaitTimeoutMs) for a worker of the model to come back.
   const only = await chat(cluster.url, { body: { model: EXTRA } });
   expect(only.status).toBe(503);
-  expect(only.json.error.code).toBe('NO_WORKERS_AVAILABLE');
+  expect(only.json.error.router_code).toBe('NO_WORKERS_AVAILABLE');
   const shared = await chat(cluster.url, { maxTokens: 2 });
   expect(shared.status).toBe(200);
   expect(shared.json.choices[0].message.content).toBe(fakeAnswer(2).text);
@@ -200,7 +222,7 @@ test('openai worker - with every engine down, /ready is 503 saying the workers a
   // A request for their model says the same, instead of "no worker".
   const r = await chat(cluster.url, { maxTokens: 2 });
   expect(r.status).toBe(503);
-  expect(r.json.error.code).toBe('NO_WORKERS_AVAILABLE');
+  expect(r.json.error.router_code).toBe('NO_WORKERS_AVAILABLE');
   expect(r.json.error.message).toMatch(/3 worker\(s\) serve model .* but their engines are unhealthy/);
 
   // One engine back: ready again.

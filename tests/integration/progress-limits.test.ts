@@ -84,7 +84,7 @@ describe('a slow but steady worker', () => {
     );
     for (const r of above) {
       expect(r.status).toBe(400);
-      expect(r.json.error).toMatchObject({ code: 'REQUEST_VALIDATION_FAILED', param: 'max_tokens' });
+      expect(r.json.error).toMatchObject({ router_code: 'REQUEST_VALIDATION_FAILED', param: 'max_tokens' });
       expect(r.headers.get('x-request-id')).toBeTruthy();
     }
     expect(breakerKinds(cluster)).toEqual(['closed']);
@@ -114,9 +114,9 @@ describe('the request deadline cuts a producing worker: not its fault', () => {
       chat(cluster.url, { maxTokens: 30_000 }),
       chatStream(cluster.url, { maxTokens: 30_000 }),
     ]);
-    expect(huge[0].json).toMatchObject({ error: { code: 'REQUEST_TIMEOUT' } });
+    expect(huge[0].json).toMatchObject({ error: { router_code: 'REQUEST_TIMEOUT' } });
     expect(huge[0].status).toBe(504);
-    expect(huge[0].json.error.code).toBe('REQUEST_TIMEOUT');
+    expect(huge[0].json.error.router_code).toBe('REQUEST_TIMEOUT');
     expect(huge[1].status).toBe(504);
     expect(huge[2].events.some((e) => e.event === 'error')).toBe(true);
     expect(breakerKinds(cluster)).toEqual(['closed']);

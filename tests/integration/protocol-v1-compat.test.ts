@@ -46,5 +46,5 @@ test('v1 compat - a request that needs tools is a 400 naming the capability, nev
 test('v1 compat - a body larger than one NATS message is a 413 for a v1 worker (no parts)', async () => {
   const res = await chat(cluster.url, { content: 'x'.repeat(2 * 1024 * 1024) });
   expect(res.status).toBe(413);
-  expect(res.json.error.code).toBe('REQUEST_TOO_LARGE');
+  expect(res.json.error.router_code).toBe('REQUEST_TOO_LARGE');
 });

@@ -70,7 +70,7 @@ describe('breaker opens', () => {
     await waitFor(() => !cluster.controller.deps.registry.online().some((w) => w.id === 'b-good'), 'b-good to leave');
     const r = await chat(cluster.url);
     expect(r.status).toBe(503);
-    expect(r.json.error.code).toBe('CIRCUIT_BREAKER_OPEN');
+    expect(r.json.error.router_code).toBe('CIRCUIT_BREAKER_OPEN');
     // Open for 60 s ± 10% jitter, tripped a few seconds ago at most.
     const retryAfter = Number(r.headers.get('retry-after'));
     expect(retryAfter).toBeGreaterThanOrEqual(45);
@@ -187,7 +187,7 @@ describe('cluster.pipeline order drives behaviour', () => {
     for (let i = 0; i < 4; i++) replies.push(await chat(stripped.url, { content: `q${i}` }));
     expect(replies.map((r) => r.status)).toEqual([504, 200, 504, 200]);
     for (const r of [replies[0], replies[2]]) {
-      expect(r.json.error.code).toBe('WORKER_TIMEOUT');
+      expect(r.json.error.router_code).toBe('WORKER_TIMEOUT');
       expect(r.headers.get('x-mlx-worker')).toBe('a-hung');
       expect(r.headers.get('x-mlx-retries')).toBe('0');
     }

@@ -89,7 +89,7 @@ describe('every worker failing', () => {
     expect(r.status).toBe(502);
     expect(r.headers.get('x-mlx-retries')).toBe('2');
     expect(r.headers.get('x-request-id')).toMatch(/.+/);
-    expect(r.json.error).toMatchObject({ code: 'ALL_RETRIES_EXHAUSTED', type: 'server_error', param: null });
+    expect(r.json.error).toMatchObject({ router_code: 'ALL_RETRIES_EXHAUSTED', type: 'server_error', param: null });
     const attempts = r.json.error.attempts as Array<{ attempt: number; worker: string; outcome: string; code: string }>;
     expect(attempts.map((a) => a.attempt)).toEqual([1, 2, 3]);
     for (const a of attempts) expect(a).toMatchObject({ outcome: 'worker_failure', code: 'WORKER_ERROR' });
@@ -103,7 +103,7 @@ describe('every worker failing', () => {
     // 10 - 3 = 7 tokens left: this request's first failure leaves 6 (> half: retry), its second 5 (stop).
     const r = await chat(cluster.url);
     expect(r.status).toBe(503);
-    expect(r.json.error.code).toBe('RETRY_BUDGET_EXHAUSTED');
+    expect(r.json.error.router_code).toBe('RETRY_BUDGET_EXHAUSTED');
     expect(r.json.error.attempts).toHaveLength(2);
     expect(r.headers.get('retry-after')).toBe('1');
     const m = await metricsText(cluster.url);
@@ -126,7 +126,7 @@ describe('no workers', () => {
   test('no workers - an empty cluster answers 503 NO_WORKERS_AVAILABLE with Retry-After', async () => {
     const r = await chat(cluster.url);
     expect(r.status).toBe(503);
-    expect(r.json.error).toMatchObject({ code: 'NO_WORKERS_AVAILABLE', type: 'server_error' });
+    expect(r.json.error).toMatchObject({ router_code: 'NO_WORKERS_AVAILABLE', type: 'server_error' });
     expect(r.headers.get('retry-after')).toBe('1');
   });
 
@@ -137,7 +137,7 @@ describe('no workers', () => {
     await waitFor(() => cluster.controller.deps.registry.online().length === 0, 'the registry to see the bye');
     const r = await chat(cluster.url);
     expect(r.status).toBe(503);
-    expect(r.json.error.code).toBe('NO_WORKERS_AVAILABLE');
+    expect(r.json.error.router_code).toBe('NO_WORKERS_AVAILABLE');
     expect(r.headers.get('retry-after')).toBe('1');
     // Nothing was sent anywhere: the one attempt found no worker to try.
     expect(r.json.error.attempts).toEqual([{ attempt: 1, worker: null, outcome: 'no_capacity', code: 'NO_WORKERS_AVAILABLE', durationMs: expect.any(Number) }]);

@@ -62,7 +62,7 @@ describe('the only worker hung', () => {
   test('timeout - a hung only worker gives 504 WORKER_TIMEOUT after its attempts, each cut at attemptTimeoutMs', async () => {
     const { value: r, ms } = await timed(() => chat(cluster.url));
     expect(r.status).toBe(504);
-    expect(r.json.error).toMatchObject({ code: 'WORKER_TIMEOUT', type: 'server_error' });
+    expect(r.json.error).toMatchObject({ router_code: 'WORKER_TIMEOUT', type: 'server_error' });
     expect(r.headers.get('x-mlx-worker')).toBe('only');
     expect(r.headers.get('x-mlx-retries')).toBe('2');
     const attempts = r.json.error.attempts as Array<{ worker: string; outcome: string; code: string; durationMs: number }>;
@@ -85,7 +85,7 @@ describe('the only worker hung', () => {
     const { value: r, ms } = await timed(() => chat(shortDeadline.url));
     expect(r.status).toBe(504);
     // The last attempt's limit is cut to what the request has left: the request deadline passed.
-    expect(r.json.error.code).toBe('REQUEST_TIMEOUT');
+    expect(r.json.error.router_code).toBe('REQUEST_TIMEOUT');
     const attempts = r.json.error.attempts as Array<{ worker: string; outcome: string; durationMs: number }>;
     expect(attempts.length).toBeGreaterThanOrEqual(2);
     for (const a of attempts) expect(a).toMatchObject({ worker: 'only', outcome: 'ambiguous' });

@@ -38,7 +38,7 @@ test('resume - a stream broken inside a tool call ends with an error event, neve
   const last = res.events[res.events.length - 1];
   expect(last.event).toBe('error');
   const error = JSON.parse(last.data).error;
-  expect(error.code).toBe('STREAM_INTERRUPTED');
+  expect(error.router_code).toBe('STREAM_INTERRUPTED');
   // One attempt only: no resume was tried although w2 can continue text.
   expect(error.attempts).toHaveLength(1);
   expect(res.events.some((e) => e.data === '[DONE]')).toBe(false);

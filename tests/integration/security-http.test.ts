@@ -80,6 +80,7 @@ function expectOpenAiError(a: RawAnswer, status: number): void {
   expect(typeof body.error.message).toBe('string');
   expect(typeof body.error.type).toBe('string');
   expect(typeof body.error.code).toBe('string');
+  expect(typeof body.error.router_code).toBe('string');
 }
 
 const WS = 'Upgrade: websocket\r\nConnection: Upgrade\r\n';
@@ -132,7 +133,7 @@ test('http - connections beyond the per-address cap get 503 TOO_MANY_CONNECTIONS
     }
     const refused = await raw('GET /health HTTP/1.1\r\nHost: x\r\n\r\n', 5000, ctlPort);
     expectOpenAiError(refused, 503);
-    expect(JSON.parse(refused.body).error.code).toBe('TOO_MANY_CONNECTIONS');
+    expect(JSON.parse(refused.body).error.router_code).toBe('TOO_MANY_CONNECTIONS');
     expect(refused.headers['retry-after']).toBe('1');
     for (const s of held) s.destroy();
     await waitFor(async () => (await fetch(`${ctl.url}/health`).catch(() => undefined))?.status === 200, 'slots released');

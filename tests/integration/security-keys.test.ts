@@ -50,7 +50,7 @@ function expectError(r: { status: number; headers: Headers; json: any }, status:
   expect(r.status).toBe(status);
   expect(r.headers.get('x-request-id')).toMatch(/\S/);
   expect(r.headers.get('content-type')).toMatch(/^application\/json/);
-  expect(r.json.error).toMatchObject({ type, code });
+  expect(r.json.error).toMatchObject({ type, router_code: code, code: code.toLowerCase() });
   expect(typeof r.json.error.message).toBe('string');
 }
 
@@ -72,13 +72,13 @@ describe('keys, models, limits', () => {
   });
 
   test('keys - without a key 401 MISSING_API_KEY, with an unknown one 401 INVALID_API_KEY, before the body is read', async () => {
-    expectError(await chat(cluster.url), 401, 'authentication_error', 'MISSING_API_KEY');
-    expectError(await chat(cluster.url, { headers: bearer(generateKey()) }), 401, 'authentication_error', 'INVALID_API_KEY');
-    expectError(await chat(cluster.url, { headers: { 'x-api-key': 'mlxr-nope' } }), 401, 'authentication_error', 'INVALID_API_KEY');
+    expectError(await chat(cluster.url), 401, 'invalid_request_error', 'MISSING_API_KEY');
+    expectError(await chat(cluster.url, { headers: bearer(generateKey()) }), 401, 'invalid_request_error', 'INVALID_API_KEY');
+    expectError(await chat(cluster.url, { headers: { 'x-api-key': 'mlxr-nope' } }), 401, 'invalid_request_error', 'INVALID_API_KEY');
     // A body that is not JSON: without a key the answer is 401, not the parser's 400.
     const res = await fetch(`${cluster.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{not json' });
     expect(res.status).toBe(401);
-    expect(((await res.json()) as any).error.code).toBe('MISSING_API_KEY');
+    expect(((await res.json()) as any).error.router_code).toBe('MISSING_API_KEY');
     // Liveness and readiness stay open.
     expect((await get(`${cluster.url}/health`)).status).toBe(200);
     expect((await get(`${cluster.url}/ready`)).status).toBe(200);
@@ -96,19 +96,19 @@ describe('keys, models, limits', () => {
 
   test('keys - a model outside the key\'s list is 403 MODEL_NOT_ALLOWED, and /v1/models lists only what the key may use', async () => {
     const denied = await chat(cluster.url, { headers: bearer(keys.onlyMain), body: { model: OTHER } });
-    expectError(denied, 403, 'permission_error', 'MODEL_NOT_ALLOWED');
+    expectError(denied, 403, 'invalid_request_error', 'MODEL_NOT_ALLOWED');
     expect(denied.json.error.param).toBe('model');
-    expectError(await get(`${cluster.url}/v1/models/${OTHER}`, bearer(keys.onlyMain)), 403, 'permission_error', 'MODEL_NOT_ALLOWED');
+    expectError(await get(`${cluster.url}/v1/models/${OTHER}`, bearer(keys.onlyMain)), 403, 'invalid_request_error', 'MODEL_NOT_ALLOWED');
     expect((await chat(cluster.url, { headers: bearer(keys.onlyMain) })).status).toBe(200);
     const limited = await get(`${cluster.url}/v1/models`, bearer(keys.onlyMain));
     expect(limited.json.data.map((m: { id: string }) => m.id)).toEqual([MODEL]);
     const all = await get(`${cluster.url}/v1/models`, bearer(keys.plain));
     expect(all.json.data.map((m: { id: string }) => m.id).sort()).toEqual([MODEL, OTHER].sort());
-    expectError(await get(`${cluster.url}/v1/models`), 401, 'authentication_error', 'MISSING_API_KEY');
+    expectError(await get(`${cluster.url}/v1/models`), 401, 'invalid_request_error', 'MISSING_API_KEY');
   });
 
   test('keys - the operator endpoints need a key marked admin; metrics count requests by key id', async () => {
-    expectError(await get(`${cluster.url}/metrics`), 401, 'authentication_error', 'MISSING_API_KEY');
+    expectError(await get(`${cluster.url}/metrics`), 401, 'invalid_request_error', 'MISSING_API_KEY');
     expectError(await get(`${cluster.url}/metrics`, bearer(keys.plain)), 403, 'invalid_request_error', 'ADMIN_FORBIDDEN');
     expectError(await get(`${cluster.url}/v1/cluster/workers`, bearer(keys.plain)), 403, 'invalid_request_error', 'ADMIN_FORBIDDEN');
     expectError(await fetch(`${cluster.url}/v1/cluster/workers/k-main/drain`, { method: 'POST', headers: bearer(keys.plain) }).then(async (r) => ({ status: r.status, headers: r.headers, json: await r.json() })), 403, 'invalid_request_error', 'ADMIN_FORBIDDEN');
@@ -124,7 +124,7 @@ describe('keys, models, limits', () => {
   test('keys - requests per minute: the 4th of rpm 3 is 429 RATE_LIMIT_EXCEEDED with Retry-After of about 20 s', async () => {
     for (let i = 0; i < 3; i++) expect((await chat(cluster.url, { headers: bearer(keys.rpm) })).status).toBe(200);
     const r = await chat(cluster.url, { headers: bearer(keys.rpm) });
-    expectError(r, 429, 'rate_limit_error', 'RATE_LIMIT_EXCEEDED');
+    expectError(r, 429, 'requests', 'RATE_LIMIT_EXCEEDED');
     // One request refills every 20 s; a little has refilled since the first.
     const after = Number(r.headers.get('retry-after'));
     expect(after).toBeGreaterThanOrEqual(15);
@@ -139,7 +139,7 @@ describe('keys, models, limits', () => {
     const used = first.json.usage.total_tokens as number;
     expect(used).toBeGreaterThan(20);
     const r = await chat(cluster.url, { headers: bearer(keys.tpm), maxTokens: 1 });
-    expectError(r, 429, 'rate_limit_error', 'RATE_LIMIT_EXCEEDED');
+    expectError(r, 429, 'requests', 'RATE_LIMIT_EXCEEDED');
     expect(r.json.error.message).toMatch(/20 tokens per minute/);
     // The bucket is at 20 - used: it must refill used - 20 + 1 tokens at 20 per minute.
     const expected = ((used - 20 + 1) * 60) / 20;
@@ -163,7 +163,7 @@ describe('keys, models, limits', () => {
     }
     await waitFor(() => started >= 2, 'both streams started');
     const r = await chat(cluster.url, { headers: bearer(keys.conc), body: { model: OTHER }, maxTokens: 1 });
-    expectError(r, 429, 'rate_limit_error', 'RATE_LIMIT_EXCEEDED');
+    expectError(r, 429, 'requests', 'RATE_LIMIT_EXCEEDED');
     expect(r.json.error.message).toMatch(/concurrency 2/);
     expect(Number(r.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
     const done = (await Promise.all(holders)) as Array<{ status: number }>;
@@ -273,7 +273,7 @@ describe('early 503 under saturation', () => {
     const results = await Promise.all(
       Array.from({ length: 80 }, async () => {
         const r = await chat(cluster.url, { maxTokens: 8 });
-        return { status: r.status, retryAfter: Number(r.headers.get('retry-after')), code: r.json?.error?.code, message: String(r.json?.error?.message ?? '') };
+        return { status: r.status, retryAfter: Number(r.headers.get('retry-after')), code: r.json?.error?.router_code, message: String(r.json?.error?.message ?? '') };
       }),
     );
     const refusedAtOnce = (await fast()) - fastBefore;

@@ -104,7 +104,7 @@ test('streaming - SIGSTOP mid-stream: the idle deadline fires within its limit (
     const s = summarize(stream.received());
     const sinceLastChunk = stream.lastDataAt() - before;
     expect(s.done).toBe(false);
-    expect(s.errors.map((e) => e.code)).toEqual(['STREAM_IDLE_TIMEOUT']);
+    expect(s.errors.map((e) => e.router_code)).toEqual(['STREAM_IDLE_TIMEOUT']);
     // The error arrives at most IDLE_MS after the SIGSTOP (the last chunk came no later than that),
     // plus slack; nothing else could end this stream so soon (2,000 tokens, offline after 5 s).
     expect(sinceLastChunk).toBeLessThan(IDLE_MS + MARGIN_MS);
@@ -177,7 +177,7 @@ describe('wire faults from a scripted worker', () => {
     expect(s.content).toBe('one');
     expect(s.done).toBe(false);
     expect(s.errors).toHaveLength(1);
-    expect(s.errors[0].code).toBe('STREAM_INTERRUPTED');
+    expect(s.errors[0].router_code).toBe('STREAM_INTERRUPTED');
     expect(s.errors[0].message).toMatch(/sequence gap \(expected 1, got 2\)/);
   });
 
@@ -211,7 +211,7 @@ describe('wire faults from a scripted worker', () => {
     const s = await streamFrom('mute-model');
     expect(s.content).toBe('only this');
     expect(s.done).toBe(false);
-    expect(s.errors.map((e) => e.code)).toEqual(['STREAM_IDLE_TIMEOUT']);
+    expect(s.errors.map((e) => e.router_code)).toEqual(['STREAM_IDLE_TIMEOUT']);
     expect(performance.now() - started).toBeLessThan(IDLE_MS + MARGIN_MS);
   });
 
@@ -222,6 +222,6 @@ describe('wire faults from a scripted worker', () => {
     await waitFor(() => cluster.controller.deps.registry.forModel('bad-model').length === 1, 'fake worker');
     const res = await chat(cluster.url, { stream: true, body: { model: 'bad-model' } });
     expect(res.status).toBe(400);
-    expect(res.json.error.code).toBe('CONTEXT_LENGTH_EXCEEDED');
+    expect(res.json.error.router_code).toBe('CONTEXT_LENGTH_EXCEEDED');
   });
 });

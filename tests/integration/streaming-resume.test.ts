@@ -66,7 +66,7 @@ describe('stream resume off', () => {
     expect(s.done).toBe(false);
     expect(s.finishReason).toBeNull();
     expect(s.errors).toHaveLength(1);
-    expect(s.errors[0].code).toBe('STREAM_INTERRUPTED');
+    expect(s.errors[0].router_code).toBe('STREAM_INTERRUPTED');
     expect(s.errors[0].message).toMatch(/went offline/);
     // Detected by heartbeat silence (offlineAfterMs 600, swept every 150 ms), not by a 30 s idle
     // limit; the bound leaves room for a loaded machine.

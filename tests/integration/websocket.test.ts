@@ -83,11 +83,11 @@ test('websocket - bad JSON, a bad field and an unknown model get an error messag
   const s = await connect();
   try {
     const [bad] = await s.request('{nope');
-    expect(bad).toMatchObject({ type: 'error', status: 400, error: { code: 'REQUEST_VALIDATION_FAILED', param: 'body' } });
+    expect(bad).toMatchObject({ type: 'error', status: 400, error: { router_code: 'REQUEST_VALIDATION_FAILED', param: 'body' } });
     const [field] = await s.request({ model: MODEL, messages: 'hi' });
-    expect(field).toMatchObject({ type: 'error', error: { code: 'REQUEST_VALIDATION_FAILED', param: 'messages' } });
+    expect(field).toMatchObject({ type: 'error', error: { router_code: 'REQUEST_VALIDATION_FAILED', param: 'messages' } });
     const [model] = await s.request({ model: 'nope', messages: [{ role: 'user', content: 'x' }] });
-    expect(model).toMatchObject({ type: 'error', status: 404, error: { code: 'MODEL_NOT_FOUND' } });
+    expect(model).toMatchObject({ type: 'error', status: 404, error: { router_code: 'MODEL_NOT_FOUND' } });
     const ok = await s.request({ model: MODEL, messages: [{ role: 'user', content: 'x' }], max_tokens: 3 });
     expect(ok.at(-1).type).toBe('done');
   } finally {

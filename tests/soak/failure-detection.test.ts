@@ -26,7 +26,7 @@ async function once(url: string, prompt: string, expected: string, stream: boole
   if (!stream) {
     const r = await chat(url, { content: prompt, maxTokens: MAX_TOKENS });
     const ok = r.status === 200 && r.json.choices[0].message.content === expected;
-    return { ok, truncated: r.status === 200 && !ok, stream, code: r.json?.error?.code, ms: performance.now() - started };
+    return { ok, truncated: r.status === 200 && !ok, stream, code: r.json?.error?.router_code, ms: performance.now() - started };
   }
   const res = await fetch(`${url}/v1/chat/completions`, {
     method: 'POST',
@@ -35,10 +35,10 @@ async function once(url: string, prompt: string, expected: string, stream: boole
   });
   const text = await res.text();
   const ms = performance.now() - started;
-  if (res.status !== 200) return { ok: false, truncated: false, stream, code: JSON.parse(text).error.code, ms };
+  if (res.status !== 200) return { ok: false, truncated: false, stream, code: JSON.parse(text).error.router_code, ms };
   const s = summarize(text);
   if (s.done) return { ok: s.content === expected, truncated: s.content !== expected, stream, ms };
-  return { ok: false, truncated: s.errors.length === 0, stream, code: s.errors[0]?.code, ms };
+  return { ok: false, truncated: s.errors.length === 0, stream, code: s.errors[0]?.router_code, ms };
 }
 
 describe('chaos with tight deadlines', () => {

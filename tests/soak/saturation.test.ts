@@ -92,7 +92,7 @@ async function flood(pipeline: string[]): Promise<Figures> {
         const t0 = performance.now();
         try {
           const r = await chat(url, { maxTokens: 16 });
-          return { status: r.status, ms: performance.now() - t0, retryAfter: r.headers.get('retry-after'), why: r.status === 200 ? '' : `${r.json?.error?.code}: ${String(r.json?.error?.message).slice(0, 160)}` };
+          return { status: r.status, ms: performance.now() - t0, retryAfter: r.headers.get('retry-after'), why: r.status === 200 ? '' : `${r.json?.error?.router_code}: ${String(r.json?.error?.message).slice(0, 160)}` };
         } catch (e) {
           return { status: 0, ms: performance.now() - t0, retryAfter: String((e as Error & { cause?: Error }).cause?.message ?? e), why: 'reset' };
         }

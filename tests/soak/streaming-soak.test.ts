@@ -61,11 +61,11 @@ async function streamOnce(url: string, prompt: string, expected: string, abortAf
     });
     const text = await res.text();
     const ms = performance.now() - started;
-    if (res.status !== 200) return { ok: false, aborted: false, truncated: false, code: JSON.parse(text).error.code, ms };
+    if (res.status !== 200) return { ok: false, aborted: false, truncated: false, code: JSON.parse(text).error.router_code, ms };
     const s = summarize(text);
     if (s.done) return { ok: s.content === expected, aborted: false, truncated: s.content !== expected, ms };
     // Not done: it must say why, in-band.
-    return { ok: false, aborted: false, truncated: s.errors.length === 0, code: s.errors[0]?.code, ms };
+    return { ok: false, aborted: false, truncated: s.errors.length === 0, code: s.errors[0]?.router_code, ms };
   } catch (err) {
     if (abort.signal.aborted) return { ok: false, aborted: true, truncated: false, ms: performance.now() - started };
     throw err;
@@ -160,7 +160,7 @@ describe('chaos', () => {
         const res = await chat(cluster.url, { content: prompt, maxTokens: MAX_TOKENS });
         const ms = performance.now() - started;
         const ok = res.status === 200 && res.json.choices[0].message.content === expected.get(prompt);
-        outcomes.push({ ok, aborted: false, truncated: res.status === 200 && !ok, code: res.json?.error?.code, ms });
+        outcomes.push({ ok, aborted: false, truncated: res.status === 200 && !ok, code: res.json?.error?.router_code, ms });
       }
     });
     cluster.workers.get('c2')!.kill('SIGCONT');

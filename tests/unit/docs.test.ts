@@ -4,6 +4,7 @@
  */
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
+import { ERROR_CATALOGUE } from '../../src/errors';
 import { newId } from '../../src/ids';
 
 const ROOT = join(__dirname, '..', '..');
@@ -54,4 +55,16 @@ test("docs - the README's metadata example shows a request id of the form the ro
   const shape = (id: string): string => id.replace(/[0-9a-f]/g, 'x');
   expect(shape(shown!)).toBe(shape(newId('req')));
   expect(shown).toMatch(/^req-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+});
+
+test('docs - docs/errors.md has one row per error code, with the catalogue\'s HTTP status, type and OpenAI code', () => {
+  const text = readFileSync(join(ROOT, 'docs', 'errors.md'), 'utf8');
+  const rows = new Map<string, string[]>();
+  for (const line of text.split('\n')) {
+    const cells = line.split('|').map((c) => c.trim());
+    const code = /^`([A-Z_]+)`$/.exec(cells[1] ?? '')?.[1];
+    if (code && /^`[a-z_]+`$/.test(cells[4] ?? '')) rows.set(code, cells.slice(2, 5).map((c) => c.replace(/`/g, '')));
+  }
+  const expected = new Map(Object.entries(ERROR_CATALOGUE).map(([code, e]) => [code, [String(e.status), e.type, e.openaiCode]]));
+  expect(rows).toEqual(expected);
 });

@@ -2,6 +2,7 @@
 import {
   countsAgainstWorker,
   ERROR_CATALOGUE,
+  ERROR_CODE_HEADER,
   isErrorCode,
   isRetryableOutcome,
   isRouterError,
@@ -11,6 +12,7 @@ import {
   type ErrorCode,
   type OutcomeClass,
 } from '../../src/errors';
+import { errorHeaders } from '../../src/controller/chat';
 
 test.each<[ErrorCode, number, OutcomeClass]>([
   ['REQUEST_VALIDATION_FAILED', 400, 'caller'],
@@ -35,13 +37,8 @@ test('errors - every catalogue entry has a 4xx/5xx status, an OpenAI type and a 
     expect(isErrorCode(code)).toBe(true);
     expect(entry.status).toBeGreaterThanOrEqual(400);
     expect(entry.status).toBeLessThan(600);
-    // OpenAI's types: client keys have their own (401 authentication, 403 permission, 429 rate limit).
-    const own: Record<string, string> = {
-      MISSING_API_KEY: 'authentication_error',
-      INVALID_API_KEY: 'authentication_error',
-      MODEL_NOT_ALLOWED: 'permission_error',
-      RATE_LIMIT_EXCEEDED: 'rate_limit_error',
-    };
+    // OpenAI's types: invalid_request_error for 4xx (401 and 403 too), `requests` for a rate limit, server_error for 5xx.
+    const own: Record<string, string> = { RATE_LIMIT_EXCEEDED: 'requests' };
     expect(entry.type).toBe(own[code] ?? (entry.status < 500 ? 'invalid_request_error' : 'server_error'));
     expect(OUTCOME_CLASSES).toContain(entry.outcome);
     const err = new RouterError(code as ErrorCode, 'x');
@@ -51,15 +48,61 @@ test('errors - every catalogue entry has a 4xx/5xx status, an OpenAI type and a 
   expect(isErrorCode('toString')).toBe(false);
 });
 
+test.each<[ErrorCode, string, string | null]>([
+  ['CONTEXT_LENGTH_EXCEEDED', 'context_length_exceeded', 'messages'],
+  ['MODEL_NOT_FOUND', 'model_not_found', 'model'],
+  ['NOT_FOUND', 'unknown_url', null],
+  ['ADMIN_UNAUTHORIZED', 'missing_api_key', null],
+  ['MISSING_API_KEY', 'missing_api_key', null],
+  ['INVALID_API_KEY', 'invalid_api_key', null],
+  ['MODEL_NOT_ALLOWED', 'model_not_allowed', 'model'],
+  ['RATE_LIMIT_EXCEEDED', 'rate_limit_exceeded', null],
+  ['ADMIN_FORBIDDEN', 'invalid_api_key', null],
+  ['REQUEST_TOO_LARGE', 'request_too_large', null],
+  ['INTERNAL_ERROR', 'server_error', null],
+  ['REQUEST_VALIDATION_FAILED', 'request_validation_failed', null],
+  ['WORKER_UNAVAILABLE', 'worker_unavailable', null],
+  ['WORKER_OVERLOADED', 'worker_overloaded', null],
+  ['NO_WORKERS_AVAILABLE', 'no_workers_available', null],
+  ['STREAM_INTERRUPTED', 'stream_interrupted', null],
+])('errors - %s is OpenAI code %s with param %p in the body, router_code beside', (code, openaiCode, param) => {
+  const body = new RouterError(code, 'm').toJSON().error;
+  expect(body).toMatchObject({ code: openaiCode, router_code: code, param });
+  expect(body.type).toBe(ERROR_CATALOGUE[code].status < 500 ? 'invalid_request_error' : 'server_error');
+});
+
+test('errors - every code maps to a distinct lower-case OpenAI code; OpenAI\'s own where it has one, else ours in snake case', () => {
+  const openai = new Set(['context_length_exceeded', 'model_not_found', 'unknown_url', 'missing_api_key', 'invalid_api_key', 'request_too_large', 'server_error']);
+  const seen = new Set<string>();
+  for (const [code, entry] of Object.entries(ERROR_CATALOGUE)) {
+    expect(entry.openaiCode).toMatch(/^[a-z][a-z0-9_]*$/);
+    expect(seen.has(entry.openaiCode)).toBe(false);
+    seen.add(entry.openaiCode);
+    if (!openai.has(entry.openaiCode)) expect(entry.openaiCode).toBe(code.toLowerCase());
+    expect(new RouterError(code as ErrorCode, 'x').openaiCode).toBe(entry.openaiCode);
+  }
+  expect(seen.size).toBe(Object.keys(ERROR_CATALOGUE).length);
+});
+
+test('errors - a param given with the error wins over the catalogue\'s default', () => {
+  expect(new RouterError('CONTEXT_LENGTH_EXCEEDED', 'x', { param: 'prompt' }).toJSON().error.param).toBe('prompt');
+  expect(new RouterError('MODEL_NOT_FOUND', 'x').param).toBe('model');
+});
+
+test('errors - errorHeaders carries the stable code in x-mlx-error-code, and retry-after only with a delay', () => {
+  expect(errorHeaders(new RouterError('WORKER_ERROR', 'x'))).toEqual({ [ERROR_CODE_HEADER]: 'WORKER_ERROR' });
+  expect(errorHeaders(new RouterError('NO_WORKERS_AVAILABLE', 'x', { retryAfterMs: 1500 }))).toEqual({ 'x-mlx-error-code': 'NO_WORKERS_AVAILABLE', 'retry-after': '2' });
+});
+
 test('errors - a worker may report its own outcome class for a code', () => {
   const err = new RouterError('WORKER_ERROR', 'broke mid-stream', { outcome: 'committed' });
   expect(err.outcome).toBe('committed');
   expect(err.status).toBe(502);
 });
 
-test('errors - toJSON is the OpenAI error shape with exactly message, type, param, code', () => {
+test('errors - toJSON is the OpenAI error shape with exactly message, type, param, code (OpenAI\'s) and router_code (ours)', () => {
   const err = new RouterError('REQUEST_VALIDATION_FAILED', 'messages is required', { param: 'messages' });
-  expect(err.toJSON()).toEqual({ error: { message: 'messages is required', type: 'invalid_request_error', param: 'messages', code: 'REQUEST_VALIDATION_FAILED' } });
+  expect(err.toJSON()).toEqual({ error: { message: 'messages is required', type: 'invalid_request_error', param: 'messages', code: 'request_validation_failed', router_code: 'REQUEST_VALIDATION_FAILED' } });
   expect(JSON.parse(JSON.stringify(err))).toEqual(err.toJSON());
   expect(new RouterError('WORKER_TIMEOUT', 't').toJSON().error.param).toBeNull();
 });

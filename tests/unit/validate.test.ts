@@ -75,7 +75,7 @@ test.each<[string, unknown, string]>([
   const err = rejection(body);
   expect(err).toMatchObject({ code: 'REQUEST_VALIDATION_FAILED', status: 400, outcome: 'caller', param });
   expect(err.message).toContain(param);
-  expect(err.toJSON().error).toMatchObject({ param, type: 'invalid_request_error', code: 'REQUEST_VALIDATION_FAILED' });
+  expect(err.toJSON().error).toMatchObject({ param, type: 'invalid_request_error', code: 'request_validation_failed', router_code: 'REQUEST_VALIDATION_FAILED' });
 });
 
 test('validate - a minimal body becomes a buffered wire request carrying the body as sent', () => {
