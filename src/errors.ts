@@ -44,8 +44,8 @@ export const ERROR_CATALOGUE = {
   CONTEXT_LENGTH_EXCEEDED: { status: 400, type: 'invalid_request_error', openaiCode: 'context_length_exceeded', param: 'messages', outcome: 'caller' },
   MODEL_NOT_FOUND: { status: 404, type: 'invalid_request_error', openaiCode: 'model_not_found', param: 'model', outcome: 'caller' },
   NOT_FOUND: { status: 404, type: 'invalid_request_error', openaiCode: 'unknown_url', outcome: 'caller' },
-  ADMIN_UNAUTHORIZED: { status: 401, type: 'invalid_request_error', openaiCode: 'missing_api_key', outcome: 'caller' },
-  ADMIN_FORBIDDEN: { status: 403, type: 'invalid_request_error', openaiCode: 'invalid_api_key', outcome: 'caller' },
+  ADMIN_UNAUTHORIZED: { status: 401, type: 'invalid_request_error', openaiCode: 'admin_unauthorized', outcome: 'caller' },
+  ADMIN_FORBIDDEN: { status: 403, type: 'invalid_request_error', openaiCode: 'admin_forbidden', outcome: 'caller' },
   // Client API keys (cluster.auth.keys): no key, an unknown key, a model the key may not use.
   // OpenAI answers 401 and 403 with type invalid_request_error too; clients switch on `code`.
   MISSING_API_KEY: { status: 401, type: 'invalid_request_error', openaiCode: 'missing_api_key', outcome: 'caller' },

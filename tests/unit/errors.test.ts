@@ -52,12 +52,12 @@ test.each<[ErrorCode, string, string | null]>([
   ['CONTEXT_LENGTH_EXCEEDED', 'context_length_exceeded', 'messages'],
   ['MODEL_NOT_FOUND', 'model_not_found', 'model'],
   ['NOT_FOUND', 'unknown_url', null],
-  ['ADMIN_UNAUTHORIZED', 'missing_api_key', null],
+  ['ADMIN_UNAUTHORIZED', 'admin_unauthorized', null],
   ['MISSING_API_KEY', 'missing_api_key', null],
   ['INVALID_API_KEY', 'invalid_api_key', null],
   ['MODEL_NOT_ALLOWED', 'model_not_allowed', 'model'],
   ['RATE_LIMIT_EXCEEDED', 'rate_limit_exceeded', null],
-  ['ADMIN_FORBIDDEN', 'invalid_api_key', null],
+  ['ADMIN_FORBIDDEN', 'admin_forbidden', null],
   ['REQUEST_TOO_LARGE', 'request_too_large', null],
   ['INTERNAL_ERROR', 'server_error', null],
   ['REQUEST_VALIDATION_FAILED', 'request_validation_failed', null],
@@ -68,11 +68,11 @@ test.each<[ErrorCode, string, string | null]>([
 ])('errors - %s is OpenAI code %s with param %p in the body, router_code beside', (code, openaiCode, param) => {
   const body = new RouterError(code, 'm').toJSON().error;
   expect(body).toMatchObject({ code: openaiCode, router_code: code, param });
-  expect(body.type).toBe(ERROR_CATALOGUE[code].status < 500 ? 'invalid_request_error' : 'server_error');
+  expect(body.type).toBe(code === 'RATE_LIMIT_EXCEEDED' ? 'requests' : ERROR_CATALOGUE[code].status < 500 ? 'invalid_request_error' : 'server_error');
 });
 
 test('errors - every code maps to a distinct lower-case OpenAI code; OpenAI\'s own where it has one, else ours in snake case', () => {
-  const openai = new Set(['context_length_exceeded', 'model_not_found', 'unknown_url', 'missing_api_key', 'invalid_api_key', 'request_too_large', 'server_error']);
+  const openai = new Set(['context_length_exceeded', 'model_not_found', 'unknown_url', 'missing_api_key', 'invalid_api_key', 'rate_limit_exceeded', 'request_too_large', 'server_error']);
   const seen = new Set<string>();
   for (const [code, entry] of Object.entries(ERROR_CATALOGUE)) {
     expect(entry.openaiCode).toMatch(/^[a-z][a-z0-9_]*$/);
