@@ -6,6 +6,7 @@
 import type { AnyDefinition } from '../src/define';
 import { breaker } from './breaker';
 import { health } from './health';
+import { hedge } from './hedge';
 import { metrics } from './metrics';
 import { prefix } from './prefix';
 import { retry } from './retry';
@@ -13,6 +14,6 @@ import { select } from './select';
 import { session } from './session';
 import { timeout } from './timeout';
 
-export const BUILTIN_MIDDLEWARE: Readonly<Record<string, AnyDefinition>> = { metrics, session, retry, breaker, prefix, select, timeout, health };
+export const BUILTIN_MIDDLEWARE: Readonly<Record<string, AnyDefinition>> = { metrics, session, retry, hedge, breaker, prefix, select, timeout, health };
 
-export { breaker, health, metrics, prefix, retry, select, session, timeout };
+export { breaker, health, hedge, metrics, prefix, retry, select, session, timeout };

@@ -36,6 +36,8 @@ export const ERROR_CATALOGUE = {
   ADMIN_FORBIDDEN: { status: 403, type: 'invalid_request_error', outcome: 'caller' },
   REQUEST_TOO_LARGE: { status: 413, type: 'invalid_request_error', outcome: 'caller' },
   CLIENT_CLOSED_REQUEST: { status: 499, type: 'invalid_request_error', outcome: 'cancelled' },
+  // A hedged attempt that lost the race to the first token: cancelled, never counted, never sent to a client.
+  HEDGE_LOST: { status: 499, type: 'invalid_request_error', outcome: 'cancelled' },
   INTERNAL_ERROR: { status: 500, type: 'server_error', outcome: 'worker_failure' },
   WORKER_ERROR: { status: 502, type: 'server_error', outcome: 'worker_failure' },
   ALL_RETRIES_EXHAUSTED: { status: 502, type: 'server_error', outcome: 'worker_failure' },
@@ -67,6 +69,8 @@ export interface AttemptRecord {
   outcome: OutcomeClass;
   code: ErrorCode | null;
   durationMs: number;
+  /** Set on an attempt the `hedge` middleware started beside a slow one (not a retry). */
+  hedge?: true;
 }
 
 export interface RouterErrorOptions {
