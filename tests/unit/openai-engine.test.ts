@@ -373,7 +373,7 @@ describe('StreamAssembler: a buffered v2 answer rebuilt from the engine stream',
   const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) => ({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'm', choices, ...extra });
 
   test('openai v2 assembler - content, refusal, tool calls with joined arguments, logprobs, finish reasons of two choices, engine fields kept', () => {
-    const a = new StreamAssembler('chat');
+    const a = new StreamAssembler('chat.completions');
     a.chunk(chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }], { system_fingerprint: 'fp_1', service_tier: null }));
     a.chunk(chunk([{ index: 0, delta: { content: 'Hel' }, logprobs: { content: [{ token: 'Hel', logprob: -0.1 }], refusal: null }, finish_reason: null }]));
     a.chunk(chunk([{ index: 0, delta: { content: 'lo' }, logprobs: { content: [{ token: 'lo', logprob: -0.2 }], refusal: null }, finish_reason: null }]));
