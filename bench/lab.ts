@@ -193,7 +193,7 @@ export class Lab {
   }
 
   /** Waits until `router` sees at least `count` workers online. */
-  async waitOnline(router: ChildHandle, count: number, timeoutMs = 15_000): Promise<void> {
+  async waitOnline(router: ChildHandle, count: number, timeoutMs = 60_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const s = await router.stats();

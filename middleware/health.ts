@@ -9,8 +9,8 @@ export type HealthDeps = Pick<MiddlewareDeps, 'registry'>;
 /**
  * health: records what an attempt's outcome says about the worker's health, where routing reads
  * it: "no responders" (nobody listens on the worker's subject any more) marks the worker offline
- * for everyone at once, until its next heartbeat. It never refuses a worker; circuit breakers are
- * the `breaker` middleware's.
+ * for everyone at once, until its next heartbeat; WORKER_OVERLOADED from the worker counts it full
+ * until then. It never refuses a worker; circuit breakers are the `breaker` middleware's.
  */
 export const health = defineMiddleware<HealthOptions, HealthDeps>({
   name: 'health',
@@ -25,6 +25,8 @@ export const health = defineMiddleware<HealthOptions, HealthDeps>({
         // A refusal the worker sent itself (draining, engine down) is not "no responders": it is
         // alive and finishing other work, and its heartbeat already takes it out of selection.
         if (id && err.outcome === 'not_delivered' && !err.fromWorker) deps.registry.markOffline(id, `not delivered: ${err.message}`);
+        // The worker is full with requests we do not know of: wait for a slot rather than be refused again.
+        if (id && err.code === 'WORKER_OVERLOADED' && err.fromWorker) deps.registry.markFull?.(id);
         throw err;
       }
     };

@@ -128,7 +128,11 @@ function retryMiddleware(options: RetryOptions, deps: RetryDeps, runAttempt: Att
         err = toRouterError(e);
       }
       const classRetryable = isRetryableOutcome(err.outcome);
-      if (classRetryable || err.outcome === 'committed') deps.budget.onFailure();
+      // A refusal (the worker is full or draining, nothing was generated) costs the cluster no
+      // work: it does not take a budget token. Several controllers see each other's load only
+      // by heartbeat, so refusals are routine under saturation, and they must not run the budget
+      // dry for the real failures it exists for. maxRetries and the Retry-After backoff bound them.
+      if ((classRetryable && err.outcome !== 'rejected') || err.outcome === 'committed') deps.budget.onFailure();
       if (ctx.sink?.committed) {
         // After the commit point nothing is retried blindly: only resumed, where allowed.
         if (ctx.sink.tooLongToResume && options.resume && options.enabled) {
@@ -151,7 +155,7 @@ function retryMiddleware(options: RetryOptions, deps: RetryDeps, runAttempt: Att
       ) {
         throw finalError(ctx, err);
       }
-      if (!deps.budget.canRetry()) {
+      if (err.outcome !== 'rejected' && !deps.budget.canRetry()) {
         const attempts = [...ctx.attempts];
         throw new RouterError('RETRY_BUDGET_EXHAUSTED', `attempt failed (${err.code}) and the controller's retry budget is spent; not retrying`, {
           attempts,

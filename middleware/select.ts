@@ -90,15 +90,18 @@ export const select = defineMiddleware<SelectOptions, SelectDeps>({
       }
     };
 
-    /** Waits, until `until`, for `found` to return something; counts are live, so re-check on every wake. */
-    const waitFor = async <T>(ctx: RouteContext, until: number, found: () => T[]): Promise<T[]> => {
-      let result = found();
-      while (result.length === 0 && registry && !ctx.attempt.signal.aborted && ctx.clock.now() < until) {
+    /**
+     * Waits, until `until`, for `found` to return something; counts are live, so re-check on every
+     * wake. Resolves with nothing to pass on: the caller must run `found()` again in its own
+     * continuation, because one freed slot wakes every waiter, and a result handed across an
+     * `await` would be stale by the time the caller acts on it (each waiter would see the same free
+     * slot before any of them took it).
+     */
+    const waitUntilFound = async (ctx: RouteContext, until: number, found: () => unknown[]): Promise<void> => {
+      while (found().length === 0 && registry && !ctx.attempt.signal.aborted && ctx.clock.now() < until) {
         await registry.waitForChange(ctx.attempt.signal, until - ctx.clock.now());
-        result = found();
       }
       if (ctx.attempt.signal.aborted) throw ctx.attempt.signal.reason;
-      return result;
     };
 
     return async function select(ctx: RouteContext, next): Promise<void> {
@@ -107,7 +110,9 @@ export const select = defineMiddleware<SelectOptions, SelectDeps>({
       const canWait = waitMs > 0 && registry !== undefined;
       if (ctx.candidates.length === 0 && canWait && registry.knowsModel(ctx.request.model)) {
         // Known workers for the model are all offline (restarting, NATS blip): wait for one to return.
-        ctx.candidates = await waitFor(ctx, until, () => candidatesFor(ctx, registry).filter((w) => allowedByAll(admissions, w)));
+        const found = (): WorkerInfo[] => candidatesFor(ctx, registry).filter((w) => allowedByAll(admissions, w));
+        await waitUntilFound(ctx, until, found);
+        ctx.candidates = found();
         if (ctx.candidates.length === 0) deps.events?.emit({ type: 'wait-timeout', ctx });
       }
       if (ctx.candidates.length === 0) {
@@ -123,10 +128,14 @@ export const select = defineMiddleware<SelectOptions, SelectDeps>({
       const untried = ctx.candidates.filter((w) => !tried.has(w.id));
       let pool = untried.length > 0 ? untried : ctx.candidates;
       const basePool = pool;
-      let free = pool.filter((w) => !saturated(w));
-      if (free.length === 0 && canWait) {
-        // The fourth deadline: waiting for a worker.
-        free = await waitFor(ctx, until, () => basePool.filter((w) => !saturated(w)));
+      const unsaturated = (): WorkerInfo[] => basePool.filter((w) => !saturated(w));
+      let free = unsaturated();
+      while (free.length === 0 && canWait) {
+        // The fourth deadline: waiting for a worker. The check that follows the wait and the
+        // dispatch that takes the slot run in one continuation, with no await between them.
+        await waitUntilFound(ctx, until, unsaturated);
+        free = unsaturated();
+        if (free.length === 0 && ctx.clock.now() < until) continue;
         if (free.length === 0) {
           deps.events?.emit({ type: 'wait-timeout', ctx });
           throw new RouterError('NO_WORKERS_AVAILABLE', `all ${pool.length} workers serving ${ctx.request.model} stayed busy for ${waitMs} ms`, {

@@ -224,7 +224,7 @@ const schema = {
           default: ['WORKER_UNAVAILABLE', 'WORKER_OVERLOADED', 'WORKER_TIMEOUT', 'WORKER_ERROR', 'NATS_DISCONNECTED'],
         },
         budget: {
-          maxTokens: { doc: 'Retry budget size: a failed attempt takes a token; retries stop at half or below (0 turns retries off).', format: 'nat', default: 100 },
+          maxTokens: { doc: 'Retry budget size: a failed attempt takes a token (a refusal by a full worker does not); retries stop at half or below (0 turns retries off).', format: 'nat', default: 100 },
           tokenRatio: { doc: 'Tokens a successful request gives back to the retry budget.', format: 'ratio', default: 0.1 },
         },
       },

@@ -44,3 +44,31 @@ export function connectionOptions(cfg: RouterConfig['nats'], name: string): Node
 export async function connectNats(cfg: RouterConfig['nats'], name: string, timeoutMs = 5000): Promise<NatsConnection> {
   return connect({ ...connectionOptions(cfg, name), timeout: timeoutMs });
 }
+
+/**
+ * Drains `nc` (pending messages flushed, subscriptions ended), but never waits more than `ms`:
+ * while NATS is down a drain or flush waits for a reconnect that may never come, and a process
+ * told to stop must stop. After the bound the connection is closed as it is.
+ */
+export async function drainWithin(nc: NatsConnection, ms = 2000): Promise<void> {
+  if (nc.isClosed()) return;
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
+  try {
+    await Promise.race([nc.drain().catch(() => undefined), bound]);
+  } finally {
+    clearTimeout(timer);
+  }
+  if (!nc.isClosed()) await nc.close().catch(() => undefined);
+}
+
+/** Flushes `nc`, waiting at most `ms` (a flush while disconnected waits for the reconnect). */
+export async function flushWithin(nc: NatsConnection, ms = 1000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
+  try {
+    await Promise.race([nc.flush().catch(() => undefined), bound]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -71,6 +71,8 @@ export interface WorkerDirectory {
   waitForChange(signal: AbortSignal, ms: number): Promise<void>;
   /** Takes a worker out of selection until its next heartbeat. */
   markOffline(id: string, reason: string): void;
+  /** The worker said it is full (WORKER_OVERLOADED): count it saturated until its next heartbeat. */
+  markFull?(id: string): void;
 }
 
 /**

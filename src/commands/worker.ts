@@ -3,7 +3,7 @@ import { UsageError, numberFlag, type Flags } from '../flags';
 import { systemClock } from '../clock';
 import type { RouterConfig } from '../config';
 import { createLogger, type Logger } from '../logger';
-import { connectNats } from '../nats';
+import { connectNats, drainWithin } from '../nats';
 import { WORKER_ID_PATTERN } from '../protocol';
 import type { Engine } from '../worker/engine';
 import { openaiEngine } from '../worker/openai-engine';
@@ -122,7 +122,7 @@ export async function runWorker(flags: Flags): Promise<number> {
     // The worker has stopped already (no bye believed for the live instance); say why and exit.
     process.stderr.write(`mlx-router worker: ${refusal}\n`);
     await engine.close?.();
-    await nc.drain().catch(() => undefined);
+    await drainWithin(nc);
     return 3;
   }
   if (ended === 'nats-closed') {
@@ -133,6 +133,6 @@ export async function runWorker(flags: Flags): Promise<number> {
   log.info({ signal: ended }, 'shutting down');
   await worker.stop();
   await engine.close?.();
-  await nc.drain().catch(() => undefined);
+  await drainWithin(nc);
   return 0;
 }

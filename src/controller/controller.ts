@@ -8,7 +8,7 @@ import type { RouterConfig } from '../config';
 import type { Logger } from '../logger';
 import type { RouterEvent } from '../attempt';
 import { Listeners } from '../listeners';
-import { connectNats } from '../nats';
+import { connectNats, drainWithin } from '../nats';
 import { assemblePipeline, type Pipeline, type RouterDeps } from '../pipeline';
 import { encode, makeSubjects } from '../protocol';
 import { newId } from '../ids';
@@ -220,6 +220,6 @@ export class Controller {
     this.stopOpening.abort();
     await (await this.sessionMoves)?.close();
     this.deps.mux.close();
-    if (this.ownsConnection && !this.deps.nc.isClosed()) await this.deps.nc.drain().catch(() => this.deps.nc.close());
+    if (this.ownsConnection) await drainWithin(this.deps.nc);
   }
 }

@@ -142,6 +142,18 @@ export class WorkerRegistry implements WorkerDirectory {
     this.noteTransition(id, this.clock.now(), reason);
   }
 
+  /**
+   * The worker answered WORKER_OVERLOADED: its slots are taken by requests this controller does
+   * not know of (other controllers', counted in heartbeats that are not here yet). Until its next
+   * heartbeat it counts as full, so `select` waits for a slot (one of ours ending frees one)
+   * instead of sending more requests to be refused.
+   */
+  markFull(id: string): void {
+    const w = this.workers.get(id);
+    if (!w) return;
+    w.foreignInFlight = Math.max(w.foreignInFlight, w.maxConcurrent - w.outstanding);
+  }
+
   isOnline(w: WorkerInfo, now: number = this.clock.now()): boolean {
     return !w.gone && now - w.lastSeen < this.offlineAfterMs;
   }

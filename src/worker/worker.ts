@@ -35,6 +35,7 @@ import { headers as natsHeaders } from '@nats-io/transport-node';
 import { hostname } from 'node:os';
 import { isWireRequestV2, type Capability, type ChoiceDelta } from '../protocol-v2';
 import { PartJoiner, publishParts, readPart } from '../parts';
+import { flushWithin } from '../nats';
 import { DeltaRelay } from './delta-relay';
 import { EngineError, type Engine, type EngineResult, type GenerateContext } from './engine';
 import { readWireRequestV2 } from './request-v2';
@@ -185,7 +186,8 @@ export class Worker {
     this.subs.length = 0;
     if (!this.nc.isClosed()) {
       this.nc.publish(this.subjects.bye, encode({ type: 'bye', id: this.id, instance: this.instance }));
-      await this.nc.flush().catch(() => undefined);
+      // Bounded: with NATS down a flush waits for a reconnect that may never come.
+      await flushWithin(this.nc);
     }
     this.state = 'stopped';
     this.log.info({ worker: this.id, ...(this.dropped > 0 ? { droppedMessages: this.dropped } : {}) }, 'worker stopped');

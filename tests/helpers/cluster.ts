@@ -7,7 +7,7 @@ import { resolve } from 'node:path';
 import { connect, errors, type NatsConnection } from '@nats-io/transport-node';
 import { loadConfig, type RouterConfig } from '../../src/config';
 import { Controller } from '../../src/controller/controller';
-import { silentLogger } from '../../src/logger';
+import { createLogger, silentLogger } from '../../src/logger';
 import { startNatsServer, type NatsServerHandle } from '../../src/nats-server';
 import { makeSubjects } from '../../src/protocol';
 
@@ -131,7 +131,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   let controller: Controller | undefined;
   let nc: NatsConnection | undefined;
   try {
-    controller = await Controller.start({ config, log: silentLogger() });
+    // MLX_TEST_LOG=debug (or any pino level) shows the in-process controller's log when debugging a test.
+    controller = await Controller.start({ config, log: process.env.MLX_TEST_LOG ? createLogger('controller', process.env.MLX_TEST_LOG) : silentLogger() });
     nc = await connect({ servers: nats.url });
     const ctl = controller;
     const cluster: Cluster = {
@@ -402,3 +403,22 @@ export async function addEngineWorker(cluster: Cluster, options: EngineWorkerOpt
  * because on a loaded 2-core machine a worker can be starved that long and dropped mid-request.
  */
 export const STEADY: Record<string, unknown> = { 'discovery.offlineAfterMs': 5000 };
+
+/**
+ * `Promise.all` for a test's set-up: when one start fails, whatever did start is stopped (its
+ * `stop()` or `close()`) before the failure is thrown, so no nats-server or worker outlives the test file.
+ */
+export async function startTogether<T extends readonly unknown[]>(starts: readonly [...{ [K in keyof T]: Promise<T[K]> }]): Promise<T> {
+  const settled = await Promise.allSettled(starts);
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (!failed) return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as unknown as T;
+  await Promise.allSettled(
+    settled.map(async (s) => {
+      if (s.status !== 'fulfilled') return;
+      const v = s.value as { stop?: () => Promise<unknown>; close?: () => Promise<unknown> };
+      if (typeof v?.stop === 'function') await v.stop();
+      else if (typeof v?.close === 'function') await v.close();
+    }),
+  );
+  throw failed.reason;
+}

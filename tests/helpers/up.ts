@@ -44,8 +44,13 @@ export function startUp(workers: number, extra: string[] = [], nats = 'local', e
     },
     /** Ctrl-C: the terminal sends SIGINT to the whole foreground process group. */
     ctrlC: () => process.kill(-up.pid!, 'SIGINT'),
+    /** Kills the whole group: up, and anything it left behind when it exited or failed first. */
     async kill(): Promise<void> {
-      if (up.exitCode === null && up.signalCode === null) process.kill(-up.pid!, 'SIGKILL');
+      try {
+        process.kill(-up.pid!, 'SIGKILL');
+      } catch {
+        // ESRCH: the group is empty, nothing is left.
+      }
       await exited;
     },
   };

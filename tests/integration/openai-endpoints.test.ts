@@ -5,7 +5,7 @@
  * of the fake OpenAI-compatible engine serves VISION.
  */
 import OpenAI from 'openai';
-import { addEngineWorker, MODEL, startCluster, STEADY, type Cluster } from '../helpers/cluster';
+import { addEngineWorker, MODEL, startCluster, startTogether, STEADY, type Cluster } from '../helpers/cluster';
 import { FAKE_EMBEDDING, FAKE_PROMPT_TOKENS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
 
 const VISION = 'fake-vision';
@@ -14,7 +14,7 @@ let fake: FakeEngine;
 let client: OpenAI;
 
 beforeAll(async () => {
-  [cluster, fake] = await Promise.all([startCluster({ workers: [{ id: 'w1' }], config: STEADY }), startFakeEngine({ models: [VISION] })]);
+  [cluster, fake] = await startTogether([startCluster({ workers: [{ id: 'w1' }], config: STEADY }), startFakeEngine({ models: [VISION] })]);
   await addEngineWorker(cluster, { id: 'oa1', engineUrl: fake.url });
   client = new OpenAI({ baseURL: `${cluster.url}/v1`, apiKey: 'unused', maxRetries: 0 });
 });

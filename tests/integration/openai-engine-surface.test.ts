@@ -5,7 +5,7 @@
  */
 import OpenAI from 'openai';
 import { decode } from '../../src/protocol';
-import { addEngineWorker, MODEL, startCluster, STEADY, type Cluster } from '../helpers/cluster';
+import { addEngineWorker, MODEL, startCluster, startTogether, STEADY, type Cluster } from '../helpers/cluster';
 import { FAKE_CACHED_TOKENS, FAKE_TOOL_ARGS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
 
 const TTFT_LIMIT_MS = 1500;
@@ -15,8 +15,8 @@ let fake: FakeEngine;
 let client: OpenAI;
 
 beforeAll(async () => {
-  [cluster, fake] = await Promise.all([
-    // A time to first token limit well below the slow engine's delay in the keep-alive test.
+  [cluster, fake] = await startTogether([
+    // A time to first token limit well below the slow engine's delay in the hang test.
     startCluster({ config: { ...STEADY, 'cluster.requestRouting.firstChunkTimeoutMs': TTFT_LIMIT_MS, 'cluster.requestRouting.attemptTimeoutMs': 20_000 } }),
     startFakeEngine({ models: [MODEL] }),
   ]);

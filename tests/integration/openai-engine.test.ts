@@ -4,7 +4,7 @@
  * passes (buffered, streamed, usage, models, errors), then each engine fault and its answer.
  * The tests run in order: worker oa2 joins half-way, for the retry-elsewhere and engine-down cases.
  */
-import { addEngineWorker, chat, MODEL, parseSse, startCluster, STARTUP_MS, streamedText, waitFor, type Cluster } from '../helpers/cluster';
+import { addEngineWorker, chat, MODEL, parseSse, startCluster, startTogether, STARTUP_MS, streamedText, waitFor, type Cluster } from '../helpers/cluster';
 import { FAKE_PROMPT_TOKENS, FAKE_USAGE_DETAILS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
 
 /** A model only oa1's engine lists: oa1 is its only worker. */
@@ -16,7 +16,7 @@ let fake1: FakeEngine;
 let fake2: FakeEngine;
 
 beforeAll(async () => {
-  [cluster, fake1, fake2] = await Promise.all([
+  [cluster, fake1, fake2] = await startTogether([
     startCluster({
       config: {
         // Round robin makes "which worker first" deterministic for the retry-elsewhere case.

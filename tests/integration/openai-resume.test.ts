@@ -2,7 +2,7 @@
  * Stream resume with real engine adapters, opted in (`worker.openai.continuation: vllm`): a
  * worker killed mid-stream is continued by another engine from the text already delivered.
  */
-import { addEngineWorker, MODEL, startCluster, type Cluster } from '../helpers/cluster';
+import { addEngineWorker, MODEL, startCluster, startTogether, type Cluster } from '../helpers/cluster';
 import { fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
 import { openStream, summarize } from '../helpers/stream';
 
@@ -12,7 +12,7 @@ let cluster: Cluster;
 let engines: FakeEngine[];
 
 beforeAll(async () => {
-  [cluster, ...engines] = await Promise.all([
+  [cluster, ...engines] = await startTogether([
     startCluster(),
     startFakeEngine({ models: [MODEL], tokenDelayMs: 80 }),
     startFakeEngine({ models: [MODEL], tokenDelayMs: 80 }),

@@ -6,7 +6,7 @@ import { ConfigError } from '../../src/config';
 import { Controller } from '../../src/controller/controller';
 import { silentLogger } from '../../src/logger';
 import { startNatsServer } from '../../src/nats-server';
-import { chat, metricsText, metricValue, signalWorker, STEADY, startCluster, testConfig, waitFor, type Cluster } from '../helpers/cluster';
+import { chat, metricsText, metricValue, signalWorker, STEADY, startCluster, startTogether, testConfig, waitFor, type Cluster } from '../helpers/cluster';
 
 type Reply = Awaited<ReturnType<typeof chat>>;
 
@@ -160,7 +160,7 @@ describe('cluster.pipeline order drives behaviour', () => {
   let stripped: Cluster;
 
   beforeAll(async () => {
-    [full, stripped] = await Promise.all([
+    [full, stripped] = await startTogether([
       startCluster({ workers: [{ id: 'a-hung' }, { id: 'b-ok' }], config }),
       startCluster({ workers: [{ id: 'a-hung' }, { id: 'b-ok' }], config: { ...config, 'cluster.pipeline': ['metrics', 'select', 'timeout', 'health'] } }),
     ]);

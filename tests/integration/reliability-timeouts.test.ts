@@ -3,7 +3,7 @@
  * buffered and streamed. A hung worker is a real SIGSTOPped
  * process (the harness sends SIGCONT before killing it); a failing one runs with --fail-rate 1.
  */
-import { chat, chatStream, metricsText, metricValue, signalWorker, STEADY, startCluster, streamedText, type Cluster } from '../helpers/cluster';
+import { chat, chatStream, metricsText, metricValue, signalWorker, STEADY, startCluster, startTogether, streamedText, type Cluster } from '../helpers/cluster';
 
 type Reply = Awaited<ReturnType<typeof chat>>;
 type StreamReply = Awaited<ReturnType<typeof chatStream>>;
@@ -47,7 +47,7 @@ describe('the only worker hung', () => {
   const config = { 'cluster.requestRouting.attemptTimeoutMs': attemptMs, 'discovery.offlineAfterMs': 20_000 };
 
   beforeAll(async () => {
-    [cluster, shortDeadline] = await Promise.all([
+    [cluster, shortDeadline] = await startTogether([
       startCluster({ workers: [{ id: 'only' }], config }),
       startCluster({ workers: [{ id: 'only' }], config: { ...config, 'cluster.requestRouting.timeoutMs': deadlineMs } }),
     ]);

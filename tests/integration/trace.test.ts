@@ -7,7 +7,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { headers as natsHeaders } from '@nats-io/transport-node';
 import { makeSubjects } from '../../src/protocol';
-import { addEngineWorker, chat, chatStream, MODEL, STEADY, startCluster, waitFor, type Cluster } from '../helpers/cluster';
+import { addEngineWorker, chat, chatStream, MODEL, STEADY, startCluster, startTogether, waitFor, type Cluster } from '../helpers/cluster';
 import { startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
 
 const TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736';
@@ -44,7 +44,7 @@ async function startCollector(): Promise<{ server: Server; url: string }> {
 beforeAll(async () => {
   const c = await startCollector();
   collector = c.server;
-  [cluster, engine] = await Promise.all([
+  [cluster, engine] = await startTogether([
     startCluster({ config: { ...STEADY, 'cluster.streaming.resume': false, 'tracing.otlpEndpoint': c.url, 'tracing.serviceName': 'router-under-test' } }),
     startFakeEngine({ models: [MODEL] }),
   ]);

@@ -213,3 +213,29 @@ test('worker - bad flags exit 2 with a message naming the flag', async () => {
   expect((await w.exited).code).toBe(2);
   expect(w.output()).toMatch(/--max-concurrent/);
 });
+
+test('worker - SIGTERM while NATS is down still exits, within its shutdown bound (no process left behind)', async () => {
+  const own = await startNatsServer();
+  const ownNc = await connect({ servers: own.url });
+  try {
+    let seen = false;
+    ownNc.subscribe(subjects.heartbeat, { callback: (_e, m) => void (decode<Heartbeat>(m.data)?.id === 'lonely' && (seen = true)) });
+    await ownNc.flush();
+    const w = spawnWorker(own.url, { id: 'lonely', heartbeatMs: 100 });
+    workers.push(w);
+    await waitFor(() => seen, 'heartbeat from lonely', STARTUP_MS);
+    await ownNc.close();
+    // The server goes away for good: the worker keeps trying to reconnect.
+    own.process.kill('SIGKILL');
+    await own.stop(0);
+    w.kill('SIGTERM');
+    const started = Date.now();
+    const exit = await Promise.race([w.exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 20_000).unref())]);
+    expect(exit).toEqual({ code: 0, signal: null });
+    // The bound is a few seconds (docs/deployment.md), well below the 20 s this test waits.
+    expect(Date.now() - started).toBeLessThan(15_000);
+  } finally {
+    if (!ownNc.isClosed()) await ownNc.close();
+    await own.stop();
+  }
+});

@@ -82,3 +82,30 @@ test("health - a refusal the worker sent itself (draining) does not mark it offl
   expect(s.registry.online().map((w) => w.id)).toEqual(['w1']);
   expect(interrupted).toEqual([]);
 });
+
+test('health - WORKER_OVERLOADED from the worker counts it full until its next heartbeat, so select waits for a slot', async () => {
+  const s = setup();
+  const w = s.registry.get('w1')!;
+  w.outstanding = 3;
+  const ctx = makeCtx({ clock: s.clock });
+  ctx.worker = w;
+  await s.mw(ctx, async () => {
+    throw new RouterError('WORKER_OVERLOADED', 'full', { worker: 'w1', fromWorker: true });
+  }).catch(() => undefined);
+  // Its other 5 slots are someone else's: full until a heartbeat says otherwise.
+  expect(w.outstanding + w.foreignInFlight).toBe(w.maxConcurrent);
+  expect(s.registry.forModel(MODEL).map((x) => x.id)).toEqual(['w1']);
+  s.registry.onHeartbeat({ ...heartbeat('w1'), in_flight: 3 });
+  expect(w.foreignInFlight).toBe(0);
+});
+
+test('health - a WORKER_OVERLOADED that did not come from the worker does not count it full', async () => {
+  const s = setup();
+  const w = s.registry.get('w1')!;
+  const ctx = makeCtx({ clock: s.clock });
+  ctx.worker = w;
+  await s.mw(ctx, async () => {
+    throw new RouterError('WORKER_OVERLOADED', 'forged or local', { worker: 'w1' });
+  }).catch(() => undefined);
+  expect(w.foreignInFlight).toBe(0);
+});

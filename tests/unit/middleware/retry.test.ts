@@ -454,6 +454,24 @@ describe('retry - budget', () => {
   });
 });
 
+test('retry - a refusal (WORKER_OVERLOADED) takes no budget token and is retried on a spent budget; a real failure is not', async () => {
+  const budget = new RetryBudget({ maxTokens: 10, tokenRatio: 0.1 });
+  // Many refusals in a row: each retried elsewhere, none spends the budget.
+  for (let i = 0; i < 20; i++) {
+    const h = harness({ pool: three, script: { w1: [fail('WORKER_OVERLOADED', { retryAfterMs: 100 })] }, budget });
+    await h.run();
+    expect(h.workers()).toEqual(['w1', 'w2']);
+  }
+  expect(budget.available).toBe(10);
+  // With the budget spent by real failures, a refusal is still retried: it cost no work.
+  for (let i = 0; i < 5; i++) budget.onFailure();
+  const refused = harness({ pool: three, script: { w1: [fail('WORKER_OVERLOADED', { retryAfterMs: 100 })] }, budget });
+  await refused.run();
+  expect(refused.workers()).toEqual(['w1', 'w2']);
+  const failed = harness({ pool: three, script: { w1: [fail('WORKER_ERROR')] }, budget });
+  expect((await failure(failed.run())).code).toBe('RETRY_BUDGET_EXHAUSTED');
+});
+
 describe('finalError', () => {
   test('finalError - a single attempt keeps its own code and lists itself', async () => {
     const h = harness({ options: { maxRetries: 0 }, pool: three, script: { w1: [fail('WORKER_TIMEOUT')] } });

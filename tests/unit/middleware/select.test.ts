@@ -169,3 +169,69 @@ test('select - a session whose worker cannot take the attempt falls back by rend
     expect(ctx.worker?.id).toBe(rendezvousPick(`s${i}`, pool, (w) => w.id)?.id);
   }
 });
+
+describe('waiting for a free worker', () => {
+  /** A directory whose waiters all wake at once when `notify` is called, as the registry's do. */
+  function directory(workers: WorkerInfo[]) {
+    let waiters: Array<() => void> = [];
+    return {
+      notify(): void {
+        const woken = waiters;
+        waiters = [];
+        for (const w of woken) w();
+      },
+      get waiting(): number {
+        return waiters.length;
+      },
+      dir: {
+        forModel: () => workers,
+        online: () => workers,
+        unhealthyFor: () => [],
+        knowsModel: () => true,
+        knowsContinuation: () => true,
+        markOffline: () => undefined,
+        waitForChange: (signal: AbortSignal) =>
+          new Promise<void>((resolve) => {
+            waiters.push(resolve);
+            signal.addEventListener('abort', () => resolve(), { once: true });
+          }),
+      },
+    };
+  }
+
+  test('select - one freed slot lets exactly one waiter through, however many woke (no check-then-act across an await)', async () => {
+    const w = makeWorker('w1', { outstanding: 1, maxConcurrent: 1 });
+    const d = directory([w]);
+    const mw = select({ strategy: 'least-outstanding', workerWaitTimeoutMs: 60_000 }, { registry: d.dir });
+    const passed: number[] = [];
+    const ctxs = [0, 1, 2].map(() => makeCtx({ candidates: [w], deadlineMs: 120_000 }));
+    // Dispatch takes the slot synchronously when next() is called, as the terminal middleware does.
+    const runs = ctxs.map((ctx, i) =>
+      mw(ctx, async () => {
+        w.outstanding++;
+        passed.push(i);
+      }).catch(() => undefined),
+    );
+    await until(() => d.waiting === 3);
+    w.outstanding = 0;
+    d.notify();
+    // Every waiter has re-checked and gone back to waiting, except the one that took the slot.
+    await until(() => d.waiting === 2);
+    expect(passed).toHaveLength(1);
+    expect(w.outstanding).toBe(1);
+    // The other two get through one at a time as slots free up.
+    w.outstanding = 0;
+    d.notify();
+    await until(() => passed.length === 2 && d.waiting === 1);
+    w.outstanding = 0;
+    d.notify();
+    await Promise.all(runs);
+    expect(passed.sort()).toEqual([0, 1, 2]);
+  });
+});
+
+/** Lets microtasks and timers run until `cond` holds (bounded). */
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 1000 && !cond(); i++) await new Promise((r) => setImmediate(r));
+  expect(cond()).toBe(true);
+}
