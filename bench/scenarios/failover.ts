@@ -281,11 +281,15 @@ async function hungMidAnswer(run: BenchRun): Promise<void> {
       const whole: number[] = [];
       const n = run.pick(8, 2);
       const bar = progress(`4 · worker hangs mid-answer (SIGSTOP), ${stream ? 'streamed' : 'buffered'}`);
-      for (let i = 0; i < n; i++) {
-        bar.update(i / n, `${fromStop.length} stops`);
+      for (let tries = 0; fromStop.length < n && tries < 4 * n; tries++) {
+        bar.update(fromStop.length / n, `${fromStop.length} stops`);
+        // The stopped worker back in selection (a heartbeat after SIGCONT) before the next stop.
+        for (let t = 0; ((await router.stats()).workersOnline ?? 0) < 2; t++) {
+          if (t > 2400) throw new Error('hung: the resumed worker did not come back online');
+          await new Promise((r) => setTimeout(r, 25));
+        }
         const plain = await run.client.send(routerTarget(router.url, stream));
         if (plain.status !== 200) throw new Error(`hung: baseline answered HTTP ${plain.status}`);
-        whole.push(plain.ms);
         const pending = run.client.send(routerTarget(router.url, stream));
         await new Promise((r) => setTimeout(r, KILL_AFTER_MS));
         const stoppedAt = performance.now();
@@ -298,10 +302,19 @@ async function hungMidAnswer(run: BenchRun): Promise<void> {
         }
         const doneAt = performance.now();
         if (a.status !== 200) throw new Error(`hung: HTTP ${a.status}: ${a.body.slice(0, 300)}`);
-        const movedOn = stream ? Number(/"resumes":(\d+)/.exec(a.body)?.[1] ?? 0) >= 1 && a.body.includes('data: [DONE]') : a.headers['x-mlx-worker'] === 'good';
-        if (movedOn) fromStop.push(doneAt - stoppedAt);
-        // Let the resumed worker catch up (its cancels, a heartbeat) before the next stop.
-        await new Promise((r) => setTimeout(r, 300));
+        // Counted only when the answer started on the stopped worker and moved on: a stream is
+        // resumed; a buffered answer's first attempt was on the stopped worker.
+        const firstOnVictim = (): boolean => {
+          const attempts = (JSON.parse(a.body) as { metadata?: { attempts?: Array<{ attempt: number; worker: string }> } }).metadata?.attempts ?? [];
+          return [...attempts].sort((x, y) => x.attempt - y.attempt)[0]?.worker === spec.id;
+        };
+        const movedOn = stream
+          ? Number(/"resumes":(\d+)/.exec(a.body)?.[1] ?? 0) >= 1 && a.body.includes('data: [DONE]')
+          : a.headers['x-mlx-worker'] === 'good' && firstOnVictim();
+        if (movedOn) {
+          fromStop.push(doneAt - stoppedAt);
+          whole.push(plain.ms);
+        }
       }
       const k = summarize(fromStop);
       const w = summarize(whole);
