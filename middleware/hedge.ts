@@ -84,7 +84,7 @@ export class HedgeBudget {
 
 /** One attempt of the race, on its own fork of the request's context. */
 interface Branch {
-  readonly ctx: RouteContext;
+  ctx: RouteContext;
   readonly hedge: boolean;
   attempt?: AttemptState;
   worker?: WorkerInfo;
@@ -141,7 +141,8 @@ function hedgeMiddleware(options: HedgeOptions, deps: HedgeDeps, runAttempt: Att
     if (ctx.sink?.committed || ctx.signal.aborted) return runAttempt(ctx);
     const clock = ctx.clock;
     const model = ctx.request.model;
-    const allowance = (options.firstChunkMsPer1kPromptTokens * promptTokenEstimate(ctx)) / 1000;
+    let allowanceMs: number | undefined;
+    const allowance = (): number => (allowanceMs ??= options.firstChunkMsPer1kPromptTokens > 0 ? (options.firstChunkMsPer1kPromptTokens * promptTokenEstimate(ctx)) / 1000 : 0);
     const branches: Branch[] = [];
     let winner: Branch | undefined;
     let hedged: Branch | undefined;
@@ -171,14 +172,14 @@ function hedgeMiddleware(options: HedgeOptions, deps: HedgeDeps, runAttempt: Att
     const onProgress = (b: Branch): void => {
       const first = b.attempt?.firstTokenAt;
       if (first === undefined || winner) return;
-      if (b.worker && b.chosenAt !== undefined) learned.observeTtft(b.worker.id, model, Math.max(0, first - b.chosenAt - allowance));
+      if (b.worker && b.chosenAt !== undefined) learned.observeTtft(b.worker.id, model, Math.max(0, first - b.chosenAt - allowance()));
       declare(b);
     };
 
     const hedgePoint = (w: WorkerInfo): number | undefined => {
       const p = learned.ttftPercentile(w.id, model, options.percentile, options.minSamples);
       const base = p ?? (options.initialDelayMs > 0 ? options.initialDelayMs : undefined);
-      return base === undefined ? undefined : Math.max(options.minDelayMs, base) + allowance;
+      return base === undefined ? undefined : Math.max(options.minDelayMs, base) + allowance();
     };
 
     const onHedgePoint = (primary: Branch, afterMs: number): void => {
@@ -226,54 +227,43 @@ function hedgeMiddleware(options: HedgeOptions, deps: HedgeDeps, runAttempt: Att
       }
     };
 
-    /** A fork of the request's context: attempt state, worker, answer and sink of its own. */
-    const fork = (b: Branch, exclude?: string): void => {
-      const child = b.ctx as { -readonly [K in keyof RouteContext]: RouteContext[K] };
-      let attempt: AttemptState | undefined;
-      let worker: WorkerInfo | undefined;
-      Object.defineProperty(child, 'attempt', {
-        enumerable: true,
-        get: () => attempt,
-        set: (a: AttemptState) => {
-          attempt = b.attempt = a;
-          if (b.hedge) a.hedge = true;
+    /** A fork of the request's context for one attempt of the race (see BranchContext). */
+    const fork = (hedge: boolean, exclude?: string): Branch => {
+      const b: Branch = { ctx: undefined as unknown as RouteContext, hedge, settled: false, ok: false };
+      const sink = ctx.sink;
+      b.ctx = new BranchContext(ctx, sink ? branchSink(sink, () => winner === b || (winner === undefined && declare(b))) : undefined, {
+        attempt(a) {
+          b.attempt = a;
+          if (hedge) a.hedge = true;
           // First in the list, so a breaker never grants a permit to the worker refused here.
           if (exclude !== undefined) a.admissions.unshift({ allows: (w) => w.id !== exclude, admit: (w) => w.id !== exclude });
           a.onProgress(() => onProgress(b));
         },
-      });
-      Object.defineProperty(child, 'worker', {
-        enumerable: true,
-        get: () => worker,
-        set: (w: WorkerInfo | undefined) => {
-          worker = w;
-          if (w && b.worker !== w) {
-            b.worker = w;
-            b.chosenAt = clock.now();
-            onChosen(b);
-          }
+        worker(w) {
+          if (b.worker === w) return;
+          b.worker = w;
+          b.chosenAt = clock.now();
+          onChosen(b);
         },
       });
-      const sink = ctx.sink;
-      if (sink) child.sink = branchSink(sink, () => winner === b || (winner === undefined && declare(b)));
+      return b;
     };
 
     const start = (isHedge: boolean, exclude?: string): Branch => {
-      const b: Branch = { ctx: Object.create(ctx) as RouteContext, hedge: isHedge, settled: false, ok: false };
-      fork(b, exclude);
+      const b = fork(isHedge, exclude);
       branches.push(b);
       runAttempt(b.ctx).then(
-        () => {
-          b.ok = true;
-        },
-        (e: unknown) => {
-          b.error = toRouterError(e);
-        },
-      ).finally(() => {
-        b.settled = true;
-        onSettled(b);
-      });
+        () => settled(b, undefined),
+        (e: unknown) => settled(b, toRouterError(e)),
+      );
       return b;
+    };
+
+    const settled = (b: Branch, error: RouterError | undefined): void => {
+      b.settled = true;
+      if (error) b.error = error;
+      else b.ok = true;
+      onSettled(b);
     };
 
     const primary = start(false);
@@ -282,8 +272,8 @@ function hedgeMiddleware(options: HedgeOptions, deps: HedgeDeps, runAttempt: Att
     const final = winner ?? primary;
     ctx.worker = final.worker;
     if (final.attempt) ctx.attempt = final.attempt;
-    if (Object.hasOwn(final.ctx, 'result')) ctx.result = final.ctx.result;
-    if (Object.hasOwn(final.ctx, 'end')) ctx.end = final.ctx.end;
+    if (final.ctx.result !== undefined) ctx.result = final.ctx.result;
+    if (final.ctx.end !== undefined) ctx.end = final.ctx.end;
     if (final.worker) ctx.metrics.selectedWorker = final.worker.id;
     ctx.metrics.retryCount = Math.max(0, ctx.attempts.filter((a) => !a.hedge).length - 1);
     if (hedged && report) {
@@ -295,6 +285,88 @@ function hedgeMiddleware(options: HedgeOptions, deps: HedgeDeps, runAttempt: Att
     if (final.ok) return;
     throw final.error ?? new RouterError('INTERNAL_ERROR', 'hedge: an attempt ended with neither answer nor error');
   };
+}
+
+/** What a BranchContext tells its race: a fresh attempt began, `select` chose a worker. */
+interface BranchHooks {
+  attempt(a: AttemptState): void;
+  worker(w: WorkerInfo): void;
+}
+
+/**
+ * A fork of the request's context for one attempt of a hedge race: the request's fields copied
+ * (so `attempts`, `metrics` and `state` stay shared), with attempt state, worker, answer and sink
+ * of its own. `attempt` and `worker` are accessors, so the runner's fresh attempt and `select`'s
+ * choice are seen as they happen. A class with a fixed shape: forks are made for every attempt.
+ * (A field added to RouteContext must be copied here too.)
+ */
+class BranchContext implements RouteContext {
+  readonly requestId: string;
+  readonly request: RouteContext['request'];
+  readonly stream: boolean;
+  readonly log: RouteContext['log'];
+  readonly clock: RouteContext['clock'];
+  readonly signal: AbortSignal;
+  readonly deadline: number;
+  readonly startedAt: number;
+  readonly headers: RouteContext['headers'];
+  readonly sessionId?: string;
+  stickyWorker?: string;
+  candidates: WorkerInfo[];
+  readonly attempts: RouteContext['attempts'];
+  continuation?: string;
+  retriesLeft?: number;
+  result?: RouteContext['result'];
+  end?: RouteContext['end'];
+  sink?: StreamSink;
+  readonly metrics: RouteContext['metrics'];
+  readonly state: RouteContext['state'];
+  private currentAttempt: AttemptState;
+  private currentWorker?: WorkerInfo;
+
+  constructor(
+    parent: RouteContext,
+    sink: StreamSink | undefined,
+    private readonly hooks: BranchHooks,
+  ) {
+    this.requestId = parent.requestId;
+    this.request = parent.request;
+    this.stream = parent.stream;
+    this.log = parent.log;
+    this.clock = parent.clock;
+    this.signal = parent.signal;
+    this.deadline = parent.deadline;
+    this.startedAt = parent.startedAt;
+    this.headers = parent.headers;
+    this.sessionId = parent.sessionId;
+    this.stickyWorker = parent.stickyWorker;
+    this.candidates = parent.candidates;
+    this.attempts = parent.attempts;
+    this.continuation = parent.continuation;
+    this.retriesLeft = parent.retriesLeft;
+    this.sink = sink;
+    this.metrics = parent.metrics;
+    this.state = parent.state;
+    this.currentAttempt = parent.attempt;
+  }
+
+  get attempt(): AttemptState {
+    return this.currentAttempt;
+  }
+
+  set attempt(a: AttemptState) {
+    this.currentAttempt = a;
+    this.hooks.attempt(a);
+  }
+
+  get worker(): WorkerInfo | undefined {
+    return this.currentWorker;
+  }
+
+  set worker(w: WorkerInfo | undefined) {
+    this.currentWorker = w;
+    if (w) this.hooks.worker(w);
+  }
 }
 
 /**
