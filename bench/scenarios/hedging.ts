@@ -83,7 +83,7 @@ export async function hedging(run: BenchRun): Promise<void> {
     await alternate(run, '10 · warm-up (learning each worker\'s time to first token)', 60, hedged, plain);
 
     const before = await hedgeCounts(hedged);
-    const healthy = await alternate(run, '10 · healthy cluster', run.pick(1500, 150), hedged, plain);
+    const healthy = await alternate(run, '10 · healthy cluster', run.pick(1500, 60), hedged, plain);
     const after = await hedgeCounts(hedged);
     const requests = after.requests - before.requests;
     const extra = (100 * (after.started - before.started)) / requests;
@@ -114,7 +114,7 @@ export async function hedging(run: BenchRun): Promise<void> {
       }
     })();
     const before2 = await hedgeCounts(hedged);
-    const slowRun = await alternate(run, `10 · one worker stalls ${STALL_MS} ms of every ${STALL_PERIOD_MS} ms`, run.pick(1500, 150), hedged, plain);
+    const slowRun = await alternate(run, `10 · one worker stalls ${STALL_MS} ms of every ${STALL_PERIOD_MS} ms`, run.pick(1500, 60), hedged, plain);
     const after2 = await hedgeCounts(hedged);
     stalling = false;
     await stall;
