@@ -26,7 +26,7 @@ export default tseslint.config(
     files: ['dashboard/**/*.js'],
     languageOptions: {
       sourceType: 'script',
-      globals: { document: 'readonly', window: 'readonly', fetch: 'readonly', sessionStorage: 'readonly', EventSource: 'readonly', Node: 'readonly', setInterval: 'readonly' },
+      globals: { document: 'readonly', window: 'readonly', fetch: 'readonly', sessionStorage: 'readonly', EventSource: 'readonly', Node: 'readonly', setInterval: 'readonly', setTimeout: 'readonly', AbortController: 'readonly', TextDecoder: 'readonly' },
     },
   },
   {

@@ -24,8 +24,15 @@
     box.textContent = message || '';
   }
 
+  // With client API keys on (cluster.auth.keys), the cluster API needs a key marked admin: the
+  // key entered below is sent with every read too.
+  function authHeaders() {
+    return state.adminKey ? { authorization: `Bearer ${state.adminKey}` } : {};
+  }
+
   async function getJson(path) {
-    const res = await fetch(path, { cache: 'no-store' });
+    const res = await fetch(path, { cache: 'no-store', headers: authHeaders() });
+    if (res.status === 401 || res.status === 403) throw new Error(`${path}: HTTP ${res.status}: enter an admin key`);
     if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
     return res.json();
   }
@@ -182,19 +189,62 @@
     if (e.type.startsWith('worker.') || e.type === 'breaker' || e.type === 'admin') refreshWorkers().catch(() => undefined);
   }
 
-  function follow() {
+  const TYPES = ['worker.up', 'worker.down', 'worker.state', 'worker.restart', 'breaker', 'retry', 'resume', 'shed', 'admin'];
+  let feed = null;
+
+  function feedStatus(live) {
     const status = $('feed-status');
-    const source = new EventSource('/v1/cluster/events');
-    const types = ['worker.up', 'worker.down', 'worker.state', 'worker.restart', 'breaker', 'retry', 'resume', 'shed', 'admin'];
-    for (const t of types) source.addEventListener(t, (m) => onEvent(JSON.parse(m.data)));
-    source.onopen = () => {
-      status.textContent = 'events live';
-      status.className = 'pill ok';
-    };
-    source.onerror = () => {
-      status.textContent = 'events reconnecting';
-      status.className = 'pill bad';
-    };
+    status.textContent = live ? 'events live' : 'events reconnecting';
+    status.className = `pill ${live ? 'ok' : 'bad'}`;
+  }
+
+  // Without a key, EventSource; with one, fetch (EventSource cannot send a header), read as SSE.
+  function follow() {
+    if (feed) feed.close();
+    if (!state.adminKey) {
+      const source = new EventSource('/v1/cluster/events');
+      for (const t of TYPES) source.addEventListener(t, (m) => onEvent(JSON.parse(m.data)));
+      source.onopen = () => feedStatus(true);
+      source.onerror = () => feedStatus(false);
+      feed = source;
+      return;
+    }
+    const abort = new AbortController();
+    let closed = false;
+    feed = { close: () => { closed = true; abort.abort(); } };
+    (async () => {
+      while (!closed) {
+        try {
+          const res = await fetch('/v1/cluster/events', { headers: authHeaders(), signal: abort.signal });
+          if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
+          feedStatus(true);
+          const reader = res.body.getReader();
+          const decoder = new TextDecoder();
+          let pending = '';
+          for (;;) {
+            const { done, value } = await reader.read();
+            if (done) break;
+            pending += decoder.decode(value, { stream: true });
+            let cut;
+            while ((cut = pending.indexOf('\n\n')) >= 0) {
+              const block = pending.slice(0, cut);
+              pending = pending.slice(cut + 2);
+              let type = 'message';
+              const data = [];
+              for (const line of block.split('\n')) {
+                if (line.startsWith('event: ')) type = line.slice(7);
+                else if (line.startsWith('data: ')) data.push(line.slice(6));
+              }
+              if (TYPES.includes(type) && data.length > 0) onEvent(JSON.parse(data.join('\n')));
+            }
+          }
+        } catch {
+          if (closed) return;
+        }
+        feedStatus(false);
+        await new Promise((r) => setTimeout(r, 2000));
+      }
+    })();
   }
 
   function setKey(key) {
@@ -207,12 +257,20 @@
     renderWorkers();
   }
 
+  function changeKey(key) {
+    setKey(key);
+    follow();
+    tick(refreshCluster);
+    tick(refreshWorkers);
+    tick(refreshStats);
+  }
+
   $('admin-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
-    setKey($('admin-key').value.trim());
+    changeKey($('admin-key').value.trim());
     $('admin-key').value = '';
   });
-  $('admin-clear').addEventListener('click', () => setKey(''));
+  $('admin-clear').addEventListener('click', () => changeKey(''));
 
   async function tick(fn) {
     try {

@@ -7,13 +7,15 @@ import type { AnyDefinition } from '../src/define';
 import { breaker } from './breaker';
 import { health } from './health';
 import { hedge } from './hedge';
+import { limits } from './limits';
 import { metrics } from './metrics';
 import { prefix } from './prefix';
+import { priority } from './priority';
 import { retry } from './retry';
 import { select } from './select';
 import { session } from './session';
 import { timeout } from './timeout';
 
-export const BUILTIN_MIDDLEWARE: Readonly<Record<string, AnyDefinition>> = { metrics, session, retry, hedge, breaker, prefix, select, timeout, health };
+export const BUILTIN_MIDDLEWARE: Readonly<Record<string, AnyDefinition>> = { metrics, limits, session, retry, hedge, breaker, prefix, priority, select, timeout, health };
 
-export { breaker, health, hedge, metrics, prefix, retry, select, session, timeout };
+export { breaker, health, hedge, limits, metrics, prefix, priority, retry, select, session, timeout };

@@ -56,6 +56,7 @@ export const metrics = defineMiddleware<MetricsOptions, MetricsDeps>({
         ctx.metrics.totalDurationMs = ms;
         m.inFlight.dec();
         m.requests.inc({ status: String(status), code, stream });
+        if (ctx.client) m.keyRequests?.inc({ key: ctx.client.id, status: String(status) });
         m.duration.observe({ stream }, ms / 1000);
         ctx.log.info(
           {

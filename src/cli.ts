@@ -9,6 +9,7 @@ import { runController } from './commands/controller';
 import { runUp } from './commands/up';
 import { runWorker } from './commands/worker';
 import { printConfig } from './commands/config';
+import { runKeys } from './commands/keys';
 import { numberFlag, UsageError, type Flags } from './flags';
 
 export { numberFlag, UsageError, type Flags };
@@ -30,6 +31,9 @@ Usage:
       at --engine-url (default http://127.0.0.1:8081/v1); without --model it advertises the models
       the server lists. See docs/engines.md.
   mlx-router config [--config FILE]     print every key, its value and its environment variable
+  mlx-router keys create [--id ID] [--models a,b] [--rpm N] [--tpm N] [--concurrency N]
+                         [--priority CLASS] [--admin]
+      a new client API key, printed once, and its cluster.auth.keys entry (only the hash)
 
 Configuration: ./cluster.yaml when present (or --config FILE), then MLX_ROUTER_* variables, then flags.
 `;
@@ -40,7 +44,7 @@ const COMMON: ParseArgsConfig['options'] = {
   help: { type: 'boolean', short: 'h' },
 };
 
-const COMMANDS: Record<string, { options: ParseArgsConfig['options']; run: (flags: Flags) => Promise<number> }> = {
+const COMMANDS: Record<string, { options: ParseArgsConfig['options']; run: (flags: Flags, positionals: string[]) => Promise<number>; positionals?: boolean }> = {
   up: { options: { ...COMMON, workers: { type: 'string' }, controllers: { type: 'string' }, port: { type: 'string' } }, run: runUp },
   controller: { options: { ...COMMON, port: { type: 'string' }, host: { type: 'string' } }, run: runController },
   worker: {
@@ -62,6 +66,20 @@ const COMMANDS: Record<string, { options: ParseArgsConfig['options']; run: (flag
     run: runWorker,
   },
   config: { options: COMMON, run: printConfig },
+  keys: {
+    options: {
+      help: { type: 'boolean', short: 'h' },
+      id: { type: 'string' },
+      models: { type: 'string' },
+      rpm: { type: 'string' },
+      tpm: { type: 'string' },
+      concurrency: { type: 'string' },
+      priority: { type: 'string' },
+      admin: { type: 'boolean' },
+    },
+    run: runKeys,
+    positionals: true,
+  },
 };
 
 
@@ -97,12 +115,12 @@ export async function main(argv: string[]): Promise<number> {
   }
   try {
     const { values, positionals } = parseArgs({ args: rest, options: spec.options, strict: true, allowPositionals: true });
-    if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
+    if (positionals.length > 0 && !spec.positionals) throw new UsageError(`unexpected argument '${positionals[0]}'`);
     if ((values as Flags).help) {
       process.stdout.write(USAGE);
       return 0;
     }
-    return await spec.run(values as Flags);
+    return await spec.run(values as Flags, positionals);
   } catch (err) {
     const e = err as Error & { code?: string };
     if (err instanceof UsageError || err instanceof ConfigError || e.code?.startsWith('ERR_PARSE_ARGS')) {

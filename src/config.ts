@@ -4,16 +4,17 @@
  * or a wrong type stops start-up with a message naming the key (ConfigError).
  */
 import convict from 'convict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { isErrorCode } from './errors';
+import { checkKeyEntries, type ApiKeyEntry } from './api-keys';
 
 convict.addParser({ extension: ['yml', 'yaml'], parse: parseYaml });
 convict.addParser({ extension: 'json', parse: JSON.parse });
 
 export const DEFAULT_MODEL = 'mlx-community/Llama-3.2-3B-Instruct-4bit';
-export const DEFAULT_PIPELINE = ['metrics', 'session', 'retry', 'hedge', 'breaker', 'select', 'timeout', 'health'];
+export const DEFAULT_PIPELINE = ['metrics', 'limits', 'session', 'retry', 'hedge', 'breaker', 'priority', 'select', 'timeout', 'health'];
 export const STRATEGIES = ['round-robin', 'least-outstanding', 'p2c'] as const;
 export type Strategy = (typeof STRATEGIES)[number];
 /** Engines a worker can front: `synthetic` (deterministic, built in) or `openai` (any OpenAI-compatible HTTP server). */
@@ -66,6 +67,7 @@ export interface RouterConfig {
     maxTokens: { cap: number; byModel: Record<string, number> };
     streaming: { maxBufferedBytes: number; resume: boolean; maxResumes: number; maxResumeChars: number };
     admin: { key: string };
+    auth: { keys: ApiKeyEntry[]; defaultPriority: string; priorityWeights: Record<string, number> };
   };
   nats: {
     servers: string[];
@@ -76,6 +78,7 @@ export interface RouterConfig {
     pass: string;
     token: string;
     credsFile: string;
+    nkeySeedFile: string;
     tls: { enabled: boolean; caFile: string; certFile: string; keyFile: string };
     reconnect: { enabled: boolean; maxAttempts: number; waitMs: number };
   };
@@ -147,6 +150,29 @@ convict.addFormat({
     if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Error('must be a map of model name to a positive integer');
     for (const [model, cap] of Object.entries(value)) {
       if (typeof cap !== 'number' || !Number.isInteger(cap) || cap < 1) throw new Error(`model '${model}': must be a positive integer`);
+    }
+  },
+  coerce: (v: string) => JSON.parse(v) as unknown,
+});
+
+convict.addFormat({
+  name: 'api-keys',
+  validate(value: unknown) {
+    const why = checkKeyEntries(value);
+    if (why !== undefined) throw new Error(why);
+  },
+  coerce: (v: string) => JSON.parse(v) as unknown,
+});
+
+convict.addFormat({
+  name: 'priority-weights',
+  validate(value: unknown) {
+    if (typeof value !== 'object' || value === null || Array.isArray(value) || Object.keys(value).length === 0) {
+      throw new Error('must be a map of priority class name to a positive whole weight');
+    }
+    for (const [name, w] of Object.entries(value)) {
+      if (!/^[A-Za-z0-9_-]{1,32}$/.test(name)) throw new Error(`class '${name}': names are 1-32 characters of [A-Za-z0-9_-]`);
+      if (typeof w !== 'number' || !Number.isInteger(w) || w < 1 || w > 1000) throw new Error(`class '${name}': weight must be a whole number from 1 to 1000`);
     }
   },
   coerce: (v: string) => JSON.parse(v) as unknown,
@@ -308,6 +334,21 @@ const schema = {
         sensitive: true,
       },
     },
+    auth: {
+      keys: {
+        doc: "Client API keys: a list of {id, hash, models, rpm, tpm, concurrency, priority, admin}; hash is sha256:<hex> of the key (mlx-router keys create), never the key. Empty: no keys needed (keep the controller on loopback then). See docs/security.md.",
+        format: 'api-keys',
+        default: [],
+        // Not secret (hashes), but a plain key pasted by mistake must not be echoed in an error.
+        sensitive: true,
+      },
+      defaultPriority: { doc: 'Priority class of a key that names none, and of every request while no keys are configured.', format: String, default: 'normal' },
+      priorityWeights: {
+        doc: 'Priority classes and their weights: when requests wait for a worker, each class gets free slots in proportion to its weight (smooth weighted round robin), so higher classes go first and no class starves.',
+        format: 'priority-weights',
+        default: { high: 6, normal: 3, low: 1 },
+      },
+    },
   },
   nats: {
     servers: { doc: 'NATS seed servers.', format: 'string-list', default: ['nats://127.0.0.1:4222'] },
@@ -317,7 +358,8 @@ const schema = {
     user: { doc: 'NATS user name (with pass).', format: String, default: '' },
     pass: { doc: 'NATS password.', format: String, default: '', sensitive: true },
     token: { doc: 'NATS auth token.', format: String, default: '', sensitive: true },
-    credsFile: { doc: 'NATS credentials file (JWT + nkey).', format: String, default: '' },
+    credsFile: { doc: 'NATS credentials file (user JWT + NKey seed), for servers with decentralized JWT auth (an operator); see docs/security.md.', format: String, default: '' },
+    nkeySeedFile: { doc: "File holding this process's NKey seed (SU...), for servers that list users by NKey public key; the seed signs the server's challenge and never leaves the machine.", format: String, default: '' },
     tls: {
       enabled: { doc: 'Require TLS to NATS.', format: Boolean, default: false },
       caFile: { doc: 'CA certificate file.', format: String, default: '' },
@@ -466,8 +508,24 @@ export function loadConfig(options: LoadOptions = {}): RouterConfig {
     throw new ConfigError(`invalid configuration: ${(err as Error).message}`, { cause: err });
   }
   const cfg = config.getProperties() as RouterConfig;
+  // convict merges maps into their defaults; the priority classes are exactly those configured.
+  cfg.cluster.auth.priorityWeights = explicitValue(options, 'cluster.auth.priorityWeights') ?? cfg.cluster.auth.priorityWeights;
   checkSemantics(cfg);
   return cfg;
+}
+
+/** A map key's value as its highest-precedence source gives it (flag, environment, file), unmerged. */
+function explicitValue<T>(options: LoadOptions, key: string): T | undefined {
+  if (options.overrides?.[key] !== undefined) return options.overrides[key] as T;
+  const env = (options.env ?? process.env)[envName(key)];
+  if (env !== undefined) return JSON.parse(env) as T;
+  if (options.file) {
+    const file = resolve(options.file);
+    const tree = (file.endsWith('.json') ? JSON.parse(readFileSync(file, 'utf8')) : parseYaml(readFileSync(file, 'utf8'))) as unknown;
+    const value = key.split('.').reduce<unknown>((node, k) => (typeof node === 'object' && node !== null ? (node as Record<string, unknown>)[k] : undefined), tree);
+    if (value !== undefined) return value as T;
+  }
+  return undefined;
 }
 
 /** Rules a type cannot say; each message names its key. */
@@ -503,6 +561,15 @@ function checkSemantics(cfg: RouterConfig): void {
   if (cfg.tracing.otlpEndpoint && !/^https?:\/\/[^/]/.test(cfg.tracing.otlpEndpoint)) fail('tracing.otlpEndpoint', `must be an http:// or https:// URL, got '${cfg.tracing.otlpEndpoint}'`);
   const adminKey = cfg.cluster.admin.key;
   if (adminKey.length > 0 && (adminKey.length < 16 || /\s/.test(adminKey))) fail('cluster.admin.key', 'must be at least 16 characters without spaces (or empty: admin actions off)');
+  const auth = cfg.cluster.auth;
+  if (!Object.hasOwn(auth.priorityWeights, auth.defaultPriority)) {
+    fail('cluster.auth.defaultPriority', `'${auth.defaultPriority}' is not a class of cluster.auth.priorityWeights (${Object.keys(auth.priorityWeights).join(', ')})`);
+  }
+  for (const k of auth.keys) {
+    if (k.priority !== undefined && !Object.hasOwn(auth.priorityWeights, k.priority)) {
+      fail('cluster.auth.keys', `key '${k.id}': priority '${k.priority}' is not a class of cluster.auth.priorityWeights (${Object.keys(auth.priorityWeights).join(', ')})`);
+    }
+  }
   if (cfg.nats.servers.length === 0) fail('nats.servers', 'must list at least one server');
   if (cfg.worker.maxConcurrent < 1) fail('worker.maxConcurrent', 'must be at least 1');
   if (cfg.worker.heartbeatIntervalMs < 10) fail('worker.heartbeatIntervalMs', 'must be at least 10');

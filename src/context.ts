@@ -6,7 +6,7 @@
 import type { Clock } from './clock';
 import type { AttemptRecord } from './errors';
 import type { Logger } from './logger';
-import type { WorkerInfo } from './types';
+import type { ClientKey, WorkerInfo } from './types';
 import type { Usage, WireEnd, WireRequest, WireResult } from './protocol';
 import type { ChoiceDelta } from './protocol-v2';
 
@@ -164,6 +164,8 @@ export interface RouteContext {
   readonly headers: Readonly<Record<string, string | undefined>>;
   /** Session id from `x-session-id` or the body's `session_id`. */
   readonly sessionId?: string;
+  /** The client's API key (its id, models, limits, priority), when cluster.auth.keys are on. */
+  readonly client?: ClientKey;
 
   /** The session's sticky worker, when the session middleware found one. */
   stickyWorker?: string;
@@ -203,6 +205,7 @@ export interface ContextInit {
   headers?: Record<string, string | undefined>;
   sessionId?: string;
   sink?: StreamSink;
+  client?: ClientKey;
 }
 
 
@@ -220,6 +223,7 @@ export function createContext(init: ContextInit): RouteContext {
     startedAt: now,
     headers: init.headers ?? {},
     sessionId: init.sessionId,
+    client: init.client,
     candidates: [],
     attempt: newAttempt(0, now, new AbortController()),
     attempts: [],

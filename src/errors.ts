@@ -34,7 +34,13 @@ export const ERROR_CATALOGUE = {
   NOT_FOUND: { status: 404, type: 'invalid_request_error', outcome: 'caller' },
   ADMIN_UNAUTHORIZED: { status: 401, type: 'invalid_request_error', outcome: 'caller' },
   ADMIN_FORBIDDEN: { status: 403, type: 'invalid_request_error', outcome: 'caller' },
+  // Client API keys (cluster.auth.keys): no key, an unknown key, a model the key may not use.
+  MISSING_API_KEY: { status: 401, type: 'authentication_error', outcome: 'caller' },
+  INVALID_API_KEY: { status: 401, type: 'authentication_error', outcome: 'caller' },
+  MODEL_NOT_ALLOWED: { status: 403, type: 'permission_error', outcome: 'caller' },
   REQUEST_TOO_LARGE: { status: 413, type: 'invalid_request_error', outcome: 'caller' },
+  // A per-key limit (requests or tokens per minute, requests at once): come back after Retry-After.
+  RATE_LIMIT_EXCEEDED: { status: 429, type: 'rate_limit_error', outcome: 'caller' },
   CLIENT_CLOSED_REQUEST: { status: 499, type: 'invalid_request_error', outcome: 'cancelled' },
   // A hedged attempt that lost the race to the first token: cancelled, never counted, never sent to a client.
   HEDGE_LOST: { status: 499, type: 'invalid_request_error', outcome: 'cancelled' },

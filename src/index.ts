@@ -17,7 +17,7 @@ export {
   type MiddlewareDeps,
   type MiddlewareSpec,
 } from './define';
-export type { BreakerPermit, Breakers, FailureDetail, RetryBudgetView, RouterInstruments, SessionStore, WorkerDirectory, WorkerInfo } from './types';
+export type { BreakerPermit, Breakers, ClientKey, FailureDetail, RetryBudgetView, RouterInstruments, SessionStore, WorkerDirectory, WorkerInfo } from './types';
 export { Listeners } from './listeners';
 
 // Running attempts: what a boundary gets, and what tests of a middleware run it with.

@@ -2,7 +2,7 @@
  * The one place NATS connection options are built from configuration (auth, TLS, reconnect).
  */
 import { readFileSync } from 'node:fs';
-import { connect, credsAuthenticator, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, nkeyAuthenticator, type NatsConnection, type NodeConnectionOptions } from '@nats-io/transport-node';
 import { ConfigError, type RouterConfig } from './config';
 
 export function connectionOptions(cfg: RouterConfig['nats'], name: string): NodeConnectionOptions {
@@ -30,6 +30,17 @@ export function connectionOptions(cfg: RouterConfig['nats'], name: string): Node
     } catch (err) {
       throw new ConfigError(`nats.credsFile: cannot read ${cfg.credsFile}: ${(err as Error).message}`, { cause: err });
     }
+  }
+  if (cfg.nkeySeedFile) {
+    if (cfg.credsFile) throw new ConfigError('nats.nkeySeedFile: set either nats.credsFile or nats.nkeySeedFile, not both');
+    let seed: Uint8Array;
+    try {
+      seed = new TextEncoder().encode(readFileSync(cfg.nkeySeedFile, 'utf8').trim());
+    } catch (err) {
+      throw new ConfigError(`nats.nkeySeedFile: cannot read ${cfg.nkeySeedFile}: ${(err as Error).message}`, { cause: err });
+    }
+    if (!/^SU[A-Z2-7]{56}$/.test(new TextDecoder().decode(seed))) throw new ConfigError(`nats.nkeySeedFile: ${cfg.nkeySeedFile} does not hold a user NKey seed (SU...)`);
+    opts.authenticator = nkeyAuthenticator(seed);
   }
   if (cfg.tls.enabled || cfg.tls.caFile || cfg.tls.certFile) {
     opts.tls = {

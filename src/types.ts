@@ -55,6 +55,26 @@ export interface WorkerInfo {
   instance?: string;
 }
 
+/**
+ * The client a request came from, recognised by its API key (cluster.auth.keys): its id (in logs,
+ * metrics labels and answer metadata; never the key), what it may use and its limits.
+ */
+export interface ClientKey {
+  readonly id: string;
+  /** Models the key may use; undefined: every model. */
+  readonly models?: readonly string[];
+  /** Requests per minute; 0: no limit. */
+  readonly rpm: number;
+  /** Tokens per minute, counted from answers' usage; 0: no limit. */
+  readonly tpm: number;
+  /** Requests at once; 0: no limit. */
+  readonly concurrency: number;
+  /** Priority class when requests wait for a worker (cluster.auth.priorityWeights). */
+  readonly priority: string;
+  /** May read the operator endpoints and take admin actions. */
+  readonly admin: boolean;
+}
+
 /** The worker registry as middleware see it. */
 export interface WorkerDirectory {
   /** Online, ready workers serving the model. */
@@ -138,4 +158,14 @@ export interface RouterInstruments {
   readonly prefixCachedTokens: Histogram<'worker'>;
   readonly prefixSavedTokens: Counter<'worker'>;
   readonly prefixDrops: Counter<'worker'>;
+  /** Requests by client key id and final status (when API keys are on). */
+  readonly keyRequests?: Counter<'key' | 'status'>;
+  /** Tokens (usage) by client key id. */
+  readonly keyTokens?: Counter<'key'>;
+  /** Requests refused 429 by a per-key limit, by key id and limit (rpm, tpm, concurrency). */
+  readonly rateLimited?: Counter<'key' | 'limit'>;
+  /** Requests waiting for a worker slot now, by priority class. */
+  readonly queued?: Gauge<'class'>;
+  /** Requests refused at once because their predicted wait exceeded what they had left, by class. */
+  readonly shedEarly?: Counter<'class'>;
 }

@@ -16,6 +16,8 @@ import type { ValidatedChat } from './validate';
 import { checkCapabilities } from './capabilities';
 import type { WireRequest } from '../protocol';
 import type { ChoiceFinish } from '../protocol-v2';
+import type { ClientKey } from '../types';
+import { checkModelAllowed } from './auth';
 
 /** A streaming transport: chunks (first one commits), then one clean end or one failure. */
 export interface ChatSink extends StreamSink {
@@ -35,6 +37,8 @@ export interface ChatInput {
   requestId: string;
   chat: ValidatedChat;
   headers: Record<string, string | undefined>;
+  /** The client's API key, when cluster.auth.keys are on (src/controller/auth.ts). */
+  client?: ClientKey;
   /** Streams only: builds the transport's sink once the context exists. */
   sink?: (ctx: RouteContext) => ChatSink;
   /** Registers a callback for the client going away; returns its remover. */
@@ -51,6 +55,7 @@ export interface ChatOutcome {
 export function answerMetadata(ctx: RouteContext): Record<string, unknown> {
   return {
     requestId: ctx.requestId,
+    ...(ctx.client ? { keyId: ctx.client.id } : {}),
     selectedWorker: ctx.metrics.selectedWorker,
     retryCount: ctx.metrics.retryCount,
     resumes: ctx.metrics.resumes,
@@ -105,7 +110,8 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
   const abort = new AbortController();
   const deadlineTimer = deps.clock.timer(budgetMs, () => abort.abort(new RouterError('REQUEST_TIMEOUT', `request deadline of ${budgetMs} ms passed`)));
   const removeGone = input.onClientGone(() => abort.abort(new RouterError('CLIENT_CLOSED_REQUEST', 'client closed the connection')));
-  const ctxLog = log.child({ requestId: input.requestId });
+  // The key's id, never the key, on every line of the request.
+  const ctxLog = log.child(input.client ? { requestId: input.requestId, keyId: input.client.id } : { requestId: input.requestId });
   const ctx = createContext({
     requestId: input.requestId,
     request,
@@ -116,12 +122,15 @@ export async function executeChat(env: ChatEnv, input: ChatInput): Promise<ChatO
     // One trace per request: the client's, or a new one (each attempt is a hop under it).
     headers: { ...input.headers, [TRACEPARENT]: nextTraceparent(input.headers[TRACEPARENT]) },
     sessionId,
+    client: input.client,
   });
   const sink = request.stream && input.sink ? input.sink(ctx) : undefined;
   (ctx as { sink?: StreamSink }).sink = sink;
   let failure: RouterError | undefined;
   try {
-    // The one model check of every transport: 404 for a model nobody serves, before any routing.
+    // The one model check of every transport: 403 for a model the key may not use, 404 for a
+    // model nobody serves, before any routing.
+    checkModelAllowed(input.client, request.model);
     checkModel(deps, request.model, request);
     checkMaxTokens(config.cluster.maxTokens, request);
     await pipeline.run(ctx);

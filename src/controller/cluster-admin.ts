@@ -13,6 +13,7 @@ import { decode, encode, type ControlMessage, type ControlReply } from '../proto
 import type { RouterConfig } from '../config';
 import type { RouterDeps } from '../pipeline';
 import type { EventBus } from './events';
+import { clientOf } from './auth';
 
 /** How long a worker has to acknowledge a drain or undrain (ms). */
 const CONTROL_TIMEOUT_MS = 3000;
@@ -37,7 +38,11 @@ export interface ClusterAdminOptions {
 export function registerClusterAdmin(app: FastifyInstance, options: ClusterAdminOptions, events: EventBus): void {
   const { config, deps } = options;
   const key = config.cluster.admin.key;
-  const guard = async (req: FastifyRequest): Promise<void> => checkAdmin(key, req.headers.authorization);
+  // An API key marked admin (cluster.auth.keys) is enough; else the plain admin key.
+  const guard = async (req: FastifyRequest): Promise<void> => {
+    if (clientOf(req)?.admin) return;
+    checkAdmin(key, req.headers.authorization);
+  };
 
   /** Sends one control message to a worker and applies its answer to our registry at once. */
   const control = async (workerId: string, message: ControlMessage): Promise<ControlReply> => {

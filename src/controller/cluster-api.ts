@@ -52,12 +52,14 @@ export function configSummary(config: RouterConfig): Record<string, unknown> {
     nats: {
       servers: nats.servers.map(redactUrl),
       subjectPrefix: nats.subjectPrefix,
-      auth: nats.credsFile ? 'credentials' : nats.token ? 'token' : nats.user ? 'user' : 'none',
+      auth: nats.credsFile ? 'credentials' : nats.nkeySeedFile ? 'nkey' : nats.token ? 'token' : nats.user ? 'user' : 'none',
       tls: nats.tls.enabled || Boolean(nats.tls.caFile || nats.tls.certFile),
     },
     controller: { host: config.controller.host, port: config.controller.port, bodyLimitBytes: config.controller.bodyLimitBytes },
     discovery: { ...config.discovery },
     admin: config.cluster.admin.key.length > 0,
+    // How many client keys, never their ids' hashes.
+    auth: { keys: config.cluster.auth.keys.length },
   };
 }
 

@@ -26,6 +26,11 @@ import { RetryBudget } from './retry-budget';
 import { SharedSessionMoves } from './session-moves';
 import { SessionRegistry } from './sessions';
 
+/** An address only this machine can reach. */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
 export interface ControllerOptions {
   config: RouterConfig;
   log: Logger;
@@ -206,7 +211,13 @@ export class Controller {
       if (ownsConnection) await nc.close();
       throw err;
     }
-    log.info({ url, id, pipeline: pipeline.names, nats: config.nats.servers }, 'controller listening');
+    log.info({ url, id, pipeline: pipeline.names, nats: config.nats.servers, apiKeys: config.cluster.auth.keys.length }, 'controller listening');
+    if (!isLoopback(config.controller.host) && config.cluster.auth.keys.length === 0) {
+      log.warn(
+        { host: config.controller.host },
+        `WARNING: the controller listens on ${config.controller.host}, beyond this machine, and no client API keys are configured (cluster.auth.keys): anyone who can reach port ${new URL(url).port} can use every model. Create keys with 'mlx-router keys create', or listen on 127.0.0.1 (docs/security.md).`,
+      );
+    }
     return new Controller(deps, pipeline, app, subs, sweepTimer, prober, ownsConnection, url, id, signals, sessionMoves, stopOpening);
   }
 

@@ -59,10 +59,11 @@ const EMBEDDING: AnswerKind = {
 export type Serve = (req: FastifyRequest, reply: FastifyReply, chat: ValidatedChat, kind: AnswerKind) => Promise<FastifyReply>;
 
 /** Registers the endpoints on `app`; `serve` runs one request through the chain. */
-export function registerOpenAIEndpoints(app: FastifyInstance, deps: RouterDeps, serve: Serve): void {
+export function registerOpenAIEndpoints(app: FastifyInstance, deps: RouterDeps, serve: Serve, checkAllowed: (req: FastifyRequest, model: string) => void = () => undefined): void {
   // Model ids hold slashes (org/name): the rest of the path is the id.
   app.get('/v1/models/*', async (req) => {
     const id = decodeURIComponent((req.params as { '*': string })['*'] ?? '');
+    checkAllowed(req, id);
     const caps = new Set<Capability>();
     for (const w of deps.registry.online()) if (w.models.includes(id)) for (const c of w.capabilities[id] ?? ['chat']) caps.add(c);
     if (caps.size === 0) throw new RouterError('MODEL_NOT_FOUND', `model '${id}' is not served by any worker (see GET /v1/models)`, { param: 'model' });

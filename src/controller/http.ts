@@ -10,6 +10,8 @@ import { newId } from '../ids';
 import type { Logger } from '../logger';
 import type { Pipeline, RouterDeps } from '../pipeline';
 import { clientErrorHandler, guardServer } from './http-guard';
+import { checkModelAllowed, clientOf, registerAuth } from './auth';
+import { mayUseModel } from '../api-keys';
 import { answerMetadata, errorHeaders, executeChat, routingHeaders } from './chat';
 import { registerClusterApi } from './cluster-api';
 import { drainBody } from './body-limit';
@@ -107,6 +109,9 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
     sendError(reply, new RouterError('NOT_FOUND', `no route for ${request.method} ${request.url.split('?')[0]}`), { 'x-request-id': String(request.id) }),
   );
 
+  // First of all: who is asking (before any body is read). A no-op without cluster.auth.keys.
+  registerAuth(app, config);
+
   app.get('/health', async () => ({ status: 'ok' }));
 
   app.get('/ready', async (_req, reply) => {
@@ -126,9 +131,13 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
     return reply.code(ready ? 200 : 503).send(body);
   });
 
-  app.get('/v1/models', async () => ({
+  // Only the models the client's key may use.
+  app.get('/v1/models', async (req) => ({
     object: 'list',
-    data: deps.registry.models().map((id) => ({ id, object: 'model', created: 0, owned_by: 'mlx-router' })),
+    data: deps.registry
+      .models()
+      .filter((id) => mayUseModel(clientOf(req), id))
+      .map((id) => ({ id, object: 'model', created: 0, owned_by: 'mlx-router' })),
   }));
 
   app.get('/metrics', async (_req, reply) => {
@@ -150,6 +159,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
     const { ctx, error } = await executeChat(env, {
       requestId,
       chat,
+      client: clientOf(req),
       headers: req.headers as Record<string, string | undefined>,
       onClientGone: (callback) => {
         const onClose = (): void => {
@@ -180,7 +190,7 @@ export function buildHttpServer(options: HttpOptions): FastifyInstance {
   };
 
   app.post('/v1/chat/completions', (req, reply) => serve(req, reply, validateChatRequest(req.body), CHAT));
-  registerOpenAIEndpoints(app, deps, serve);
+  registerOpenAIEndpoints(app, deps, serve, (req, model) => checkModelAllowed(clientOf(req), model));
 
   registerWebSocket(app, env);
   registerClusterApi(app, { config, deps, pipeline, natsConnected: options.natsConnected });

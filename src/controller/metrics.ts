@@ -32,6 +32,11 @@ export class RouterMetrics implements RouterInstruments {
   readonly prefixCachedTokens: Histogram<'worker'>;
   readonly prefixSavedTokens: Counter<'worker'>;
   readonly prefixDrops: Counter<'worker'>;
+  readonly keyRequests: Counter<'key' | 'status'>;
+  readonly keyTokens: Counter<'key'>;
+  readonly rateLimited: Counter<'key' | 'limit'>;
+  readonly queued: Gauge<'class'>;
+  readonly shedEarly: Counter<'class'>;
 
   constructor(sources?: MetricsSources) {
     const registers = [this.register];
@@ -75,6 +80,11 @@ export class RouterMetrics implements RouterInstruments {
       registers,
     });
     this.prefixSavedTokens = new Counter({ name: 'mlx_router_prefix_prefill_tokens_saved_total', help: 'prefix middleware: prompt tokens not prefilled thanks to the prompt cache, per worker.', labelNames: ['worker'], registers });
+    this.keyRequests = new Counter({ name: 'mlx_router_key_requests_total', help: 'Requests by client API key id (never the key) and final HTTP status.', labelNames: ['key', 'status'], registers });
+    this.keyTokens = new Counter({ name: 'mlx_router_key_tokens_total', help: 'Tokens (prompt + completion, from usage) by client API key id.', labelNames: ['key'], registers });
+    this.rateLimited = new Counter({ name: 'mlx_router_rate_limited_total', help: 'Requests refused 429 by a per-key limit, by key id and limit (rpm, tpm, concurrency).', labelNames: ['key', 'limit'], registers });
+    this.queued = new Gauge({ name: 'mlx_router_queued_requests', help: 'priority middleware: requests waiting for a worker slot now, by priority class.', labelNames: ['class'], registers });
+    this.shedEarly = new Counter({ name: 'mlx_router_shed_early_total', help: 'priority middleware: requests refused at once because their predicted wait exceeded what they could wait, by class.', labelNames: ['class'], registers });
     this.prefixDrops = new Counter({ name: 'mlx_router_prefix_index_drops_total', help: "prefix middleware: a predicted hit missed, so the worker's predicted entries were dropped.", labelNames: ['worker'], registers });
     if (sources) {
       new Gauge({

@@ -15,6 +15,7 @@ import { newId } from '../ids';
 import type { FinishReason, Usage } from '../protocol';
 import type { ChoiceDelta, ChoiceFinish } from '../protocol-v2';
 import { executeChat, routingHeaders, type ChatEnv } from './chat';
+import { clientOf } from './auth';
 import { SinkCore, type SinkCoreOptions } from './sink';
 import { validateChatRequest } from './validate';
 
@@ -120,6 +121,7 @@ export function registerWebSocket(app: FastifyInstance, env: ChatEnv): void {
         void executeChat(env, {
           requestId,
           chat,
+          client: clientOf(req),
           headers: req.headers as Record<string, string | undefined>,
           onClientGone: (cb) => {
             goneCallbacks.add(cb);

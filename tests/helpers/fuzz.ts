@@ -6,10 +6,32 @@
  * FUZZ_CASES=10000. FUZZ_SEED replays a run (the seed is in the test name).
  */
 import { connect as netConnect } from 'node:net';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { encode, makeSubjects, PROTOCOL_VERSION } from '../../src/protocol';
 import { chat, chatStream, MODEL, STEADY, startCluster, type Cluster } from './cluster';
 
 const subjects = makeSubjects();
+
+// The controller runs in this process: its heap is this heap. A full GC makes the figure what is
+// retained, not what is merely not yet collected.
+setFlagsFromString('--expose_gc');
+const gc = runInNewContext('gc') as () => void;
+
+/** Heap in use after full collections (bytes). */
+function heapAfterGc(): number {
+  gc();
+  gc();
+  return process.memoryUsage().heapUsed;
+}
+
+/**
+ * How far the heap may stay above its baseline once the fuzz is over and its sockets have closed:
+ * 24 MiB, for what the test process itself keeps (fetch's connection pool, Jest's records of the
+ * assertions) and V8's own caches. A leak per case would exceed it: 10,000 cases leaving even
+ * 3 KiB each behind is 30 MiB (docs/security.md).
+ */
+export const HEAP_TOLERANCE_BYTES = 24 * 1024 * 1024;
 
 /** mulberry32: a small seeded generator, so a failing run can be replayed. */
 function rng(seed: number): () => number {
@@ -149,6 +171,10 @@ function fuzzCases(CASES: number, SEED: number, TIME_LIMIT_MS: number): void {
     const pids = [...cluster.workers.values()].map((w) => w.process.pid);
     const inboxPrefix = (cluster.controller.deps.mux as unknown as { prefix: string }).prefix;
     const busSubjects = [subjects.heartbeat, subjects.bye, subjects.discover, ...['fz-a', 'fz-b'].flatMap((id) => [subjects.infer(id), subjects.cancel(id), `mlx.v1.worker.${id}.control`])];
+    // Baseline: the paths warmed by normal requests, then a full collection.
+    await Promise.all(Array.from({ length: 6 }, (_, i) => chat(cluster.url, { content: `before fuzz ${i}` })));
+    await chatStream(cluster.url, { content: 'before fuzz stream' });
+    const baseline = heapAfterGc();
     const started = Date.now();
     let done = 0;
     while (done < CASES && Date.now() - started < TIME_LIMIT_MS) {
@@ -185,6 +211,16 @@ function fuzzCases(CASES: number, SEED: number, TIME_LIMIT_MS: number): void {
     expect(cluster.controller.deps.breakers.snapshot().every(([, kind]) => kind === 'closed')).toBe(true);
     for (const id of ['fz-a', 'fz-b']) expect(cluster.controller.deps.registry.get(id)).toMatchObject({ state: 'ready', models: [MODEL], gone: false });
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    // Memory returns to its baseline: the controller lets go of what the fuzz made it hold, once
+    // the fuzz's sockets have closed (keep-alive and stalled-stream limits are a few seconds).
+    let heap = heapAfterGc();
+    const settleUntil = Date.now() + 30_000;
+    while (heap - baseline > HEAP_TOLERANCE_BYTES && Date.now() < settleUntil) {
+      await new Promise((res) => setTimeout(res, 500));
+      heap = heapAfterGc();
+    }
+    process.stdout.write(`fuzz memory: baseline ${(baseline / 2 ** 20).toFixed(1)} MiB, after ${done} cases ${(heap / 2 ** 20).toFixed(1)} MiB\n`);
+    expect(heap - baseline).toBeLessThanOrEqual(HEAP_TOLERANCE_BYTES);
     // Normal requests succeed afterwards, buffered and streamed.
     const replies = await Promise.all(Array.from({ length: 6 }, (_, i) => chat(cluster.url, { content: `after fuzz ${i}` })));
     expect(replies.map((x) => x.status)).toEqual(Array(6).fill(200));

@@ -35,7 +35,14 @@ test('errors - every catalogue entry has a 4xx/5xx status, an OpenAI type and a 
     expect(isErrorCode(code)).toBe(true);
     expect(entry.status).toBeGreaterThanOrEqual(400);
     expect(entry.status).toBeLessThan(600);
-    expect(entry.type).toBe(entry.status < 500 ? 'invalid_request_error' : 'server_error');
+    // OpenAI's types: client keys have their own (401 authentication, 403 permission, 429 rate limit).
+    const own: Record<string, string> = {
+      MISSING_API_KEY: 'authentication_error',
+      INVALID_API_KEY: 'authentication_error',
+      MODEL_NOT_ALLOWED: 'permission_error',
+      RATE_LIMIT_EXCEEDED: 'rate_limit_error',
+    };
+    expect(entry.type).toBe(own[code] ?? (entry.status < 500 ? 'invalid_request_error' : 'server_error'));
     expect(OUTCOME_CLASSES).toContain(entry.outcome);
     const err = new RouterError(code as ErrorCode, 'x');
     expect([err.status, err.type, err.outcome]).toEqual([entry.status, entry.type, entry.outcome]);
