@@ -231,7 +231,7 @@ function hedgeMiddleware(options: HedgeOptions, deps: HedgeDeps, runAttempt: Att
     const fork = (hedge: boolean, exclude?: string): Branch => {
       const b: Branch = { ctx: undefined as unknown as RouteContext, hedge, settled: false, ok: false };
       const sink = ctx.sink;
-      b.ctx = new BranchContext(ctx, sink ? branchSink(sink, () => winner === b || (winner === undefined && declare(b))) : undefined, {
+      b.ctx = BranchContext.of(ctx, sink ? branchSink(sink, () => winner === b || (winner === undefined && declare(b))) : undefined, {
         attempt(a) {
           b.attempt = a;
           if (hedge) a.hedge = true;
@@ -294,69 +294,36 @@ interface BranchHooks {
 }
 
 /**
- * A fork of the request's context for one attempt of a hedge race: the request's fields copied
- * (so `attempts`, `metrics` and `state` stay shared), with attempt state, worker, answer and sink
- * of its own. `attempt` and `worker` are accessors, so the runner's fresh attempt and `select`'s
- * choice are seen as they happen. A class with a fixed shape: forks are made for every attempt.
- * (A field added to RouteContext must be copied here too.)
+ * A fork of the request's context for one attempt of a hedge race: every field of the request's
+ * context copied (so `attempts`, `metrics` and `state` stay shared, and fields other middleware
+ * add are there too), with attempt state, worker, answer and sink of its own. `attempt` and
+ * `worker` are accessors, so the runner's fresh attempt and `select`'s choice are seen as they
+ * happen. A class, so every fork has the same shape: forks are made for every attempt.
  */
-class BranchContext implements RouteContext {
-  readonly requestId: string;
-  readonly request: RouteContext['request'];
-  readonly stream: boolean;
-  readonly log: RouteContext['log'];
-  readonly clock: RouteContext['clock'];
-  readonly signal: AbortSignal;
-  readonly deadline: number;
-  readonly startedAt: number;
-  readonly headers: RouteContext['headers'];
-  readonly sessionId?: string;
-  stickyWorker?: string;
-  candidates: WorkerInfo[];
-  readonly attempts: RouteContext['attempts'];
-  continuation?: string;
-  retriesLeft?: number;
-  result?: RouteContext['result'];
-  end?: RouteContext['end'];
+class BranchContext {
+  private currentAttempt: AttemptState | undefined;
+  private currentWorker: WorkerInfo | undefined;
+  private hooks: BranchHooks | undefined;
   sink?: StreamSink;
-  readonly metrics: RouteContext['metrics'];
-  readonly state: RouteContext['state'];
-  private currentAttempt: AttemptState;
-  private currentWorker?: WorkerInfo;
 
-  constructor(
-    parent: RouteContext,
-    sink: StreamSink | undefined,
-    private readonly hooks: BranchHooks,
-  ) {
-    this.requestId = parent.requestId;
-    this.request = parent.request;
-    this.stream = parent.stream;
-    this.log = parent.log;
-    this.clock = parent.clock;
-    this.signal = parent.signal;
-    this.deadline = parent.deadline;
-    this.startedAt = parent.startedAt;
-    this.headers = parent.headers;
-    this.sessionId = parent.sessionId;
-    this.stickyWorker = parent.stickyWorker;
-    this.candidates = parent.candidates;
-    this.attempts = parent.attempts;
-    this.continuation = parent.continuation;
-    this.retriesLeft = parent.retriesLeft;
+  constructor(parent: RouteContext, sink: StreamSink | undefined, hooks: BranchHooks) {
+    // Copies through the accessors below too; the hooks are not set yet, so nothing is told.
+    Object.assign(this, parent);
     this.sink = sink;
-    this.metrics = parent.metrics;
-    this.state = parent.state;
-    this.currentAttempt = parent.attempt;
+    this.hooks = hooks;
+  }
+
+  static of(parent: RouteContext, sink: StreamSink | undefined, hooks: BranchHooks): RouteContext {
+    return new BranchContext(parent, sink, hooks) as unknown as RouteContext;
   }
 
   get attempt(): AttemptState {
-    return this.currentAttempt;
+    return this.currentAttempt as AttemptState;
   }
 
   set attempt(a: AttemptState) {
     this.currentAttempt = a;
-    this.hooks.attempt(a);
+    this.hooks?.attempt(a);
   }
 
   get worker(): WorkerInfo | undefined {
@@ -365,7 +332,7 @@ class BranchContext implements RouteContext {
 
   set worker(w: WorkerInfo | undefined) {
     this.currentWorker = w;
-    if (w) this.hooks.worker(w);
+    if (w) this.hooks?.worker(w);
   }
 }
 

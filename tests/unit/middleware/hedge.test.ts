@@ -425,3 +425,23 @@ test('hedge - the model decides the learned point: times of another model do not
   h.runs[0].answer();
   await done;
 });
+
+test('hedge - the attempt sees every field of the request context, also ones other middleware set (the client key)', async () => {
+  const h = harness();
+  const ctx = makeCtx({ clock: h.clock, sessionId: 's-9' });
+  (ctx as { client?: unknown }).client = { id: 'gold', priority: 'high' };
+  ctx.stickyWorker = 'b';
+  const done = h.mw(ctx, () => Promise.resolve());
+  await flush();
+  const seen = h.runs[0].ctx as RouteContext & { client?: unknown };
+  expect(seen.client).toEqual({ id: 'gold', priority: 'high' });
+  expect([seen.requestId, seen.sessionId, seen.stickyWorker, seen.deadline]).toEqual([ctx.requestId, 's-9', 'b', ctx.deadline]);
+  // Shared, not copied: what the attempt records is the request's.
+  expect(seen.attempts).toBe(ctx.attempts);
+  expect(seen.metrics).toBe(ctx.metrics);
+  expect(seen.state).toBe(ctx.state);
+  h.runs[0].answer('x');
+  await done;
+  expect(ctx.result?.text).toBe('x');
+  expect(ctx.worker?.id).toBe('b');
+});
