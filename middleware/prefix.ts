@@ -28,7 +28,7 @@ export interface PrefixDeps {
 }
 
 /** Why the attempt went where it went (the `decision` label of mlx_router_prefix_decisions_total). */
-export type PrefixDecision = 'prefix' | 'load' | 'imbalance' | 'ttft' | 'session' | 'saturated';
+export type PrefixDecision = 'prefix' | 'load' | 'imbalance' | 'ttft' | 'session' | 'saturated' | 'cache-full';
 
 const CHAIN = 'prefix.conversation';
 
@@ -48,11 +48,16 @@ function reportedCached(ctx: RouteContext): number | undefined {
  * to one worker: the one whose prompt cache is predicted (PrefixIndex) to hold the longest prefix
  * of this conversation, unless it has `maxImbalance` more requests in flight than the least loaded
  * candidate or its predicted prefill work exceeds another's by `ttftMarginTokens`; then the least
- * loaded candidate (ties: least prefill work). A session's sticky worker, when free, wins. Untried
- * workers first, so a retry or resume goes to the next-longest predicted prefix. When every
+ * loaded candidate (ties: least prefill work). A request that would add an entry to a worker whose
+ * cache is full of live conversations (PrefixIndex.pressured) goes elsewhere when another
+ * candidate has room, so conversations spread over the cluster's cache slots instead of evicting
+ * each other on the worker that first held their shared system prompt. A session's sticky worker,
+ * when free, wins. Untried workers first, so a retry or resume goes to the next-longest predicted
+ * prefix. When every
  * candidate is saturated it narrows nothing and `select` waits as usual. After the attempt, the
  * answer's `cached_tokens` checks the prediction: a predicted hit the engine missed drops that
- * worker's entries.
+ * worker's entries. Only answered requests are recorded: until then the engine holds nothing of the
+ * prompt, and a request sharing its prefix would pay the whole prefill there behind it.
  *
  * @example pipeline: [metrics, session, retry, breaker, prefix, select, timeout, health]
  */
@@ -88,11 +93,14 @@ function prefixMiddleware(options: PrefixOptions, deps: PrefixDeps = {}): Middle
       predicted.set(w.id, p >= options.minPrefixTokens ? p : 0);
     }
     const work = (w: WorkerInfo): number => (queued.get(w.id) ?? 0) + conv.total - (predicted.get(w.id) ?? 0);
-    if (free.length > 0) {
+    // Leave out workers where this request would evict a live conversation, while another has room.
+    const roomy = free.filter((w) => !(index.pressured(w.id) && !index.continues(w.id, conv)));
+    const pool = roomy.length > 0 ? roomy : free;
+    if (pool.length > 0) {
       let best: WorkerInfo | undefined;
-      let leastLoaded = free[0];
-      let leastWork = free[0];
-      for (const w of free) {
+      let leastLoaded = pool[0];
+      let leastWork = pool[0];
+      for (const w of pool) {
         const p = predicted.get(w.id) ?? 0;
         if (p > 0 && (!best || p > (predicted.get(best.id) ?? 0) || (p === predicted.get(best.id) && work(w) < work(best)))) best = w;
         if (load(w) < load(leastLoaded) || (load(w) === load(leastLoaded) && work(w) < work(leastLoaded))) leastLoaded = w;
@@ -104,6 +112,9 @@ function prefixMiddleware(options: PrefixOptions, deps: PrefixDeps = {}): Middle
       else if (load(best) - load(leastLoaded) >= options.maxImbalance) [chosen, decision] = [leastLoaded, 'imbalance'];
       else if (work(best) - work(leastWork) > options.ttftMarginTokens) [chosen, decision] = [leastWork, 'ttft'];
       else [chosen, decision] = [best, 'prefix'];
+      // A longer prefix was on a worker left out for cache pressure.
+      const went = predicted.get(chosen.id) ?? 0;
+      if (!sticky && free.some((w) => !pool.includes(w) && (predicted.get(w.id) ?? 0) > went)) decision = 'cache-full';
       ctx.candidates = [chosen];
     }
     m?.prefixDecisions.inc({ decision });
@@ -111,7 +122,7 @@ function prefixMiddleware(options: PrefixOptions, deps: PrefixDeps = {}): Middle
     const expected = chosen ? (predicted.get(chosen.id) ?? 0) : 0;
     const uncached = conv.total - expected;
     if (chosen) {
-      index.record(chosen.id, conv.hashes);
+      index.route(chosen.id, conv.hashes, tried.size === 0);
       queued.set(chosen.id, (queued.get(chosen.id) ?? 0) + uncached);
     }
     try {

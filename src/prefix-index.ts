@@ -4,9 +4,17 @@
  * is a chain of hashes at message boundaries (hash i covers the model and messages 0..i), so two
  * requests sharing a system prompt, or a turn and the turn before it, share a prefix of the chain.
  * Per worker, an LRU of such chains (PrefixLru, the same rules as the synthetic engine's cache) with
- * the capacity the worker advertises. Routing a request records its chain; an answer's reported
- * `cached_tokens` corrects it (a predicted hit that the engine missed drops the worker's entries);
+ * the capacity the worker advertises. An answered request records its chain (the engine stores a
+ * prompt once it has answered it, not before); an answer's reported `cached_tokens` corrects it (a predicted hit that the engine missed drops the worker's entries);
  * a new cache epoch (the worker or its engine restarted) empties it.
+ *
+ * Cache pressure: entries are stamped with a logical clock (one tick per routed request) when
+ * stored, and the index learns how many requests pass between two turns of a conversation (the
+ * reuse distance, from requests that continue a whole entry). A worker whose cache is full and
+ * whose least recently used entry was stored fewer requests ago than that holds only live
+ * conversations: a request that would add an entry there (rather than extend one) evicts a
+ * conversation that is coming back. (A shared prefix reused by another conversation moves an entry
+ * up the LRU, as in the engine, but does not make it younger.)
  */
 import { createHash } from 'node:crypto';
 import { PrefixLru } from './prefix-lru';
@@ -57,8 +65,15 @@ interface WorkerCache {
   epoch?: string;
 }
 
+/** Weight of a new observation in the reuse distance's moving average. */
+const REUSE_ALPHA = 0.2;
+
 export class PrefixIndex {
   private readonly workers = new Map<string, WorkerCache>();
+  /** Logical clock: requests routed so far. */
+  private clock = 0;
+  /** Moving average of requests routed between two turns of a conversation; undefined until one is seen. */
+  private reuse: number | undefined;
 
   /** `defaultCapacity`: entries assumed for a worker that does not advertise its cache. */
   constructor(private readonly defaultCapacity: number) {}
@@ -90,14 +105,62 @@ export class PrefixIndex {
   }
 
   /**
-   * `id` takes `chain` (a request routed there, or its answer): the entry it reused becomes the
-   * most recent, then the chain is stored, replacing the entries it extends.
+   * Whether `conv` extends a whole entry of `id` (the next turn of a conversation held there):
+   * routed there, it replaces that entry instead of taking a slot of its own.
+   */
+  continues(id: string, conv: Conversation): boolean {
+    const w = this.workers.get(id);
+    if (!w) return false;
+    const m = w.lru.match(conv.hashes);
+    return m.length > 0 && m.length === w.lru.lengthAt(m.at);
+  }
+
+  /**
+   * Whether `id`'s cache is full of live conversations: full, and its least recently used entry
+   * was stored fewer routed requests ago than conversations take between turns. False until a
+   * reuse distance has been seen.
+   */
+  pressured(id: string): boolean {
+    const w = this.workers.get(id);
+    if (!w || this.reuse === undefined || w.lru.capacity <= 0 || w.lru.size < w.lru.capacity) return false;
+    const tail = w.lru.stampAt(0);
+    return tail !== undefined && this.clock - tail < this.reuse;
+  }
+
+  /** Requests routed between two turns of a conversation (moving average); undefined until seen. */
+  get reuseDistance(): number | undefined {
+    return this.reuse;
+  }
+
+  /**
+   * A request with `chain` was routed to `id`: the clock advances; the entry it reuses becomes the
+   * most recent (the engine's lookup does the same); when it continues a whole entry, the entry's
+   * age is a reuse distance (unless `observe` is false: a retry). Nothing is stored yet: an engine
+   * stores the prompt once it has answered, so a request sharing this prefix that comes before
+   * then finds nothing there (see `record`).
+   */
+  route(id: string, chain: readonly string[], observe = true): void {
+    this.clock++;
+    const w = this.workers.get(id);
+    if (!w || w.lru.capacity <= 0) return;
+    const m = w.lru.match(chain);
+    const stamp = w.lru.stampAt(m.at);
+    if (observe && m.length > 0 && m.length === w.lru.lengthAt(m.at) && stamp !== undefined) {
+      const age = this.clock - stamp;
+      this.reuse = this.reuse === undefined ? age : this.reuse + REUSE_ALPHA * (age - this.reuse);
+    }
+    w.lru.touch(m.at);
+  }
+
+  /**
+   * `id` has stored `chain` (an answered request: its prompt and answer): the entry it reused
+   * becomes the most recent, then the chain is stored, replacing the entries it extends.
    */
   record(id: string, chain: readonly string[]): void {
     const w = this.workers.get(id);
     if (!w || w.lru.capacity <= 0) return;
     w.lru.touch(w.lru.match(chain).at);
-    w.lru.insert(chain);
+    w.lru.insert(chain, this.clock);
   }
 
   /** Forgets everything predicted for `id` (a miss where a hit was predicted). */

@@ -22,6 +22,8 @@ export interface PrefixMatch {
 export class PrefixLru<T> {
   /** Least recently used first. */
   private entries: T[][] = [];
+  /** When each entry was stored (or last extended), on the caller's clock (0 when the caller keeps none). */
+  private stamps: number[] = [];
 
   constructor(public capacity: number) {}
 
@@ -39,26 +41,46 @@ export class PrefixLru<T> {
     return best;
   }
 
-  /** Makes the entry at `at` (from `match`) the most recently used. */
-  touch(at: number): void {
-    if (at >= 0 && at < this.entries.length) this.entries.push(...this.entries.splice(at, 1));
+  /** Length of the entry at `at` (from `match`); 0 when there is none. */
+  lengthAt(at: number): number {
+    return this.entries[at]?.length ?? 0;
   }
 
-  /** Stores `seq` as the most recent entry; entries that are a prefix of it go; then evicts to capacity. */
-  insert(seq: readonly T[]): void {
+  /** When the entry at `at` was stored (its stamp); undefined when there is none. */
+  stampAt(at: number): number | undefined {
+    return this.stamps[at];
+  }
+
+  /** Makes the entry at `at` (from `match`) the most recently used; its stamp stays. */
+  touch(at: number): void {
+    if (at >= 0 && at < this.entries.length) {
+      this.entries.push(...this.entries.splice(at, 1));
+      this.stamps.push(...this.stamps.splice(at, 1));
+    }
+  }
+
+  /** Stores `seq` as the most recent entry, stamped `stamp`; entries that are a prefix of it go; then evicts to capacity. */
+  insert(seq: readonly T[], stamp = 0): void {
     if (seq.length === 0) return;
-    this.entries = this.entries.filter((e) => !(e.length <= seq.length && commonPrefix(e, seq) === e.length));
+    const keep = this.entries.map((e) => !(e.length <= seq.length && commonPrefix(e, seq) === e.length));
+    this.entries = this.entries.filter((_, i) => keep[i]);
+    this.stamps = this.stamps.filter((_, i) => keep[i]);
     this.entries.push([...seq]);
+    this.stamps.push(stamp);
     this.trim();
   }
 
   /** Evicts least recently used entries beyond `capacity`. */
   trim(): void {
     const excess = this.entries.length - Math.max(0, this.capacity);
-    if (excess > 0) this.entries.splice(0, excess);
+    if (excess > 0) {
+      this.entries.splice(0, excess);
+      this.stamps.splice(0, excess);
+    }
   }
 
   clear(): void {
     this.entries = [];
+    this.stamps = [];
   }
 }

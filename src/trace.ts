@@ -5,7 +5,7 @@
  * trace id, and `tracestate` travels unchanged. Nothing is recorded here: spans are an exporter's
  * business; propagation alone lets an engine's traces join the client's.
  */
-import { randomBytes } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 
 export const TRACEPARENT = 'traceparent';
 export const TRACESTATE = 'tracestate';
@@ -36,11 +36,32 @@ export function formatTraceparent(t: TraceContext): string {
   return `00-${t.traceId}-${t.parentId}-${t.flags}`;
 }
 
+/**
+ * Random bytes for ids, drawn 4 KB at a time: `randomBytes(8)` for every hop went to OpenSSL (and a
+ * getpid syscall) twice per request, the largest cost the trace headers added to a request. Trace
+ * and parent ids are identifiers, not secrets.
+ */
+const POOL = Buffer.allocUnsafe(4096);
+let poolAt = POOL.length;
+
+/** `bytes` random bytes as hex, never all zeros (an invalid id in W3C Trace Context). */
+export function randomHex(bytes: number): string {
+  for (;;) {
+    if (poolAt + bytes > POOL.length) {
+      randomFillSync(POOL);
+      poolAt = 0;
+    }
+    const start = poolAt;
+    poolAt += bytes;
+    for (let i = start; i < poolAt; i++) if (POOL[i] !== 0) return POOL.toString('hex', start, poolAt);
+  }
+}
+
 /** The context of a new hop: the same trace (a new one when `parent` is absent), a new parent id. */
 export function childTrace(parent: TraceContext | undefined): TraceContext {
   return {
-    traceId: parent?.traceId ?? randomBytes(16).toString('hex'),
-    parentId: randomBytes(8).toString('hex'),
+    traceId: parent?.traceId ?? randomHex(16),
+    parentId: randomHex(8),
     flags: parent?.flags ?? '00',
   };
 }

@@ -99,7 +99,9 @@ async function inFlight(run: BenchRun): Promise<void> {
   try {
     await lab.child({ role: 'responder' });
     const floor = await lab.child({ role: 'floor' });
-    const router = await lab.child({ role: 'router' });
+    // The k streams come from one client address: lift the per-client connection cap (256 by
+    // default), which would refuse the rest with 503 TOO_MANY_CONNECTIONS; memory is measured here.
+    const router = await lab.child({ role: 'router', overrides: { 'controller.maxConnectionsPerClient': k + 64 } });
     // One token at once, then a wait far longer than the measurement (the idle limit is 30 s).
     lab.worker({ id: 'slow', ttftMs: 0, tokenMs: 600_000, maxConcurrent: k + 64 });
     await lab.waitOnline(router, 1);

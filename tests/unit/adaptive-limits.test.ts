@@ -43,3 +43,16 @@ test('adaptive - the number of worker+model pairs is bounded', () => {
   expect(a.ttftLimit('a', 'm', 10_000)).toBe(10_000); // forgotten
   expect(a.ttftLimit('c', 'm', 10_000)).toBe(200);
 });
+
+test('adaptive - a limit read, then a new observation: the next read includes it (the sorted copy is not stale)', () => {
+  const a = new AdaptiveLimits({ ...options, floorMs: 1 });
+  for (let i = 0; i < 16; i++) a.observeTtft('w', 'm', 10);
+  expect(a.ttftLimit('w', 'm', 10_000)).toBe(40);
+  expect(a.ttftLimit('w', 'm', 10_000)).toBe(40);
+  // The window is 16: one slow observation replaces the oldest; p99 of 16 is the largest.
+  a.observeTtft('w', 'm', 100);
+  expect(a.ttftLimit('w', 'm', 10_000)).toBe(400);
+  // Once it has left the window, the limit comes back down.
+  for (let i = 0; i < 16; i++) a.observeTtft('w', 'm', 5);
+  expect(a.ttftLimit('w', 'm', 10_000)).toBe(20);
+});

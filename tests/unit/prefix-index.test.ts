@@ -106,3 +106,77 @@ test('prefix index - content that is not a string (content parts) is hashed and 
   expect(c.tokens[0]).toBe(3 + Math.ceil(JSON.stringify(parts).length / 4));
   expect(conversation(MODEL, [{ role: 'user', content: parts as never }]).hashes).toEqual(c.hashes);
 });
+
+test('prefix index - continues: the next turn extends a whole entry; a new conversation on a shared prompt does not', () => {
+  const index = new PrefixIndex(10);
+  index.sync('w', cache(10));
+  const t1 = conv(SYSTEM, user('q1'));
+  index.route('w', t1.hashes);
+  index.record('w', withAnswer(t1, 'a1'));
+  const t2 = conv(SYSTEM, user('q1'), { role: 'assistant', content: 'a1' }, user('q2'));
+  expect(index.continues('w', t2)).toBe(true);
+  expect(index.continues('w', conv(SYSTEM, user('someone else')))).toBe(false);
+  expect(index.continues('other', t2)).toBe(false);
+});
+
+test('prefix index - reuse distance: requests routed between two turns of a conversation, learned from continuations only', () => {
+  const index = new PrefixIndex(10);
+  index.sync('w', cache(10));
+  expect(index.reuseDistance).toBeUndefined();
+  const a1 = conv(SYSTEM, user('alice 1'));
+  index.route('w', a1.hashes);
+  index.record('w', withAnswer(a1, 'x'));
+  // Three new conversations in between: not continuations, no distance yet.
+  for (const u of ['b', 'c', 'd']) index.route('w', conv(SYSTEM, user(u)).hashes);
+  expect(index.reuseDistance).toBeUndefined();
+  index.route('w', conv(SYSTEM, user('alice 1'), { role: 'assistant', content: 'x' }, user('alice 2')).hashes);
+  expect(index.reuseDistance).toBe(4);
+  // A retry (observe false) continues the entry its attempt just recorded: not a distance.
+  index.route('w', conv(SYSTEM, user('alice 1'), { role: 'assistant', content: 'x' }, user('alice 2')).hashes, false);
+  expect(index.reuseDistance).toBe(4);
+});
+
+test('prefix index - pressured: full, and its least recently used entry younger than the reuse distance', () => {
+  const index = new PrefixIndex(10);
+  index.sync('w', cache(2));
+  index.sync('roomy', cache(2));
+  const turn = (who: string, n: number) => {
+    const messages: ChatMessage[] = [SYSTEM];
+    for (let i = 1; i <= n; i++) messages.push(user(`${who} ${i}`), { role: 'assistant', content: `${who} answer ${i}` });
+    messages.push(user(`${who} ${n + 1}`));
+    return conv(...messages);
+  };
+  const play = (id: string, who: string, n: number) => {
+    const c = turn(who, n);
+    index.route(id, c.hashes);
+    index.record(id, withAnswer(c, `${who} answer ${n + 1}`));
+  };
+  // Two conversations fill w's two slots; no reuse distance yet, so not pressured.
+  play('w', 'alice', 0);
+  play('w', 'bob', 0);
+  expect(index.pressured('w')).toBe(false);
+  // Their next turns come back every 2 requests: the distance is 2.
+  play('w', 'alice', 1);
+  play('w', 'bob', 1);
+  expect(index.reuseDistance).toBe(2);
+  // Full, least recently used entry (alice) used 1 request ago < 2: a new conversation would evict a live one.
+  expect(index.pressured('w')).toBe(true);
+  // A worker with a free slot is never pressured.
+  play('roomy', 'carol', 0);
+  expect(index.pressured('roomy')).toBe(false);
+  // Requests elsewhere age w's entries: once its oldest is older than the distance, it has room again.
+  play('roomy', 'dave', 0);
+  play('roomy', 'erin', 0);
+  expect(index.pressured('w')).toBe(false);
+});
+
+test('prefix index - routing stores nothing: only an answered request is predicted (the engine stores a prompt once answered)', () => {
+  const index = new PrefixIndex(10);
+  index.sync('w', cache(10));
+  const t = conv(SYSTEM, user('q'));
+  index.route('w', t.hashes);
+  expect(index.entries('w')).toBe(0);
+  expect(index.predict('w', conv(SYSTEM, user('another')))).toBe(0);
+  index.record('w', withAnswer(t, 'a'));
+  expect(index.predict('w', conv(SYSTEM, user('another')))).toBe(messageTokens(SYSTEM));
+});

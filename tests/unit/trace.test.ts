@@ -1,4 +1,4 @@
-import { childTrace, formatTraceparent, nextTraceparent, parseTraceparent, passTracestate } from '../../src/trace';
+import { childTrace, formatTraceparent, nextTraceparent, parseTraceparent, passTracestate, randomHex } from '../../src/trace';
 
 const VALID = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
 
@@ -43,4 +43,18 @@ test('trace - tracestate passes through only as a sane header value', () => {
   expect(passTracestate('bad\nvalue')).toBeUndefined();
   expect(passTracestate('x'.repeat(600))).toBeUndefined();
   expect(passTracestate(undefined)).toBeUndefined();
+});
+
+test('trace - ids come from a pool refilled in blocks: valid, distinct, across many refills', () => {
+  const seen = new Set<string>();
+  // 4 KB a block: 3,000 ids of 8 bytes and 16 bytes cross the refill many times.
+  for (let i = 0; i < 3000; i++) {
+    const t = childTrace(undefined);
+    expect(t.traceId).toMatch(/^[0-9a-f]{32}$/);
+    expect(t.parentId).toMatch(/^[0-9a-f]{16}$/);
+    expect(parseTraceparent(formatTraceparent(t))).toEqual(t);
+    seen.add(t.traceId).add(t.parentId);
+  }
+  expect(seen.size).toBe(6000);
+  expect(randomHex(3)).toMatch(/^[0-9a-f]{6}$/);
 });

@@ -159,3 +159,64 @@ test('prefix - a worker that restarted (new epoch) or went offline loses its ent
   await route(mw, online, [user('other')], { cached: 0 });
   expect(index.entries('w1')).toBe(0);
 });
+
+test('prefix - a worker whose cache is full of live conversations takes no new one; its own conversations stay', async () => {
+  const metrics = new RouterMetrics();
+  const index = new PrefixIndex(10);
+  const mw = prefix(OPTIONS, { metrics, index });
+  const pool = [makeWorker('w1', { promptCache: { size: 2, epoch: 'w1-1' } }), makeWorker('w2', { promptCache: { size: 2, epoch: 'w2-1' } })];
+  const first = (who: string) => [SYSTEM, user(`${who} 1`)];
+  const second = (who: string) => [...first(who), { role: 'assistant', content: `${who} a1` }, user(`${who} 2`)];
+  // alice and bob fill w1's two slots (the shared system prompt draws bob there) and come back.
+  expect((await route(mw, pool, first('alice'), { text: 'alice a1', cached: 0 }, (ctx) => (ctx.candidates = [pool[0]]))).narrowed).toEqual(['w1']);
+  expect((await route(mw, pool, first('bob'), { text: 'bob a1', cached: 400 })).narrowed).toEqual(['w1']);
+  expect((await route(mw, pool, second('alice'), { text: 'alice a2', cached: 500 })).narrowed).toEqual(['w1']);
+  expect((await route(mw, pool, second('bob'), { text: 'bob a2', cached: 500 })).narrowed).toEqual(['w1']);
+  expect(index.pressured('w1')).toBe(true);
+  // carol shares the system prompt with w1 only, but would evict alice or bob there: she goes to w2.
+  expect((await route(mw, pool, first('carol'), { text: 'carol a1', cached: 0 })).narrowed).toEqual(['w2']);
+  const decisions = await metrics.prefixDecisions.get();
+  expect(decisions.values.find((v) => v.labels.decision === 'cache-full')?.value).toBe(1);
+  // alice's next turn continues her entry on w1: it stays.
+  const third = [...second('alice'), { role: 'assistant', content: 'alice a2' }, user('alice 3')];
+  expect((await route(mw, pool, third, { cached: 600 })).narrowed).toEqual(['w1']);
+});
+
+test('prefix - when every candidate is full of live conversations, the longest prefix wins as before', async () => {
+  const index = new PrefixIndex(10);
+  const mw = prefix(OPTIONS, { index });
+  const pool = [makeWorker('w1', { promptCache: { size: 1, epoch: 'w1-1' } }), makeWorker('w2', { promptCache: { size: 1, epoch: 'w2-1' } })];
+  const t = (who: string, n: number): ChatMessage[] => {
+    const m: ChatMessage[] = [SYSTEM];
+    for (let i = 1; i < n; i++) m.push(user(`${who} ${i}`), { role: 'assistant', content: `${who} a${i}` });
+    m.push(user(`${who} ${n}`));
+    return m;
+  };
+  await route(mw, pool, t('alice', 1), { text: 'alice a1', cached: 0 }, (ctx) => (ctx.candidates = [pool[0]]));
+  await route(mw, pool, t('bob', 1), { text: 'bob a1', cached: 0 }, (ctx) => (ctx.candidates = [pool[1]]));
+  await route(mw, pool, t('alice', 2), { text: 'alice a2', cached: 500 });
+  await route(mw, pool, t('bob', 2), { text: 'bob a2', cached: 500 });
+  expect(index.pressured('w1') && index.pressured('w2')).toBe(true);
+  // carol's system prompt is on both; both are full: no room anywhere, so the usual rules choose (w1, first on a tie).
+  expect((await route(mw, pool, t('carol', 1), { cached: 400 })).narrowed).toEqual(['w1']);
+});
+
+test('prefix - a prefix still in flight is not predicted: a second request sharing it goes where it does not queue behind it', async () => {
+  const mw = prefix(OPTIONS);
+  const pool = workers('w1', 'w2');
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  const ctx = makeCtx({ candidates: pool, request: { messages: [SYSTEM, user('alice')] } });
+  const first = mw(ctx, async () => {
+    ctx.worker = ctx.candidates[0];
+    await held;
+    ctx.result = { type: 'result', text: 'a', finish_reason: 'stop', usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2, prompt_tokens_details: { cached_tokens: 0 } } };
+  });
+  expect(ctx.candidates.map((w) => w.id)).toEqual(['w1']);
+  // w1 has not stored the system prompt yet: bob would pay all of it there, behind alice.
+  expect((await route(mw, pool, [SYSTEM, user('bob')], { cached: 0 })).narrowed).toEqual(['w2']);
+  release();
+  await first;
+  // Once alice is answered, w1 holds it, as w2 holds bob's: carol follows the least prefill work, both cached.
+  expect((await route(mw, pool, [SYSTEM, user('carol')], { cached: 400 })).narrowed).toEqual(['w1']);
+});
