@@ -45,6 +45,8 @@ export interface Answer {
   headers: IncomingHttpHeaders;
   body: string;
   ms: number;
+  /** Until the response headers (ms): a stream's time to first token, since they leave with its first chunk. */
+  firstMs: number;
 }
 
 /** One keep-alive client; reuse it across phases so connections stay warm. */
@@ -75,15 +77,16 @@ export function createClient(maxSockets = 1024): Client {
     }
     return o;
   };
-  const exchange = <T>(target: Target, timeoutMs: number, read: (chunks: Buffer[]) => T): Promise<{ status: number; headers: IncomingHttpHeaders; ms: number; out: T }> =>
+  const exchange = <T>(target: Target, timeoutMs: number, read: (chunks: Buffer[]) => T): Promise<{ status: number; headers: IncomingHttpHeaders; ms: number; firstMs: number; out: T }> =>
     new Promise((resolve, reject) => {
       const started = performance.now();
       const req = httpRequest(optionsFor(target), (res) => {
+        const firstMs = performance.now() - started;
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {
           clearTimeout(timer);
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, ms: performance.now() - started, out: read(chunks) });
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, ms: performance.now() - started, firstMs, out: read(chunks) });
         });
         res.on('error', (err) => {
           clearTimeout(timer);
@@ -100,7 +103,7 @@ export function createClient(maxSockets = 1024): Client {
   return {
     async send(target, timeoutMs = 15_000) {
       const r = await exchange(target, timeoutMs, (chunks) => Buffer.concat(chunks).toString('utf8'));
-      return { status: r.status, headers: r.headers, body: r.out, ms: r.ms };
+      return { status: r.status, headers: r.headers, body: r.out, ms: r.ms, firstMs: r.firstMs };
     },
     async sendLight(target, timeoutMs = 15_000) {
       // The last two chunks: `data: [DONE]` may be split across them.

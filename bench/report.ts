@@ -30,6 +30,7 @@ export const SCENARIOS: Record<number, string> = {
   7: 'Memory',
   8: 'Prefix-cache-aware routing (multi-turn, shared prefixes, no sharing, a worker killed)',
   9: 'Several controllers',
+  10: 'Hedging: extra attempts on a healthy cluster, time to first token with one slow worker',
 };
 
 export interface Machine {

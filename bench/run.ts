@@ -23,6 +23,7 @@ import { chainCost } from './scenarios/chain';
 import { failoverCost } from './scenarios/failover';
 import { memory } from './scenarios/memory';
 import { prefixRouting } from './scenarios/prefix';
+import { hedging } from './scenarios/hedging';
 import { floorAndRouter } from './scenarios/router';
 import { scale } from './scenarios/scale';
 
@@ -45,6 +46,7 @@ const GROUPS: Array<{ scenarios: number[]; run: (r: BenchRun) => Promise<void> }
   { scenarios: [7], run: memory },
   { scenarios: [8], run: prefixRouting },
   { scenarios: [9], run: severalControllers },
+  { scenarios: [10], run: hedging },
 ];
 
 function parse(argv: string[]): { smoke: boolean; only: Set<number>; docs: boolean; profile?: string } | undefined {

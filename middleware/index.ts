@@ -6,6 +6,7 @@
 import type { AnyDefinition } from '../src/define';
 import { breaker } from './breaker';
 import { health } from './health';
+import { hedge } from './hedge';
 import { limits } from './limits';
 import { metrics } from './metrics';
 import { prefix } from './prefix';
@@ -15,6 +16,6 @@ import { select } from './select';
 import { session } from './session';
 import { timeout } from './timeout';
 
-export const BUILTIN_MIDDLEWARE: Readonly<Record<string, AnyDefinition>> = { metrics, limits, session, retry, breaker, prefix, priority, select, timeout, health };
+export const BUILTIN_MIDDLEWARE: Readonly<Record<string, AnyDefinition>> = { metrics, limits, session, retry, hedge, breaker, prefix, priority, select, timeout, health };
 
-export { breaker, health, limits, metrics, prefix, priority, retry, select, session, timeout };
+export { breaker, health, hedge, limits, metrics, prefix, priority, retry, select, session, timeout };

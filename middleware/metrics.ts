@@ -34,7 +34,7 @@ export const metrics = defineMiddleware<MetricsOptions, MetricsDeps>({
       }
       const { record, ctx } = event;
       m.attempts.inc({ outcome: record.outcome });
-      if (record.attempt > 1) m.retries.inc();
+      if (record.attempt > 1 && !record.hedge) m.retries.inc();
       const kind = record.code === null ? undefined : TIMEOUT_KINDS[record.code];
       if (kind) m.timeouts.inc({ kind: kind === 'attempt' && ctx.stream ? 'first_chunk' : kind });
     });

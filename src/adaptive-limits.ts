@@ -101,6 +101,15 @@ export class AdaptiveLimits {
     return this.limit(this.entry(worker, model, false)?.ttft, ceiling);
   }
 
+  /**
+   * The `p`-th percentile (0..1) of this worker and model's recent times to first token, once at
+   * least `minSamples` are known (the `hedge` middleware's hedge point); else undefined.
+   */
+  ttftPercentile(worker: string, model: string, p: number, minSamples: number): number | undefined {
+    const ring = this.entry(worker, model, false)?.ttft;
+    return ring && ring.count >= Math.max(1, minSamples) ? ring.percentile(p) : undefined;
+  }
+
   /** The idle limit between tokens for this worker and model: learned, or `ceiling`. */
   idleLimit(worker: string, model: string, ceiling: number): number {
     return this.limit(this.entry(worker, model, false)?.gap, ceiling);

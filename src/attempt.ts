@@ -48,7 +48,10 @@ export function attemptRunner(chain: (ctx: RouteContext) => Promise<void>, optio
     const onRequestAbort = (): void => controller.abort(ctx.signal.reason);
     if (ctx.signal.aborted) controller.abort(ctx.signal.reason);
     else ctx.signal.addEventListener('abort', onRequestAbort, { once: true });
-    ctx.attempt = newAttempt(ctx.attempts.length + 1, started, controller);
+    // Numbered in start order: a hedge starts while the attempt beside it still runs.
+    const number = Math.max(startedCount.get(ctx.attempts) ?? 0, ctx.attempts.length) + 1;
+    startedCount.set(ctx.attempts, number);
+    ctx.attempt = newAttempt(number, started, controller);
     ctx.worker = undefined;
     // A function, so the narrowing of `ctx.worker = undefined` above does not stick across the chain.
     const selected = (): string | null => ctx.worker?.id ?? null;
@@ -58,12 +61,14 @@ export function attemptRunner(chain: (ctx: RouteContext) => Promise<void>, optio
       if (controller.signal.aborted) throw controller.signal.reason;
       await chain(ctx);
       record = { attempt: ctx.attempt.number, worker: selected(), outcome: 'success', code: null, durationMs: round2(clock.now() - started) };
+      if (ctx.attempt.hedge) record.hedge = true;
       ctx.attempts.push(record);
       events?.emit({ type: 'attempt', ctx, record });
     } catch (e) {
       const err = toRouterError(isRouterError(e) || !controller.signal.aborted ? e : controller.signal.reason);
       const worker = selected();
       record = { attempt: ctx.attempt.number, worker, outcome: err.outcome, code: err.code, durationMs: round2(clock.now() - started) };
+      if (ctx.attempt.hedge) record.hedge = true;
       ctx.attempts.push(record);
       if (worker && err.outcome !== 'cancelled' && err.outcome !== 'caller' && !ctx.metrics.failedWorkers.includes(worker)) {
         ctx.metrics.failedWorkers.push(worker);
@@ -75,10 +80,14 @@ export function attemptRunner(chain: (ctx: RouteContext) => Promise<void>, optio
       ctx.signal.removeEventListener('abort', onRequestAbort);
       const worker = selected();
       if (worker) ctx.metrics.selectedWorker = worker;
-      ctx.metrics.retryCount = Math.max(0, ctx.attempts.length - 1);
+      // Hedges are not retries.
+      ctx.metrics.retryCount = Math.max(0, ctx.attempts.length - (ctx.metrics.hedges ?? 0) - 1);
     }
   };
 }
+
+/** Attempts started per request (keyed by its `attempts` list, which forks of the context share). */
+const startedCount = new WeakMap<AttemptRecord[], number>();
 
 /** The codes of the attempt and request deadlines. */
 export const TIMEOUT_CODES: ReadonlySet<string> = new Set(['WORKER_TIMEOUT', 'STREAM_IDLE_TIMEOUT', 'REQUEST_TIMEOUT']);

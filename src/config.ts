@@ -14,7 +14,7 @@ convict.addParser({ extension: ['yml', 'yaml'], parse: parseYaml });
 convict.addParser({ extension: 'json', parse: JSON.parse });
 
 export const DEFAULT_MODEL = 'mlx-community/Llama-3.2-3B-Instruct-4bit';
-export const DEFAULT_PIPELINE = ['metrics', 'limits', 'session', 'retry', 'breaker', 'priority', 'select', 'timeout', 'health'];
+export const DEFAULT_PIPELINE = ['metrics', 'limits', 'session', 'retry', 'hedge', 'breaker', 'priority', 'select', 'timeout', 'health'];
 export const STRATEGIES = ['round-robin', 'least-outstanding', 'p2c'] as const;
 export type Strategy = (typeof STRATEGIES)[number];
 /** Engines a worker can front: `synthetic` (deterministic, built in) or `openai` (any OpenAI-compatible HTTP server). */
@@ -43,6 +43,14 @@ export interface RouterConfig {
         minAttemptMs: number;
         retryOnErrors: string[];
         budget: { maxTokens: number; tokenRatio: number };
+      };
+      hedge: {
+        enabled: boolean;
+        percentile: number;
+        minSamples: number;
+        minDelayMs: number;
+        initialDelayMs: number;
+        budget: { ratio: number; maxTokens: number; minPerSecond: number };
       };
       circuitBreaker: {
         enabled: boolean;
@@ -244,6 +252,22 @@ const schema = {
         budget: {
           maxTokens: { doc: 'Retry budget size: a failed attempt takes a token (a refusal by a full worker does not); retries stop at half or below (0 turns retries off).', format: 'nat', default: 100 },
           tokenRatio: { doc: 'Tokens a successful request gives back to the retry budget.', format: 'ratio', default: 0.1 },
+        },
+      },
+      hedge: {
+        enabled: {
+          doc: 'The hedge middleware: when an attempt shows no first token by the hedge point, start the same request on another worker; the first token wins and the other attempt is cancelled.',
+          format: Boolean,
+          default: true,
+        },
+        percentile: { doc: "The hedge point: this percentile (0 to 1) of the worker's recent times to first token for the model.", format: 'ratio', default: 0.95 },
+        minSamples: { doc: 'Times to first token of a worker and model learned before its attempts are hedged.', format: 'nat', default: 20 },
+        minDelayMs: { doc: 'The hedge point is never earlier than this after the worker was chosen (ms).', format: 'nat', default: 50 },
+        initialDelayMs: { doc: "Hedge point of a worker whose times to first token are not learned yet (ms; 0: no hedge until they are).", format: 'nat', default: 0 },
+        budget: {
+          ratio: { doc: 'Hedge budget: each attempt adds this many tokens and a hedge takes one, so at most this share of attempts is hedged.', format: 'ratio', default: 0.05 },
+          maxTokens: { doc: 'Hedge budget size, full at start: the largest burst of hedges.', format: 'nat', default: 10 },
+          minPerSecond: { doc: 'Hedge tokens added per second whatever the traffic, so a quiet cluster may still hedge now and then.', format: Number, default: 0.1 },
         },
       },
       circuitBreaker: {
@@ -530,6 +554,7 @@ function checkSemantics(cfg: RouterConfig): void {
   if (cfg.cluster.streaming.maxBufferedBytes < 1024) fail('cluster.streaming.maxBufferedBytes', 'must be at least 1024 (smaller cancels streams at their first chunk)');
   if (!(rr.adaptiveLimits.factor >= 1)) fail('cluster.requestRouting.adaptiveLimits.factor', 'must be at least 1');
   if (rr.deadlineShare <= 0) fail('cluster.requestRouting.deadlineShare', 'must be above 0');
+  if (!(rr.hedge.budget.minPerSecond >= 0)) fail('cluster.requestRouting.hedge.budget.minPerSecond', 'must be 0 or more');
   if (cfg.cluster.maxTokens.cap < 1) fail('cluster.maxTokens.cap', 'must be at least 1');
   if (rr.streamingTimeoutMs < 1) fail('cluster.requestRouting.streamingTimeoutMs', 'must be at least 1');
   if (cfg.cluster.pipeline.length === 0) fail('cluster.pipeline', 'must name at least one middleware');

@@ -68,6 +68,8 @@ export interface AttemptState {
   firstChunkAt?: number;
   /** The W3C traceparent this attempt was sent with (its span in the request's trace). */
   traceparent?: string;
+  /** Set by the `hedge` middleware on an attempt it started beside a slow one (not a retry). */
+  hedge?: true;
 }
 
 /**
@@ -87,6 +89,7 @@ class Attempt implements AttemptState {
   readonly admissions: Admission[] = [];
   firstChunkAt?: number;
   traceparent?: string;
+  hedge?: true;
   private listeners: Array<() => void> | undefined;
 
   constructor(
@@ -119,6 +122,16 @@ export function newAttempt(number: number, startedAt: number, controller: AbortC
   return new Attempt(number, startedAt, controller);
 }
 
+/** What `metadata.hedge` reports: a hedge was due (no first token by the hedge point). */
+export interface HedgeReport {
+  /** won / lost / failed, or skipped_budget / skipped_no_worker when none was started. */
+  outcome: string;
+  /** The worker the hedge went to (started hedges only). */
+  worker?: string;
+  /** The hedge point: ms after the first attempt's worker was chosen. */
+  afterMs: number;
+}
+
 /** What the answer's `metadata` and headers report. */
 export interface RequestMetrics {
   retryCount: number;
@@ -126,6 +139,10 @@ export interface RequestMetrics {
   resumes: number;
   circuitBreakerTrips: number;
   timeouts: number;
+  /** Attempts the `hedge` middleware started beside slow ones (not counted in retryCount). */
+  hedges?: number;
+  /** The last hedge decision of the request, when one was due: its outcome and worker. */
+  hedge?: HedgeReport;
   failedWorkers: string[];
   selectedWorker: string | null;
   totalDurationMs: number;

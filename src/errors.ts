@@ -56,6 +56,8 @@ export const ERROR_CATALOGUE = {
   // OpenAI's own 429s carry type `requests` (or `tokens`) and code rate_limit_exceeded.
   RATE_LIMIT_EXCEEDED: { status: 429, type: 'requests', openaiCode: 'rate_limit_exceeded', outcome: 'caller' },
   CLIENT_CLOSED_REQUEST: { status: 499, type: 'invalid_request_error', openaiCode: 'client_closed_request', outcome: 'cancelled' },
+  // A hedged attempt that lost the race to the first token: cancelled, never counted, never sent to a client.
+  HEDGE_LOST: { status: 499, type: 'invalid_request_error', openaiCode: 'hedge_lost', outcome: 'cancelled' },
   INTERNAL_ERROR: { status: 500, type: 'server_error', openaiCode: 'server_error', outcome: 'worker_failure' },
   WORKER_ERROR: { status: 502, type: 'server_error', openaiCode: 'worker_error', outcome: 'worker_failure' },
   ALL_RETRIES_EXHAUSTED: { status: 502, type: 'server_error', openaiCode: 'all_retries_exhausted', outcome: 'worker_failure' },
@@ -90,6 +92,8 @@ export interface AttemptRecord {
   outcome: OutcomeClass;
   code: ErrorCode | null;
   durationMs: number;
+  /** Set on an attempt the `hedge` middleware started beside a slow one (not a retry). */
+  hedge?: true;
 }
 
 export interface RouterErrorOptions {

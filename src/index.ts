@@ -6,7 +6,7 @@
  */
 
 // Writing a middleware.
-export type { Admission, AttemptState, ContextInit, Middleware, Next, RequestMetrics, RouteContext, StreamSink } from './context';
+export type { Admission, AttemptState, ContextInit, HedgeReport, Middleware, Next, RequestMetrics, RouteContext, StreamSink } from './context';
 export { createContext, newAttempt } from './context';
 export {
   defineMiddleware,
@@ -47,4 +47,4 @@ export { createLogger, silentLogger, type Logger } from './logger';
 export type { ChatMessage, FinishReason, Usage, WireEnd, WireRequest, WireResult } from './protocol';
 
 // The built-in middleware, as definitions (to wrap, reuse or test against).
-export { breaker, health, metrics, retry, select, session, timeout } from '../middleware';
+export { breaker, health, hedge, metrics, retry, select, session, timeout } from '../middleware';

@@ -4,7 +4,8 @@
  * (`retry` by default): what stands before it, and the boundary itself, is composed as the request
  * part; what stands after it (plus dispatch) as the attempt part, whose runner (src/attempt.ts) the
  * boundary gets as an argument and calls once per attempt. Without a boundary the whole list is the
- * attempt part, run once.
+ * attempt part, run once. Several boundaries nest: `hedge` after `retry` is what retry runs per
+ * attempt, and hedge gets the attempt runner (and may run two attempts at once).
  */
 import compose from 'koa-compose';
 import { isAbsolute, resolve } from 'node:path';
@@ -106,7 +107,7 @@ function build(entry: Entry, config: RouterConfig, deps: MiddlewareDeps, runAtte
 }
 
 /**
- * Builds the chain. Throws ConfigError naming an unknown or repeated entry, or a second boundary.
+ * Builds the chain. Throws ConfigError naming an unknown or repeated entry.
  * `baseDir` resolves module paths (the config file's folder).
  */
 export function assemblePipeline(config: RouterConfig, deps: RouterDeps, baseDir: string = process.cwd()): Pipeline {
@@ -117,18 +118,27 @@ export function assemblePipeline(config: RouterConfig, deps: RouterDeps, baseDir
     seen.add(name);
     return resolveEntry(name, baseDir);
   });
-  const boundaries = entries.filter((e) => 'def' in e && e.def.boundary).map((e) => e.name);
-  if (boundaries.length > 1) {
-    throw new ConfigError(`cluster.pipeline: only one boundary (a middleware that runs attempts) may be listed; found ${boundaries.join(', ')}`);
-  }
-  const boundary = boundaries.length === 1 ? names.indexOf(boundaries[0]) : -1;
-  const attemptPart = entries.slice(boundary + 1).map((e) => build(e, config, deps));
+  const boundaries: number[] = [];
+  entries.forEach((e, i) => {
+    if ('def' in e && e.def.boundary) boundaries.push(i);
+  });
+  const attemptPart = entries.slice((boundaries.at(-1) ?? -1) + 1).map((e) => build(e, config, deps));
   const runAttempt = attemptRunner(compose<RouteContext>([...attemptPart, dispatch(deps)]), {
     candidates: (ctx) => candidatesFor(ctx, deps.registry),
     events: deps.events,
   });
-  if (boundary < 0) return { names: [...names], run: runAttempt };
-  const requestPart = entries.slice(0, boundary + 1).map((e) => build(e, config, deps, runAttempt));
+  if (boundaries.length === 0) return { names: [...names], run: runAttempt };
+  // Boundaries nest (retry, then hedge): each inner one, with what stands between it and the one
+  // before, is what the outer one runs per attempt; the innermost gets the attempt runner.
+  let runner: AttemptRunner = runAttempt;
+  for (let k = boundaries.length - 1; k > 0; k--) {
+    const inner = build(entries[boundaries[k]], config, deps, runner);
+    const between = entries.slice(boundaries[k - 1] + 1, boundaries[k]).map((e) => build(e, config, deps));
+    const chain = compose<RouteContext>([...between, inner]);
+    runner = (ctx) => chain(ctx);
+  }
+  const first = boundaries[0];
+  const requestPart = [...entries.slice(0, first).map((e) => build(e, config, deps)), build(entries[first], config, deps, runner)];
   const requestChain = compose<RouteContext>(requestPart);
   return { names: [...names], run: (ctx) => requestChain(ctx) };
 }

@@ -149,6 +149,8 @@ export interface RouterInstruments {
   readonly attempts: Counter<'outcome'>;
   readonly retries: Counter;
   readonly timeouts: Counter<'kind'>;
+  /** Hedge points reached, by outcome (the `hedge` middleware; optional for hand-built instruments). */
+  readonly hedges?: Counter<'outcome'>;
   readonly duration: Histogram<'stream'>;
   readonly inFlight: Gauge;
   readonly prefixDecisions: Counter<'decision'>;

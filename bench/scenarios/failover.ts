@@ -243,9 +243,104 @@ async function killed(run: BenchRun): Promise<void> {
   }
 }
 
+/**
+ * A worker SIGSTOPped mid-answer (buffered and streamed), with the default limits: after enough
+ * answers to learn the worker's pace (adaptiveLimits.minSamples), its idle limit is the learned one
+ * (never below adaptiveLimits.floorMs, 1000 ms), so the attempt is cut about a second after the
+ * stop and failed over (buffered) or resumed (streamed) on the good worker. The figure is the time
+ * from the SIGSTOP to the answer, beside a whole answer from the good worker.
+ */
+async function hungMidAnswer(run: BenchRun): Promise<void> {
+  const lab = await Lab.start();
+  try {
+    const router = await lab.child({
+      role: 'router',
+      overrides: {
+        'discovery.offlineAfterMs': 600_000,
+        'cluster.requestRouting.circuitBreaker.failureThreshold': 1_000_000,
+        'cluster.requestRouting.retry.budget.maxTokens': 1_000_000,
+        // Smoke runs learn from fewer answers (the figure is only recorded from full runs).
+        'cluster.requestRouting.adaptiveLimits.minSamples': run.pick(20, 4),
+        ...NO_DELAY,
+      },
+    });
+    const spec = { id: 'a-stopped', tokenMs: KILLED_TOKEN_MS };
+    let victim: ReturnType<Lab['worker']> | undefined;
+    await setup(lab, [router], () => {
+      victim = lab.worker(spec);
+    });
+    // Teach the router both workers' pace: first token and gaps between chunks, streamed and buffered.
+    for (let i = 0, n = run.pick(22, 5); i < n; i++) {
+      for (const stream of [true, false]) {
+        const a = await run.client.send(routerTarget(router.url, stream));
+        if (a.status !== 200) throw new Error(`hung: warm-up answered HTTP ${a.status}`);
+      }
+    }
+    for (const stream of [false, true]) {
+      const fromStop: number[] = [];
+      const whole: number[] = [];
+      const n = run.pick(8, 2);
+      const bar = progress(`4 · worker hangs mid-answer (SIGSTOP), ${stream ? 'streamed' : 'buffered'}`);
+      for (let tries = 0; fromStop.length < n && tries < 4 * n; tries++) {
+        bar.update(fromStop.length / n, `${fromStop.length} stops`);
+        // The stopped worker back in selection (a heartbeat after SIGCONT) before the next stop.
+        for (let t = 0; ((await router.stats()).workersOnline ?? 0) < 2; t++) {
+          if (t > 2400) throw new Error('hung: the resumed worker did not come back online');
+          await new Promise((r) => setTimeout(r, 25));
+        }
+        const plain = await run.client.send(routerTarget(router.url, stream));
+        if (plain.status !== 200) throw new Error(`hung: baseline answered HTTP ${plain.status}`);
+        const pending = run.client.send(routerTarget(router.url, stream));
+        await new Promise((r) => setTimeout(r, KILL_AFTER_MS));
+        const stoppedAt = performance.now();
+        victim!.process.kill('SIGSTOP');
+        let a: Awaited<typeof pending>;
+        try {
+          a = await pending;
+        } finally {
+          victim!.process.kill('SIGCONT');
+        }
+        const doneAt = performance.now();
+        if (a.status !== 200) throw new Error(`hung: HTTP ${a.status}: ${a.body.slice(0, 300)}`);
+        // Counted only when the answer started on the stopped worker and moved on: a stream is
+        // resumed; a buffered answer's first attempt was on the stopped worker.
+        const firstOnVictim = (): boolean => {
+          const attempts = (JSON.parse(a.body) as { metadata?: { attempts?: Array<{ attempt: number; worker: string }> } }).metadata?.attempts ?? [];
+          return [...attempts].sort((x, y) => x.attempt - y.attempt)[0]?.worker === spec.id;
+        };
+        const movedOn = stream
+          ? Number(/"resumes":(\d+)/.exec(a.body)?.[1] ?? 0) >= 1 && a.body.includes('data: [DONE]')
+          : a.headers['x-mlx-worker'] === 'good' && firstOnVictim();
+        if (movedOn) {
+          fromStop.push(doneAt - stoppedAt);
+          whole.push(plain.ms);
+        }
+      }
+      const k = summarize(fromStop);
+      const w = summarize(whole);
+      bar.done(`${fromStop.length} stops: stop → answer p50 ${k.p50.toFixed(0)} ms, p99 ${k.p99.toFixed(0)} ms · whole answer p50 ${w.p50.toFixed(0)} ms`);
+      if (fromStop.length === 0) throw new Error('hung: no request failed over');
+      run.raw[`failoverHungMid${stream ? 'Streamed' : 'Buffered'}`] = { fromStop, whole };
+      run.add({
+        scenario: 4,
+        name: `worker hangs mid-answer (SIGSTOP), ${stream ? 'streamed' : 'buffered'}: stop → answer p99`,
+        value: k.p99,
+        unit: 'ms',
+        baseline: { label: 'a whole answer, no failure', value: w.p99 },
+        target: '≤ 2000 ms + a whole answer (about two learned limits)',
+        met: k.p99 <= 2000 + w.p99,
+        note: `${fromStop.length} stops ${KILL_AFTER_MS} ms into the answer, default limits learned over 44 answers (idle limit floor 1000 ms); heartbeat silence off`,
+      });
+    }
+  } finally {
+    await lab.stop();
+  }
+}
+
 export async function failoverCost(run: BenchRun): Promise<void> {
   await gone(run);
   await failsFast(run);
   await hangs(run);
   await killed(run);
+  await hungMidAnswer(run);
 }

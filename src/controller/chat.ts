@@ -62,6 +62,7 @@ export function answerMetadata(ctx: RouteContext): Record<string, unknown> {
     failedWorkers: ctx.metrics.failedWorkers,
     circuitBreakerTrips: ctx.metrics.circuitBreakerTrips,
     timeouts: ctx.metrics.timeouts,
+    ...(ctx.metrics.hedge ? { hedge: ctx.metrics.hedge } : {}),
     totalDurationMs: Math.round((ctx.metrics.totalDurationMs || ctx.clock.now() - ctx.startedAt) * 100) / 100,
     attempts: ctx.attempts,
   };
@@ -70,7 +71,7 @@ export function answerMetadata(ctx: RouteContext): Record<string, unknown> {
 /** `x-request-id`, `x-mlx-worker`, `x-mlx-retries`. */
 export function routingHeaders(ctx: RouteContext): Record<string, string> {
   // At a stream's commit the running attempt is not recorded yet, so its number says more.
-  const retries = Math.max(ctx.metrics.retryCount, ctx.attempt.number - 1);
+  const retries = Math.max(ctx.metrics.retryCount, ctx.attempt.number - 1 - (ctx.metrics.hedges ?? 0));
   const h: Record<string, string> = { 'x-request-id': ctx.requestId, 'x-mlx-retries': String(retries) };
   const worker = ctx.worker?.id ?? ctx.metrics.selectedWorker;
   if (worker) h['x-mlx-worker'] = worker;

@@ -22,6 +22,7 @@ export class RouterMetrics implements RouterInstruments {
   readonly attempts: Counter<'outcome'>;
   readonly retries: Counter;
   readonly timeouts: Counter<'kind'>;
+  readonly hedges: Counter<'outcome'>;
   readonly breakerTransitions: Counter<'worker' | 'from' | 'to'>;
   readonly duration: Histogram<'stream'>;
   readonly ttft: Histogram;
@@ -43,6 +44,12 @@ export class RouterMetrics implements RouterInstruments {
     this.attempts = new Counter({ name: 'mlx_router_attempts_total', help: 'Attempts by outcome class.', labelNames: ['outcome'], registers });
     this.retries = new Counter({ name: 'mlx_router_retries_total', help: 'Attempts after the first.', registers });
     this.timeouts = new Counter({ name: 'mlx_router_timeouts_total', help: 'Attempt timeouts by kind.', labelNames: ['kind'], registers });
+    this.hedges = new Counter({
+      name: 'mlx_router_hedges_total',
+      help: 'hedge middleware: hedge points reached, by outcome (won, lost, failed, skipped_budget, skipped_no_worker).',
+      labelNames: ['outcome'],
+      registers,
+    });
     this.breakerTransitions = new Counter({ name: 'mlx_router_breaker_transitions_total', help: 'Breaker state changes.', labelNames: ['worker', 'from', 'to'], registers });
     this.duration = new Histogram({
       name: 'mlx_router_request_duration_seconds',

@@ -12,8 +12,9 @@ import { systemClock } from '../clock';
 import type { Logger } from '../logger';
 import { estimateTokens, type Usage, type WireRequest } from '../protocol';
 import { formatTraceparent, nextTraceparent, parseTraceparent, passTracestate } from '../trace';
+import type { ChoiceDelta } from '../protocol-v2';
 import { EngineError, type DeltaSink, type Engine, type EngineResult, type GenerateContext } from './engine';
-import { answerText, choiceDelta, endpointPath, engineBodyV2, extraFields, resultV2 } from './openai-v2';
+import { answerText, choiceDelta, endpointPath, engineBodyV2, extraFields, resultV2, StreamAssembler } from './openai-v2';
 import { engineErrorText, httpError, inBandError, isConnectFailure, networkCode, networkError } from './openai-errors';
 import { promptTokens } from './synthetic';
 
@@ -68,6 +69,18 @@ interface StreamState {
   /** `data: [DONE]` arrived: the engine says the answer is complete. */
   done: boolean;
   failure?: EngineError;
+  /** v2 buffered, streamed from the engine: the answer rebuilt from its chunks. */
+  assembler?: StreamAssembler;
+}
+
+/** A delta that shows generation (not only the role, or empty content): a token for progress. */
+function showsToken(d: ChoiceDelta): boolean {
+  if (d.logprobs !== undefined && d.logprobs !== null) return true;
+  for (const [k, v] of Object.entries(d.delta)) {
+    if (k === 'role' || v === null || v === undefined) continue;
+    if (typeof v === 'string' ? v.length > 0 : !Array.isArray(v) || v.length > 0) return true;
+  }
+  return false;
 }
 
 /** The engine's usage if it is complete and numeric; otherwise undefined (then it is estimated). */
@@ -140,10 +153,16 @@ function onStreamEvent(ev: EventSourceMessage, state: StreamState, onText: (text
     return;
   }
   if (onDelta) {
+    if (state.assembler && chunk && typeof chunk === 'object') state.assembler.chunk(chunk as Record<string, unknown>);
     // v2: every choice's delta whole; choice 0 also keeps the text and finish for the result.
     for (const raw of Array.isArray(chunk?.choices) ? chunk.choices : []) {
       const d = choiceDelta(raw);
       if (!d) continue;
+      // Rebuilding a buffered answer: the worker hears only of deltas that show a token.
+      if (state.assembler && !showsToken(d)) {
+        if (d.index === 0 && d.finish_reason) state.finish = d.finish_reason;
+        continue;
+      }
       if (d.index === 0) {
         const piece = d.delta.content ?? d.delta.text;
         if (typeof piece === 'string') state.text += piece;
@@ -164,10 +183,17 @@ function onStreamEvent(ev: EventSourceMessage, state: StreamState, onText: (text
   if (chunk?.usage) state.usage = chunk.usage;
 }
 
-async function readStream(res: Response, request: WireRequest, onText: (text: string) => void, signal: AbortSignal, onDelta?: DeltaSink): Promise<EngineResult> {
+async function readStream(
+  res: Response,
+  request: WireRequest,
+  onText: (text: string) => void,
+  signal: AbortSignal,
+  onDelta?: DeltaSink,
+  assembler?: StreamAssembler,
+): Promise<EngineResult> {
   const reader = res.body?.getReader();
   if (!reader) throw new EngineError('WORKER_ERROR', 'engine answered a stream request without a body');
-  const state: StreamState = { text: '', done: false };
+  const state: StreamState = { text: '', done: false, assembler };
   const parser = createParser({
     maxBufferSize: MAX_EVENT_CHARS,
     onEvent: (ev) => onStreamEvent(ev, state, onText, onDelta),
@@ -197,6 +223,7 @@ async function readStream(res: Response, request: WireRequest, onText: (text: st
   if (!state.done && state.finish === undefined) {
     throw new EngineError('WORKER_ERROR', `engine stream ended after ${state.text.length} characters without finish_reason or [DONE]`);
   }
+  if (assembler) return resultV2(request, state.text, state.finish, state.usage, { choices: assembler.result(state.finish), extra: assembler.fields() });
   return onDelta ? resultV2(request, state.text, state.finish, state.usage) : result(request, state.text, state.finish, state.usage);
 }
 
@@ -361,8 +388,8 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
       await probing;
     },
 
-    // v1 requests stream from the engine (tokens show); a v2 buffered body is answered whole.
-    reportsTokens: (request) => request.stream || request.body === undefined,
+    // Generation always streams from the engine (tokens show); embeddings have no tokens to show.
+    reportsTokens: (request) => request.endpoint !== 'embeddings',
 
     // An OpenAI-compatible server judges what its model supports; a 400 from it reaches the client.
     capabilities: () => ['chat', 'completions', 'embeddings', 'tools', 'vision'],
@@ -374,17 +401,18 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
       }
       signal.throwIfAborted();
       const v2 = request.body !== undefined;
-      // v1: always streamed from the engine, even for a buffered answer: the worker sees every
-      // token, so it can tell the controller it is making progress. v2 bodies go as the client
-      // sent them (a buffered one is answered whole; the worker then shows only that it is alive).
-      const upstream: WireRequest = v2 || request.stream ? request : { ...request, stream: true };
+      // Always streamed from the engine, even for a buffered answer: the worker sees every token,
+      // so it can tell the controller it is making progress (and the TTFT and idle limits apply).
+      // A v2 buffered answer is rebuilt from the stream whole (StreamAssembler). Embeddings are
+      // not generated: they go as sent.
+      const upstream: WireRequest = request.stream || (v2 && request.endpoint === 'embeddings') ? request : { ...request, stream: true };
       let res: Response;
       try {
         // The signal bounds every phase, connect included: a cancel or the deadline aborts at once.
         res = await fetch(`${base}${v2 ? endpointPath(request.endpoint) : '/chat/completions'}`, {
           method: 'POST',
           headers: { ...headers(upstream.stream ? 'text/event-stream' : 'application/json'), ...traceHeaders(context) },
-          body: JSON.stringify(v2 ? engineBodyV2(request, continuation) : engineBody(upstream, continuation)),
+          body: JSON.stringify(v2 ? engineBodyV2(upstream, continuation) : engineBody(upstream, continuation)),
           signal,
         });
       } catch (err) {
@@ -404,12 +432,14 @@ export function openaiEngine(options: OpenAIEngineOptions): OpenAIEngine {
         }
         throw err;
       }
-      if (v2) {
-        if (request.stream) return readStream(res, request, onText, signal, onDelta ?? ((d) => onText(String(d.delta.content ?? ''))));
-        return readBuffered(res, request, onText, signal, true);
-      }
       // An engine that ignores `stream` and answers with one JSON body is read as such.
       const json = (res.headers.get('content-type') ?? '').includes('application/json');
+      if (v2) {
+        const sink = onDelta ?? ((d: ChoiceDelta) => onText(String(d.delta.content ?? d.delta.text ?? '')));
+        if (request.stream) return readStream(res, request, onText, signal, sink);
+        if (!upstream.stream || json) return readBuffered(res, request, onText, signal, true);
+        return readStream(res, request, onText, signal, sink, new StreamAssembler(request.endpoint));
+      }
       return json ? readBuffered(res, request, onText, signal) : readStream(res, request, onText, signal);
     },
   };

@@ -4,7 +4,7 @@
  * as they are, stream choices as deltas, usage with its details.
  */
 import { estimateTokens, type FinishReason, type Usage, type WireRequest } from '../protocol';
-import type { ChoiceDelta, Endpoint } from '../protocol-v2';
+import { finishMessage, mergeDelta, type ChoiceDelta, type Endpoint } from '../protocol-v2';
 import type { EngineResult } from './engine';
 import { promptTokens } from './synthetic';
 
@@ -93,4 +93,71 @@ export function answerText(choice: unknown): string {
   if (typeof choice.text === 'string') return choice.text;
   const content = isObject(choice.message) ? choice.message.content : undefined;
   return typeof content === 'string' ? content : '';
+}
+
+/** Keys of a stream choice the assembler reads itself; any other key is the engine's own, kept. */
+const CHOICE_KEYS = new Set(['index', 'delta', 'text', 'logprobs', 'finish_reason', 'message']);
+
+interface AssembledChoice {
+  message: Record<string, unknown>;
+  text: string;
+  logprobs?: Record<string, unknown>;
+  finish?: unknown;
+  extra: Record<string, unknown>;
+}
+
+/**
+ * A buffered v2 answer rebuilt from the engine's stream (the worker streams from the engine even
+ * when the client asked for a buffered answer, so it sees every token): each choice's message is
+ * assembled as OpenAI's SDKs assemble a stream (content and refusal appended, tool calls merged by
+ * index with their arguments joined), logprobs lists joined, the last finish_reason kept, and the
+ * engine's own per-choice and top-level fields kept (their latest non-null value). Chat choices come
+ * out as `{index, message, logprobs, finish_reason}`, legacy completions as `{index, text, ...}`.
+ */
+export class StreamAssembler {
+  private readonly choices = new Map<number, AssembledChoice>();
+  private extra: Record<string, unknown> = {};
+
+  constructor(private readonly endpoint: Endpoint | undefined) {}
+
+  /** One parsed stream event (a `chat.completion.chunk` or a `text_completion` chunk). */
+  chunk(chunk: Record<string, unknown>): void {
+    const rest = extraFields(chunk);
+    if (rest) for (const [k, v] of Object.entries(rest)) if (v !== null || !(k in this.extra)) this.extra[k] = v;
+    for (const raw of Array.isArray(chunk.choices) ? chunk.choices : []) {
+      if (!isObject(raw)) continue;
+      const index = typeof raw.index === 'number' && Number.isInteger(raw.index) && raw.index >= 0 ? raw.index : 0;
+      let c = this.choices.get(index);
+      if (!c) this.choices.set(index, (c = { message: {}, text: '', extra: {} }));
+      if (isObject(raw.delta)) mergeDelta(c.message, raw.delta);
+      if (typeof raw.text === 'string') c.text += raw.text;
+      if (isObject(raw.logprobs)) {
+        c.logprobs ??= {};
+        for (const [k, v] of Object.entries(raw.logprobs)) {
+          const prev = c.logprobs[k];
+          c.logprobs[k] = Array.isArray(v) && Array.isArray(prev) ? [...prev, ...v] : v === null && prev !== undefined ? prev : v;
+        }
+      }
+      if (typeof raw.finish_reason === 'string') c.finish = raw.finish_reason;
+      for (const [k, v] of Object.entries(raw)) if (!CHOICE_KEYS.has(k) && (v !== null || !(k in c.extra))) c.extra[k] = v;
+    }
+  }
+
+  /** The engine's top-level fields beside id, object, created, model, choices and usage. */
+  fields(): Record<string, unknown> | undefined {
+    return Object.keys(this.extra).length > 0 ? { ...this.extra } : undefined;
+  }
+
+  /** The assembled choices, by index; `fallback` is the finish reason of a choice that got none. */
+  result(fallback: unknown): Array<Record<string, unknown>> {
+    if (this.choices.size === 0) this.choices.set(0, { message: {}, text: '', extra: {} });
+    return [...this.choices.entries()]
+      .sort(([a], [b]) => a - b)
+      .map(([index, c]) => {
+        const finish_reason = typeof c.finish === 'string' ? c.finish : finishOf(fallback);
+        const logprobs = c.logprobs ?? null;
+        if (this.endpoint === 'completions') return { index, text: c.text, logprobs, finish_reason, ...c.extra };
+        return { index, message: finishMessage({ role: 'assistant', ...c.message }), logprobs, finish_reason, ...c.extra };
+      });
+  }
 }

@@ -28,6 +28,8 @@ export interface WorkerOptions {
   promptCacheSize?: number;
   /** --prefill-us-per-token (default 0). */
   prefillUsPerToken?: number;
+  /** The worker's log level (default warn); `debug` shows each cancel it honours. */
+  logLevel?: string;
 }
 
 export interface WorkerProcess {
@@ -59,7 +61,7 @@ export function spawnWorker(natsUrl: string, options: WorkerOptions): WorkerProc
   if (options.failRate !== undefined) args.push('--fail-rate', String(options.failRate));
   if (options.promptCacheSize !== undefined) args.push('--prompt-cache-size', String(options.promptCacheSize));
   if (options.prefillUsPerToken !== undefined) args.push('--prefill-us-per-token', String(options.prefillUsPerToken));
-  return spawnCli(options.id, args);
+  return spawnCli(options.id, args, options.logLevel ? { MLX_ROUTER_LOG_LEVEL: options.logLevel } : {});
 }
 
 /** Runs the built CLI with `args` as a worker process whose output is kept for diagnostics. */

@@ -254,8 +254,9 @@ export async function startFakeEngine(initial: Partial<FakeBehaviour> = {}): Pro
       return;
     }
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    // As OpenAI does, every chunk carries the system_fingerprint.
     const event = (choices: unknown[], extra: Record<string, unknown> = {}): string =>
-      `data: ${JSON.stringify({ id: 'chatcmpl-fake', object: 'chat.completion.chunk', created: 0, model, choices, ...extra })}\n\n`;
+      `data: ${JSON.stringify({ id: 'chatcmpl-fake', object: 'chat.completion.chunk', created: 0, model, system_fingerprint: 'fp_fake', choices, ...extra })}\n\n`;
     await write(res, event([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }]));
     for (let i = 0; i < answer.pieces.length; i++) {
       if (i > 0) await sleep(behaviour.tokenDelayMs, gone);

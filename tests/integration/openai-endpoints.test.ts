@@ -54,7 +54,8 @@ test('endpoints - a legacy text completion through an OpenAI engine reaches its 
   const res = await client.completions.create({ model: VISION, prompt: ['a', 'b'], max_tokens: 4, echo: false });
   expect(res.choices[0].text).toBe(fakeAnswer(4).text);
   const sent = fake.requests.find((r) => r.path === '/v1/completions');
-  expect(sent?.body).toMatchObject({ prompt: ['a', 'b'], max_tokens: 4, echo: false, stream: false });
+  // Streamed from the engine (the worker sees its tokens); the client still got one text_completion.
+  expect(sent?.body).toMatchObject({ prompt: ['a', 'b'], max_tokens: 4, echo: false, stream: true, stream_options: { include_usage: true } });
 });
 
 test('endpoints - embeddings from a synthetic worker are deterministic unit vectors; from an engine, its own', async () => {

@@ -4,6 +4,7 @@
  * sends reaches the engine; tool calls, logprobs, usage details and unknown answer fields come back.
  */
 import OpenAI from 'openai';
+import { decode } from '../../src/protocol';
 import { addEngineWorker, MODEL, startCluster, startTogether, STEADY, type Cluster } from '../helpers/cluster';
 import { FAKE_CACHED_TOKENS, FAKE_TOOL_ARGS, fakeAnswer, startFakeEngine, type FakeEngine } from '../helpers/fake-engine';
 
@@ -15,7 +16,7 @@ let client: OpenAI;
 
 beforeAll(async () => {
   [cluster, fake] = await startTogether([
-    // A time to first token limit well below the slow engine's delay in the keep-alive test.
+    // A time to first token limit well below the slow engine's delay in the hang test.
     startCluster({ config: { ...STEADY, 'cluster.requestRouting.firstChunkTimeoutMs': TTFT_LIMIT_MS, 'cluster.requestRouting.attemptTimeoutMs': 20_000 } }),
     startFakeEngine({ models: [MODEL] }),
   ]);
@@ -51,7 +52,8 @@ test('openai engine v2 - every field the client sends reaches the engine as sent
   await client.chat.completions.create(body as OpenAI.Chat.Completions.ChatCompletionCreateParamsNonStreaming);
   const sent = fake.chatRequests()[0].body;
   const { session_id: _router, ...rest } = body;
-  expect(sent).toEqual({ ...rest, stream: false });
+  // A buffered answer is streamed from the engine (the worker sees its tokens) and rebuilt whole.
+  expect(sent).toEqual({ ...rest, stream: true, stream_options: { include_usage: true } });
 });
 
 test('openai engine v2 - a tool call round trip, buffered', async () => {
@@ -60,6 +62,9 @@ test('openai engine v2 - a tool call round trip, buffered', async () => {
   const call = first.choices[0].message.tool_calls![0] as OpenAI.Chat.Completions.ChatCompletionMessageFunctionToolCall;
   expect(call).toEqual({ id: 'call_fake_1', type: 'function', function: { name: 'get_weather', arguments: FAKE_TOOL_ARGS.join('') } });
   expect(fake.chatRequests()[0].body.tools).toEqual(tools);
+  // Streamed from the engine in fragments; the worker joined the arguments.
+  expect(fake.chatRequests()[0].body.stream).toBe(true);
+  expect(first.usage).toMatchObject({ prompt_tokens: expect.any(Number), completion_tokens: expect.any(Number) });
   const second = await client.chat.completions.create({
     model: MODEL,
     messages: [...ask, first.choices[0].message, { role: 'tool', tool_call_id: call.id, content: '{"temp": 21}' }],
@@ -109,15 +114,44 @@ test("openai engine v2 - the engine's own 400 reaches the client as a 400 with i
   expect(fake.chatRequests()).toHaveLength(1);
 });
 
-test('openai engine v2 - a buffered body answered whole after longer than the TTFT limit is not cut: the worker sends keep-alive progress', async () => {
-  // The engine gets the v2 body as sent (not streamed), so the worker cannot see its tokens; its
-  // keep-alive progress keeps the attempt alive past firstChunkTimeoutMs without claiming a token.
-  fake.behave({ mode: 'slow-first-token', firstTokenDelayMs: 2 * TTFT_LIMIT_MS });
+test('openai engine v2 - a buffered answer is streamed from the engine: progress carries real token counts, and a slow but steady answer longer than the TTFT limit is not cut', async () => {
+  // 12 tokens at 250 ms: about 2.75 s, beyond the 1.5 s TTFT limit, which its first token meets.
+  fake.behave({ tokenDelayMs: 250 });
+  const progress: number[] = [];
+  const sub = cluster.nc.subscribe('_INBOX.>', {
+    callback: (_e, msg) => {
+      const body = decode<{ type?: string; tokens?: number }>(msg.data);
+      if (body?.type === 'progress' && typeof body.tokens === 'number') progress.push(body.tokens);
+    },
+  });
+  await cluster.nc.flush();
+  try {
+    const started = Date.now();
+    const answer = await client.chat.completions.create({ model: MODEL, messages: ask, max_tokens: 12, logprobs: true });
+    expect(Date.now() - started).toBeGreaterThan(TTFT_LIMIT_MS);
+    expect(answer.choices[0].message.content).toBe(fakeAnswer(12).text);
+    expect(answer.choices[0].finish_reason).toBe('stop');
+    expect(answer.choices[0].logprobs?.content?.map((t) => t.token)).toEqual(fakeAnswer(12).pieces);
+    expect(answer.usage).toMatchObject({ completion_tokens: 12, prompt_tokens_details: { cached_tokens: FAKE_CACHED_TOKENS }, completion_tokens_details: { reasoning_tokens: 0 } });
+    expect(answer.system_fingerprint).toBe('fp_fake');
+    expect(fake.chatRequests()).toHaveLength(1);
+    // Real counts, not keep-alives: the first at the first token, then rising.
+    expect(progress.length).toBeGreaterThanOrEqual(3);
+    expect(progress[0]).toBe(1);
+    expect(progress.every((t) => t > 0)).toBe(true);
+    expect([...progress].sort((a, b) => a - b)).toEqual(progress);
+  } finally {
+    sub.unsubscribe();
+  }
+});
+
+test('openai engine v2 - a buffered answer whose engine shows no first token is cut at the TTFT limit (no keep-alive hides a hang)', async () => {
+  fake.behave({ mode: 'slow-first-token', firstTokenDelayMs: 4 * TTFT_LIMIT_MS });
   const started = Date.now();
-  const answer = await client.chat.completions.create({ model: MODEL, messages: ask });
-  expect(Date.now() - started).toBeGreaterThanOrEqual(2 * TTFT_LIMIT_MS - 50);
-  expect(answer.choices[0].message.content).toBe(fakeAnswer().text);
-  // One attempt only: it was never cut and retried.
-  expect(fake.chatRequests()).toHaveLength(1);
-  expect(fake.chatRequests()[0].body.stream).toBe(false);
+  const err = await client.chat.completions.create({ model: MODEL, messages: ask }).catch((e: unknown) => e);
+  expect(err).toBeInstanceOf(OpenAI.APIError);
+  expect((err as InstanceType<typeof OpenAI.APIError>).status).toBe(504);
+  // Cut at the limit (retries included), long before the engine's first token.
+  expect(Date.now() - started).toBeLessThan(4 * TTFT_LIMIT_MS);
+  expect(fake.chatRequests()[0].body.stream).toBe(true);
 });

@@ -56,9 +56,9 @@ test('openai worker - buffered completion carries the engine text, finish_reason
   expect(res.json.usage).toEqual({ prompt_tokens: FAKE_PROMPT_TOKENS, completion_tokens: 5, total_tokens: FAKE_PROMPT_TOKENS + 5, ...FAKE_USAGE_DETAILS });
   const sent = fake1.chatRequests();
   expect(sent).toHaveLength(1);
-  // A v2 body goes to the engine as the client sent it (buffered); the worker keeps the attempt
-  // alive with keep-alive progress meanwhile (a v1 request is streamed from the engine instead).
-  expect(sent[0].body).toMatchObject({ model: MODEL, messages: [{ role: 'user', content: 'Say hi' }], max_tokens: 5, stream: false });
+  // A v2 body goes to the engine as the client sent it, streamed (the worker sees every token and
+  // reports progress) and rebuilt whole for the client; usage always asked for.
+  expect(sent[0].body).toMatchObject({ model: MODEL, messages: [{ role: 'user', content: 'Say hi' }], max_tokens: 5, stream: true, stream_options: { include_usage: true } });
 });
 
 test('openai worker - streamed completion relays the engine text, its usage and [DONE]', async () => {

@@ -173,7 +173,7 @@ describe('cluster.pipeline order drives behaviour', () => {
   });
 
   test('pipeline - with the default pipeline a cluster with one hung worker of two keeps answering', async () => {
-    expect(full.controller.pipeline.names).toEqual(['metrics', 'limits', 'session', 'retry', 'breaker', 'priority', 'select', 'timeout', 'health']);
+    expect(full.controller.pipeline.names).toEqual(['metrics', 'limits', 'session', 'retry', 'hedge', 'breaker', 'priority', 'select', 'timeout', 'health']);
     const replies: Reply[] = [];
     for (let i = 0; i < 4; i++) replies.push(await chat(full.url, { content: `q${i}` }));
     expect(replies.map((r) => r.status)).toEqual([200, 200, 200, 200]);

@@ -36,7 +36,9 @@ test('config - defaults load with the documented keys and meanings', () => {
   const c = loadConfig({ env: {} });
   const rr = c.cluster.requestRouting;
   expect(c.cluster.pipeline).toEqual(DEFAULT_PIPELINE);
-  expect(DEFAULT_PIPELINE).toEqual(['metrics', 'limits', 'session', 'retry', 'breaker', 'priority', 'select', 'timeout', 'health']);
+  expect(DEFAULT_PIPELINE).toEqual(['metrics', 'limits', 'session', 'retry', 'hedge', 'breaker', 'priority', 'select', 'timeout', 'health']);
+  // Hedging is on by default: never before 20 learned TTFTs, and within a 5 % budget.
+  expect(rr.hedge).toEqual({ enabled: true, percentile: 0.95, minSamples: 20, minDelayMs: 50, initialDelayMs: 0, budget: { ratio: 0.05, maxTokens: 10, minPerSecond: 0.1 } });
   // Long enough for a 2,000-token answer at 10 tokens/s: hangs are caught by the TTFT and idle limits.
   expect(rr.timeoutMs).toBe(300000);
   expect(rr.streamingTimeoutMs).toBe(300000);

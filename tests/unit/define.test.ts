@@ -55,5 +55,5 @@ test('define - every built-in default equals what the default configuration give
     expect([name, def.options(def.fromConfig?.(config) as never)]).toEqual([name, def.defaults]);
   }
   expect(BUILTIN_MIDDLEWARE.retry.boundary).toBe(true);
-  expect(Object.entries(BUILTIN_MIDDLEWARE).filter(([, d]) => d.boundary).map(([n]) => n)).toEqual(['retry']);
+  expect(Object.entries(BUILTIN_MIDDLEWARE).filter(([, d]) => d.boundary).map(([n]) => n)).toEqual(['retry', 'hedge']);
 });

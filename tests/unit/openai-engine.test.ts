@@ -3,6 +3,7 @@
  * streamed), usage (reported or estimated), every engine fault mapped to its EngineError code,
  * cancellation closing the HTTP request, model listing and the health probe.
  */
+import { StreamAssembler } from '../../src/worker/openai-v2';
 import { EngineError } from '../../src/worker/engine';
 import { engineBody, openaiEngine, readUsage, type OpenAIEngine, type OpenAIEngineOptions } from '../../src/worker/openai-engine';
 import { parseRetryAfter } from '../../src/worker/openai-errors';
@@ -366,4 +367,38 @@ test('openai engine - usage passes the engine\'s cached_tokens through; a malfor
   expect(readUsage({ ...base, prompt_tokens_details: { cached_tokens: 101 } })).toEqual(base);
   expect(readUsage({ ...base, prompt_tokens_details: null })).toEqual(base);
   expect(readUsage({ ...base, prompt_tokens_details: { cached_tokens: '9' } })).toEqual(base);
+});
+
+describe('StreamAssembler: a buffered v2 answer rebuilt from the engine stream', () => {
+  const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) => ({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'm', choices, ...extra });
+
+  test('openai v2 assembler - content, refusal, tool calls with joined arguments, logprobs, finish reasons of two choices, engine fields kept', () => {
+    const a = new StreamAssembler('chat.completions');
+    a.chunk(chunk([{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }], { system_fingerprint: 'fp_1', service_tier: null }));
+    a.chunk(chunk([{ index: 0, delta: { content: 'Hel' }, logprobs: { content: [{ token: 'Hel', logprob: -0.1 }], refusal: null }, finish_reason: null }]));
+    a.chunk(chunk([{ index: 0, delta: { content: 'lo' }, logprobs: { content: [{ token: 'lo', logprob: -0.2 }], refusal: null }, finish_reason: null }]));
+    a.chunk(chunk([{ index: 1, delta: { role: 'assistant', refusal: 'I can' }, finish_reason: null }]));
+    a.chunk(chunk([{ index: 1, delta: { refusal: 'not.' }, finish_reason: null }]));
+    a.chunk(chunk([{ index: 2, delta: { tool_calls: [{ index: 0, id: 'call_1', type: 'function', function: { name: 'f', arguments: '' } }] }, finish_reason: null }]));
+    a.chunk(chunk([{ index: 2, delta: { tool_calls: [{ index: 0, function: { arguments: '{"a"' } }] }, finish_reason: null }]));
+    a.chunk(chunk([{ index: 2, delta: { tool_calls: [{ index: 0, function: { arguments: ': 1}' } }] }, finish_reason: null }]));
+    a.chunk(chunk([{ index: 0, delta: {}, finish_reason: 'stop', stop_reason: 42 }]));
+    a.chunk(chunk([{ index: 1, delta: {}, finish_reason: 'stop' }]));
+    a.chunk(chunk([{ index: 2, delta: {}, finish_reason: 'tool_calls' }], { service_tier: 'default' }));
+    a.chunk(chunk([], { usage: { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 } }));
+    expect(a.result('stop')).toEqual([
+      { index: 0, message: { role: 'assistant', content: 'Hello' }, logprobs: { content: [{ token: 'Hel', logprob: -0.1 }, { token: 'lo', logprob: -0.2 }], refusal: null }, finish_reason: 'stop', stop_reason: 42 },
+      { index: 1, message: { role: 'assistant', refusal: 'I cannot.', content: null }, logprobs: null, finish_reason: 'stop' },
+      { index: 2, message: { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'f', arguments: '{"a": 1}' } }] }, logprobs: null, finish_reason: 'tool_calls' },
+    ]);
+    expect(a.fields()).toEqual({ system_fingerprint: 'fp_1', service_tier: 'default' });
+  });
+
+  test('openai v2 assembler - a legacy completion comes back as text choices; a choice without finish_reason gets the fallback', () => {
+    const a = new StreamAssembler('completions');
+    a.chunk({ id: 'x', object: 'text_completion', choices: [{ index: 0, text: 'Once', logprobs: null, finish_reason: null }] });
+    a.chunk({ id: 'x', object: 'text_completion', choices: [{ index: 0, text: ' upon', logprobs: null, finish_reason: null }] });
+    expect(a.result('length')).toEqual([{ index: 0, text: 'Once upon', logprobs: null, finish_reason: 'length' }]);
+    expect(a.fields()).toBeUndefined();
+  });
 });

@@ -226,8 +226,20 @@ test('pipeline custom - a boundary is declared, not found by name: a custom boun
     ]);
     // The example after the boundary ran once per attempt.
     expect(timings(ctx).map((t) => t.attempt)).toEqual([1, 2]);
-    // Two boundaries in one chain are refused at start-up.
-    expect(() => assemblePipeline(configWith([file, 'retry', 'select']), deps, ROOT)).toThrow(/only one boundary/);
+    // Two boundaries nest: the outer one (fallback) runs the inner one (retry, maxRetries 0 here:
+    // one attempt each) once per attempt, and only the inner one gets the attempt runner.
+    const nested = assemblePipeline(
+      loadConfig({ env: {}, overrides: { 'cluster.pipeline': [file, 'retry', 'select'], 'cluster.requestRouting.retry.maxRetries': 0 } }),
+      deps,
+      ROOT,
+    );
+    const nestedCtx = makeRequestCtx(clock);
+    await nested.run(nestedCtx);
+    expect(nestedCtx.result?.text).toBe('Hello there');
+    expect(nestedCtx.attempts.map((a) => [a.attempt, a.worker, a.outcome])).toEqual([
+      [1, 'w1', 'worker_failure'],
+      [2, 'w2', 'success'],
+    ]);
   } finally {
     delete (globalThis as Record<string, unknown>).__fallbackDefinition;
     rmSync(dir, { recursive: true, force: true });
