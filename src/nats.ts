@@ -56,6 +56,17 @@ export async function connectNats(cfg: RouterConfig['nats'], name: string, timeo
   return connect({ ...connectionOptions(cfg, name), timeout: timeoutMs });
 }
 
+/** Waits for `work`, but never more than `ms` (its failure is ignored: the caller goes on either way). */
+async function within(work: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
+  try {
+    await Promise.race([work.catch(() => undefined), bound]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /**
  * Drains `nc` (pending messages flushed, subscriptions ended), but never waits more than `ms`:
  * while NATS is down a drain or flush waits for a reconnect that may never come, and a process
@@ -63,23 +74,11 @@ export async function connectNats(cfg: RouterConfig['nats'], name: string, timeo
  */
 export async function drainWithin(nc: NatsConnection, ms = 2000): Promise<void> {
   if (nc.isClosed()) return;
-  let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
-  try {
-    await Promise.race([nc.drain().catch(() => undefined), bound]);
-  } finally {
-    clearTimeout(timer);
-  }
+  await within(nc.drain(), ms);
   if (!nc.isClosed()) await nc.close().catch(() => undefined);
 }
 
 /** Flushes `nc`, waiting at most `ms` (a flush while disconnected waits for the reconnect). */
 export async function flushWithin(nc: NatsConnection, ms = 1000): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
-  try {
-    await Promise.race([nc.flush().catch(() => undefined), bound]);
-  } finally {
-    clearTimeout(timer);
-  }
+  await within(nc.flush(), ms);
 }
