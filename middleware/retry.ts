@@ -128,11 +128,14 @@ function retryMiddleware(options: RetryOptions, deps: RetryDeps, runAttempt: Att
         err = toRouterError(e);
       }
       const classRetryable = isRetryableOutcome(err.outcome);
-      // A refusal (the worker is full or draining, nothing was generated) costs the cluster no
-      // work: it does not take a budget token. Several controllers see each other's load only
-      // by heartbeat, so refusals are routine under saturation, and they must not run the budget
-      // dry for the real failures it exists for. maxRetries and the Retry-After backoff bound them.
-      if ((classRetryable && err.outcome !== 'rejected') || err.outcome === 'committed') deps.budget.onFailure();
+      // A full worker's own refusal (WORKER_OVERLOADED from the worker, token-checked; nothing was
+      // generated) costs the cluster no work: it takes no budget token. Several controllers see
+      // each other's load only by heartbeat, so such refusals are routine under saturation and
+      // must not run the budget dry for the real failures it exists for. maxRetries and the
+      // Retry-After backoff bound them. Other rejections (a lost NATS connection, an engine's own
+      // 429/503 relayed) may have cost work and stay on the budget.
+      const refusedFull = err.code === 'WORKER_OVERLOADED' && err.fromWorker === true && err.outcome === 'rejected';
+      if ((classRetryable && !refusedFull) || err.outcome === 'committed') deps.budget.onFailure();
       if (ctx.sink?.committed) {
         // After the commit point nothing is retried blindly: only resumed, where allowed.
         if (ctx.sink.tooLongToResume && options.resume && options.enabled) {
@@ -155,7 +158,7 @@ function retryMiddleware(options: RetryOptions, deps: RetryDeps, runAttempt: Att
       ) {
         throw finalError(ctx, err);
       }
-      if (err.outcome !== 'rejected' && !deps.budget.canRetry()) {
+      if (!refusedFull && !deps.budget.canRetry()) {
         const attempts = [...ctx.attempts];
         throw new RouterError('RETRY_BUDGET_EXHAUSTED', `attempt failed (${err.code}) and the controller's retry budget is spent; not retrying`, {
           attempts,

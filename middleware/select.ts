@@ -125,15 +125,25 @@ export const select = defineMiddleware<SelectOptions, SelectDeps>({
       }
       const tried = new Set<string>();
       for (const a of ctx.attempts) if (a.worker) tried.add(a.worker);
-      const untried = ctx.candidates.filter((w) => !tried.has(w.id));
-      let pool = untried.length > 0 ? untried : ctx.candidates;
-      const basePool = pool;
-      const unsaturated = (): WorkerInfo[] => basePool.filter((w) => !saturated(w));
+      const poolOf = (candidates: WorkerInfo[]): WorkerInfo[] => {
+        const untried = candidates.filter((w) => !tried.has(w.id));
+        return untried.length > 0 ? untried : candidates;
+      };
+      let pool = poolOf(ctx.candidates);
+      const unsaturated = (): WorkerInfo[] => pool.filter((w) => !saturated(w));
       let free = unsaturated();
-      while (free.length === 0 && canWait) {
+      const dir = registry;
+      while (free.length === 0 && canWait && dir) {
         // The fourth deadline: waiting for a worker. The check that follows the wait and the
         // dispatch that takes the slot run in one continuation, with no await between them.
-        await waitUntilFound(ctx, until, unsaturated);
+        // While waiting, the pool stays live: a candidate that went offline, started draining or
+        // was lost with our NATS connection drops out, and the attempt's admissions (a hedge's
+        // exclusion of its primary) still apply. Only workers the chain before select let through
+        // (breaker, prefix) are considered.
+        const allowed = new Set(ctx.candidates.map((w) => w.id));
+        const livePool = (): WorkerInfo[] => poolOf(candidatesFor(ctx, dir).filter((w) => allowed.has(w.id) && allowedByAll(admissions, w)));
+        await waitUntilFound(ctx, until, () => livePool().filter((w) => !saturated(w)));
+        pool = livePool();
         free = unsaturated();
         if (free.length === 0 && ctx.clock.now() < until) continue;
         if (free.length === 0) {

@@ -22,7 +22,7 @@ const DEFAULTS: Partial<RetryOptions> = {
 /** What a scripted worker does on one attempt: answer, or fail with an error. */
 type Behaviour = (ctx: RouteContext) => Promise<void> | void;
 const ok: Behaviour = () => undefined;
-const fail = (code: ErrorCode, extra: { retryAfterMs?: number } = {}): Behaviour => (ctx) => {
+const fail = (code: ErrorCode, extra: { retryAfterMs?: number; fromWorker?: boolean } = {}): Behaviour => (ctx) => {
   throw new RouterError(code, `scripted ${code}`, { worker: ctx.worker?.id, ...extra });
 };
 
@@ -454,22 +454,25 @@ describe('retry - budget', () => {
   });
 });
 
-test('retry - a refusal (WORKER_OVERLOADED) takes no budget token and is retried on a spent budget; a real failure is not', async () => {
+test('retry - a full worker\'s own refusal (WORKER_OVERLOADED from the worker) takes no budget token and is retried on a spent budget; a real failure is not', async () => {
   const budget = new RetryBudget({ maxTokens: 10, tokenRatio: 0.1 });
   // Many refusals in a row: each retried elsewhere, none spends the budget.
   for (let i = 0; i < 20; i++) {
-    const h = harness({ pool: three, script: { w1: [fail('WORKER_OVERLOADED', { retryAfterMs: 100 })] }, budget });
+    const h = harness({ pool: three, script: { w1: [fail('WORKER_OVERLOADED', { retryAfterMs: 100, fromWorker: true })] }, budget });
     await h.run();
     expect(h.workers()).toEqual(['w1', 'w2']);
   }
   expect(budget.available).toBe(10);
   // With the budget spent by real failures, a refusal is still retried: it cost no work.
   for (let i = 0; i < 5; i++) budget.onFailure();
-  const refused = harness({ pool: three, script: { w1: [fail('WORKER_OVERLOADED', { retryAfterMs: 100 })] }, budget });
+  const refused = harness({ pool: three, script: { w1: [fail('WORKER_OVERLOADED', { retryAfterMs: 100, fromWorker: true })] }, budget });
   await refused.run();
   expect(refused.workers()).toEqual(['w1', 'w2']);
   const failed = harness({ pool: three, script: { w1: [fail('WORKER_ERROR')] }, budget });
   expect((await failure(failed.run())).code).toBe('RETRY_BUDGET_EXHAUSTED');
+  // A refusal that did not come from the worker itself stays on the budget.
+  const notFromWorker = harness({ pool: three, script: { w1: [fail('WORKER_OVERLOADED', { retryAfterMs: 100 })] }, budget });
+  expect((await failure(notFromWorker.run())).code).toBe('RETRY_BUDGET_EXHAUSTED');
 });
 
 describe('finalError', () => {
