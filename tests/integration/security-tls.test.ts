@@ -71,7 +71,7 @@ test('tls - a client without a certificate is refused (mutual TLS)', async () =>
   // Under TLS 1.3 the server checks the client's certificate after the client has finished its
   // side of the handshake, so the refusal reaches the client either as the certificate alert or
   // as the connection being reset: both are a refusal, and no connection was made.
-  expect(err).toBeInstanceOf(Error);
+  expect(err).toBeDefined();
   expect(err?.message).toMatch(/certificate|ECONNRESET|socket hang up|closed/i);
 });
 
