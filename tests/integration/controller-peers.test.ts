@@ -40,8 +40,9 @@ afterAll(async () => {
 test('peers - /v1/cluster lists the other controller (id, url, last seen) beside its own id', async () => {
   const body = await waitFor(async () => {
     const json = (await (await fetch(`${a.url}/v1/cluster`)).json()) as { controller: { id: string }; peers: Array<Record<string, unknown>> };
-    // b's warm-up request may still be in its last heartbeat: wait for one without it.
-    return json.peers.length === 1 && json.peers[0].inFlight === 0 ? json : undefined;
+    // b's warm-up request may still be in its last heartbeat: wait for one without it. b's first
+    // heartbeats go out before its HTTP port is bound (they carry no url yet): wait for one with it.
+    return json.peers.length === 1 && json.peers[0].inFlight === 0 && json.peers[0].url !== null ? json : undefined;
   }, 'a hearing b, idle', 10_000);
   expect(body.controller.id).toBe(a.id);
   expect(body.peers[0]).toMatchObject({ url: b!.url, inFlight: 0 });
