@@ -58,10 +58,14 @@ describe('dashboard', () => {
     const killedAt = Date.now();
     cluster.workers.get('w-3')!.kill('SIGKILL');
     // Heartbeat silence (1 s here) is noticed by the sweep and pushed on the event feed.
-    await page.waitForSelector('[data-worker="w-3"][data-state="offline"]', { timeout: 2000 });
+    // Offline and red, checked in the page in one step: the list re-renders on every update, and an
+    // element read after a re-render has detached has no computed style.
+    await page.waitForFunction(
+      "(() => { const el = document.querySelector('[data-worker=\"w-3\"][data-state=\"offline\"]'); return el !== null && getComputedStyle(el).borderLeftColor === 'rgb(248, 81, 73)'; })()",
+      undefined,
+      { timeout: 2000 },
+    );
     expect(Date.now() - killedAt).toBeLessThan(2000);
-    const border = await page.locator('[data-worker="w-3"]').evaluate((el) => (globalThis as any).getComputedStyle(el).borderLeftColor);
-    expect(border).toBe('rgb(248, 81, 73)');
     await page.waitForSelector('#events li[data-type="worker.down"]', { timeout: 2000 });
   });
 
