@@ -143,12 +143,12 @@ describe('a NATS node dies under mixed load', () => {
         }
         return false;
         // The bound of the dedicated node-loss test: a JetStream meta-leader election after the
-        // loss can hold a new watch back for several seconds on a loaded machine.
-      }, what, 15_000);
+        // loss can hold a new watch back for many seconds (once 19 s in CI).
+      }, what, 25_000);
     };
     await follow(() => moves?.record('after-the-kill', 'w2'), () => a.deps.sessions.get('after-the-kill') === 'w2', 'a to see a move b wrote after the kill');
     await follow(() => movesA?.record('after-the-kill', 'w3'), () => b.deps.sessions.get('after-the-kill') === 'w3', 'b to see a move a wrote after the kill');
-  }, 60_000);
+  }, 80_000);
 });
 
 describe('one of two controllers dies', () => {
