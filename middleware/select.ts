@@ -133,24 +133,26 @@ export const select = defineMiddleware<SelectOptions, SelectDeps>({
       const unsaturated = (): WorkerInfo[] => pool.filter((w) => !saturated(w));
       let free = unsaturated();
       const dir = registry;
-      while (free.length === 0 && canWait && dir) {
-        // The fourth deadline: waiting for a worker. The check that follows the wait and the
-        // dispatch that takes the slot run in one continuation, with no await between them.
+      if (free.length === 0 && canWait && dir) {
         // While waiting, the pool stays live: a candidate that went offline, started draining or
         // was lost with our NATS connection drops out, and the attempt's admissions (a hedge's
         // exclusion of its primary) still apply. Only workers the chain before select let through
-        // (breaker, prefix) are considered.
+        // (breaker, prefix) are considered. Built once per wait, never on the path that needs none.
         const allowed = new Set(ctx.candidates.map((w) => w.id));
         const livePool = (): WorkerInfo[] => poolOf(candidatesFor(ctx, dir).filter((w) => allowed.has(w.id) && allowedByAll(admissions, w)));
-        await waitUntilFound(ctx, until, () => livePool().filter((w) => !saturated(w)));
-        pool = livePool();
-        free = unsaturated();
-        if (free.length === 0 && ctx.clock.now() < until) continue;
-        if (free.length === 0) {
-          deps.events?.emit({ type: 'wait-timeout', ctx });
-          throw new RouterError('NO_WORKERS_AVAILABLE', `all ${pool.length} workers serving ${ctx.request.model} stayed busy for ${waitMs} ms`, {
-            retryAfterMs: 1000,
-          });
+        while (free.length === 0) {
+          // The fourth deadline: waiting for a worker. The check that follows the wait and the
+          // dispatch that takes the slot run in one continuation, with no await between them.
+          await waitUntilFound(ctx, until, () => livePool().filter((w) => !saturated(w)));
+          pool = livePool();
+          free = unsaturated();
+          if (free.length === 0 && ctx.clock.now() < until) continue;
+          if (free.length === 0) {
+            deps.events?.emit({ type: 'wait-timeout', ctx });
+            throw new RouterError('NO_WORKERS_AVAILABLE', `all ${pool.length} workers serving ${ctx.request.model} stayed busy for ${waitMs} ms`, {
+              retryAfterMs: 1000,
+            });
+          }
         }
       }
       if (free.length > 0) pool = free;
