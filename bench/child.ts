@@ -32,6 +32,8 @@ export interface ChildStats {
   pendingReplies?: number;
   /** Router: workers online as its registry sees them. */
   workersOnline?: number;
+  /** Router: online workers with nothing in flight (its own attempts and what their heartbeats report). */
+  workersIdle?: number;
 }
 
 function start(spec: ChildSpec): Promise<Running> {

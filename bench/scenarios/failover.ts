@@ -283,9 +283,11 @@ async function hungMidAnswer(run: BenchRun): Promise<void> {
       const bar = progress(`4 · worker hangs mid-answer (SIGSTOP), ${stream ? 'streamed' : 'buffered'}`);
       for (let tries = 0; fromStop.length < n && tries < 4 * n; tries++) {
         bar.update(fromStop.length / n, `${fromStop.length} stops`);
-        // The stopped worker back in selection (a heartbeat after SIGCONT) before the next stop.
-        for (let t = 0; ((await router.stats()).workersOnline ?? 0) < 2; t++) {
-          if (t > 2400) throw new Error('hung: the resumed worker did not come back online');
+        // The stopped worker back in selection before the next stop: online, and idle again (after
+        // SIGCONT its first heartbeat may still count the cancelled attempt, and least-outstanding
+        // rightly sends the next request to the good worker while it does).
+        for (let t = 0; ((await router.stats()).workersIdle ?? 0) < 2; t++) {
+          if (t > 2400) throw new Error('hung: the resumed worker did not come back online and idle');
           await new Promise((r) => setTimeout(r, 25));
         }
         const plain = await run.client.send(routerTarget(router.url, stream));

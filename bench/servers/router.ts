@@ -15,7 +15,7 @@ export async function startRouter(natsUrl: string, overrides: Record<string, unk
   const controller = await Controller.start({ config, log: silentLogger() });
   return {
     url: controller.url,
-    stats: () => ({ pendingReplies: controller.deps.mux.size, workersOnline: controller.deps.registry.online().length }),
+    stats: () => ({ pendingReplies: controller.deps.mux.size, workersOnline: controller.deps.registry.online().length, workersIdle: controller.deps.registry.online().filter((w) => w.outstanding + w.foreignInFlight === 0).length }),
     stop: () => controller.stop(),
   };
 }

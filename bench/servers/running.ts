@@ -7,7 +7,7 @@ import { createInbox, type Msg, type NatsConnection } from '@nats-io/transport-n
 /** A started role: its URL (HTTP servers), extra stats for the IPC `stats` answer, and stop. */
 export interface Running {
   url?: string;
-  stats?: () => { pendingReplies?: number; workersOnline?: number };
+  stats?: () => { pendingReplies?: number; workersOnline?: number; workersIdle?: number };
   stop(): Promise<void>;
 }
 
