@@ -5,6 +5,7 @@
  * route never reads the bucket (it reads the local copy the watch keeps). Without JetStream the
  * bucket cannot be opened and controllers agree by rendezvous hashing alone (docs/deployment.md).
  */
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
 import type { NatsConnection, QueuedIterator } from '@nats-io/transport-node';
 import type { Clock } from '../clock';
@@ -38,6 +39,8 @@ const STALL_GRACE_MS = 500;
  */
 const PROBE_TIMEOUT_MS = 3000;
 const WATCH_TIMEOUT_MS = 10_000;
+/** Most revisions a probe reads itself while the watch is stalled; more wait for the new watch. */
+const CATCH_UP_MAX = 1000;
 
 /**
  * `p`, or a rejection after `ms` or once `signal` aborts; a value that arrives after that goes to
@@ -118,6 +121,10 @@ export class SharedSessionMoves implements SessionMoveLog {
   /** The newest bucket revision the watch has delivered (or that existed when it started). */
   private delivered: number;
   private probing?: Promise<void>;
+  /** A stalled watch being replaced (it can take seconds while JetStream elects a leader). */
+  private restarting?: Promise<void>;
+  /** Direct reads of the bucket's stream, for revisions a stalled watch has not delivered. */
+  private jsm?: Promise<JetStreamManager>;
   /** Aborted by close(): ends a probe's waits at once. */
   private readonly stopping = new AbortController();
   /** The grace period of a probe under way; close() ends it at once. */
@@ -126,7 +133,11 @@ export class SharedSessionMoves implements SessionMoveLog {
   /** Watches recreated because they stalled (tests and logs). */
   restarts = 0;
 
+  /** Revisions read by a probe while the watch was stalled (tests and logs). */
+  caughtUp = 0;
+
   private constructor(
+    private readonly nc: NatsConnection,
     private readonly kv: KV,
     first: { watcher: QueuedIterator<KvWatchEntry>; startedAt: number },
     private readonly options: SessionMovesOptions,
@@ -162,7 +173,7 @@ export class SharedSessionMoves implements SessionMoveLog {
       return undefined;
     }
     options.log.info({ bucket: options.bucket, replicas: options.replicas }, 'sharing session moves through JetStream key-value');
-    return new SharedSessionMoves(kv, first, options);
+    return new SharedSessionMoves(nc, kv, first, options);
   }
 
   private follow(watcher: QueuedIterator<KvWatchEntry>): Promise<void> {
@@ -183,8 +194,11 @@ export class SharedSessionMoves implements SessionMoveLog {
    * consumer goes with it, and the client notices only after two missed idle heartbeats (10 s,
    * then 60 s once it was recreated) and a recreate that fails until the stream has a leader
    * again: moves stay unseen for well over 10 s. So the bucket's newest revision is compared with
-   * the watch's at every probe: still undelivered half a second later means stalled, and the watch
-   * is recreated from the first revision it missed (moves are idempotent, a repeat costs nothing).
+   * the watch's at every probe: still undelivered half a second later means stalled. The probe
+   * then reads the missed revisions itself (direct gets, answered by any replica of the stream,
+   * so no consumer and no JetStream meta leader is needed: after a node loss those can take
+   * 10–20 s to come back) and, in the background, recreates the watch from the first revision it
+   * missed. Moves are idempotent: one seen twice costs nothing.
    */
   private async probe(): Promise<void> {
     try {
@@ -196,10 +210,34 @@ export class SharedSessionMoves implements SessionMoveLog {
       });
       this.grace = undefined;
       if (this.closed || this.delivered >= last) return;
-      await this.restartWatch(`the watch delivered revision ${this.delivered}, the bucket holds ${last}`);
+      const why = `the watch delivered revision ${this.delivered}, the bucket holds ${last}`;
+      if (!this.restarting) {
+        this.restarting = this.restartWatch(why)
+          .catch((err: unknown) => this.options.log.debug({ err: (err as Error).message }, 'session move watch not recreated yet'))
+          .finally(() => (this.restarting = undefined));
+      }
+      await this.catchUp(last);
     } catch (err) {
       // No stream leader yet (a node just died), or our own link is down: try again next probe.
       this.options.log.debug({ err: (err as Error).message }, 'session move probe failed');
+    }
+  }
+
+  /** Reads the revisions after the delivered one up to `last` straight from the bucket's stream. */
+  private async catchUp(last: number): Promise<void> {
+    this.jsm ??= jetstreamManager(this.nc, { timeout: PROBE_TIMEOUT_MS });
+    const jsm = await bounded(this.jsm, PROBE_TIMEOUT_MS, 'jetstream manager', this.stopping.signal);
+    const stream = `KV_${this.options.bucket}`;
+    const prefix = `$KV.${this.options.bucket}.`;
+    for (let n = 0; n < CATCH_UP_MAX && !this.closed && this.delivered < last; n++) {
+      // The next stored message from there on: revisions that expired or were replaced are skipped.
+      const m = await bounded(jsm.direct.getMessage(stream, { seq: this.delivered + 1, next_by_subj: `${prefix}>` }), PROBE_TIMEOUT_MS, 'direct get', this.stopping.signal);
+      if (!m || this.closed) return;
+      if (m.seq > this.delivered) this.delivered = m.seq;
+      this.caughtUp++;
+      const operation = (m.header?.get('KV-Operation') || 'PUT') as KvWatchEntry['operation'];
+      const move = m.subject.startsWith(prefix) ? readMove({ operation, key: m.subject.slice(prefix.length), string: () => m.string() }) : undefined;
+      if (move) this.options.onMove(move.session, move.worker);
     }
   }
 
@@ -236,6 +274,7 @@ export class SharedSessionMoves implements SessionMoveLog {
     }
     this.stopping.abort();
     await this.probing;
+    await this.restarting;
     this.watcher.stop();
     await this.watching;
   }

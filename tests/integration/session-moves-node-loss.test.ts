@@ -3,7 +3,8 @@
  * an ordered JetStream consumer on one node; when that node dies the client notices only after
  * two missed idle heartbeats (10 s) and a recreate, so moves went unseen for well over 10 s.
  * SharedSessionMoves checks its watch against the bucket and recreates it once it falls behind:
- * moves propagate again within seconds of the bucket accepting them.
+ * moves propagate again within seconds of the bucket accepting them, read by the probe itself while
+ * the new watch waits for the cluster to place its consumer.
  */
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm, type KV } from '@nats-io/kv';
@@ -94,14 +95,13 @@ test('session moves - killing the NATS node the watch\'s consumer lives on: move
   const seenAt = Date.now();
   // Without the check the watch stayed silent for more than 20 s after the kill (the client
   // notices a lost consumer by two missed 5 s idle heartbeats, and its recreated consumer has
-  // 30 s ones). With it: a probe, a grace of half a second, and a new consumer, which the cluster
-  // creates only once its JetStream meta group has a leader again (measured: 1 to 6 s after the
-  // bucket accepted the move, up to 8 s on a two-core machine loaded to 20; once 19 s in CI on
-  // Node 22, when the meta group took that long to elect a leader). The bound is what is held today,
-  // not the goal of "a few seconds" (issue 16 stays open for it).
-  expect(seenAt - acceptedAt).toBeLessThan(25_000);
+  // 30 s ones). A new consumer alone came 1 to 8 s after the bucket accepted the move, once 19 s
+  // (the cluster creates consumers only once its JetStream meta group has a leader again). The
+  // probe reads missed revisions itself with direct gets, which any replica answers: a probe
+  // (500 ms here), a grace of 500 ms and a read; 5 s leaves room for a loaded machine.
+  expect(seenAt - acceptedAt).toBeLessThan(5000);
   // And it keeps following.
   await putUntilAccepted(writer, Buffer.from('later').toString('base64url'), JSON.stringify({ worker: 'w3' }));
   await waitFor(() => seen.get('later') === 'w3', 'a later move seen', 5000);
-  process.stdout.write(`moves after a node loss: bucket accepted ${acceptedAt - killedAt} ms after the kill, watch saw it ${seenAt - acceptedAt} ms later (restarts ${opened.restarts})\n`);
+  process.stdout.write(`moves after a node loss: bucket accepted ${acceptedAt - killedAt} ms after the kill, watch saw it ${seenAt - acceptedAt} ms later (restarts ${opened.restarts}, revisions read by probes ${opened.caughtUp})\n`);
 }, 90_000);
