@@ -5,6 +5,7 @@
  * its CPU time and memory (after a full GC when asked: it runs with --expose-gc), and exits on
  * `{type: 'stop'}`, SIGINT, SIGTERM, or when the benchmark process goes away.
  */
+import { writeHeapSnapshot } from 'node:v8';
 import { startFastifyFloor } from './servers/fastify-floor';
 import { startFloor } from './servers/floor';
 import { startResponder } from './servers/responder';
@@ -92,8 +93,13 @@ async function main(): Promise<void> {
     // Nothing should be left, but a stuck socket must not keep a benchmark child alive.
     setTimeout(() => process.exit(0), 2000).unref();
   };
-  process.on('message', (m: { type: string; id?: number; gc?: boolean }) => {
-    if (m.type === 'stats') send({ type: 'stats', id: m.id, stats: collect(running, m.gc === true) });
+  process.on('message', (m: { type: string; id?: number; gc?: boolean; snapshot?: string }) => {
+    if (m.type === 'stats') {
+      const stats = collect(running, m.gc === true);
+      // A heap snapshot taken right after the figures (for finding what a figure is made of).
+      if (m.snapshot) writeHeapSnapshot(m.snapshot);
+      send({ type: 'stats', id: m.id, stats });
+    }
     else if (m.type === 'stop') void stop();
   });
   process.on('disconnect', () => void stop());

@@ -27,7 +27,8 @@ export interface Proc {
 
 export interface ChildHandle extends Proc {
   url: string;
-  stats(gc?: boolean): Promise<ChildStats>;
+  /** Memory and CPU figures, after a full GC when `gc`; `snapshot` also writes a heap snapshot there. */
+  stats(gc?: boolean, snapshot?: string): Promise<ChildStats>;
 }
 
 export interface WorkerSpec {
@@ -160,12 +161,12 @@ export class Lab {
     return {
       ...proc,
       url,
-      stats(gc = false) {
+      stats(gc = false, snapshot?: string) {
         return new Promise<ChildStats>((res, rej) => {
           if (!child.connected) return rej(new Error(`${name} is not running`));
           const id = nextId++;
           waiting.set(id, res);
-          child.send({ type: 'stats', id, gc });
+          child.send({ type: 'stats', id, gc, snapshot });
         });
       },
     };

@@ -1,4 +1,4 @@
-import type { Middleware, RouteContext } from '../src/context';
+import type { Admission, Middleware, RouteContext } from '../src/context';
 import { defineMiddleware, type MiddlewareDeps } from '../src/define';
 import { RouterError, toRouterError } from '../src/errors';
 import type { BreakerPermit, WorkerInfo } from '../src/types';
@@ -31,17 +31,12 @@ export const breaker = defineMiddleware<BreakerFilterOptions, BreakerFilterDeps>
   fromConfig: (c) => ({ enabled: c.cluster.requestRouting.circuitBreaker.enabled }),
   factory(options, deps): Middleware {
     const { breakers } = deps;
-    const allows = (w: WorkerInfo): boolean => breakers.allows(w.id);
     return async function breaker(ctx: RouteContext, next): Promise<void> {
       if (!options.enabled) return next();
-      let permit: BreakerPermit | undefined;
-      const admit = (w: WorkerInfo): boolean => {
-        permit = breakers.admit(w.id);
-        return permit !== undefined;
-      };
+      const gate = new BreakerAdmission(breakers);
       if (ctx.worker) {
         // After select: the worker is chosen already.
-        if (!admit(ctx.worker)) {
+        if (!gate.admit(ctx.worker)) {
           const id = ctx.worker.id;
           throw new RouterError('CIRCUIT_BREAKER_OPEN', `worker ${id} has an open circuit breaker`, { worker: id, retryAfterMs: Math.max(1, breakers.retryAfterMs([id]) ?? 1000) });
         }
@@ -56,11 +51,12 @@ export const breaker = defineMiddleware<BreakerFilterOptions, BreakerFilterDeps>
         }
         ctx.candidates = allowed;
       }
-      if (!permit) ctx.attempt.admissions.push({ allows, admit });
+      if (!gate.permit) ctx.attempt.admissions.push(gate);
       try {
         await next();
       } catch (e) {
         const err = toRouterError(e);
+        const permit = gate.permit;
         // A timeout counts only when the worker went quiet (ctx.attempt.stalled, set by timeout).
         if (permit?.record(err.outcome, { code: err.code, stalled: ctx.attempt.stalled })) {
           ctx.metrics.circuitBreakerTrips++;
@@ -68,7 +64,23 @@ export const breaker = defineMiddleware<BreakerFilterOptions, BreakerFilterDeps>
         }
         throw err;
       }
-      permit?.record('success');
+      gate.permit?.record('success');
     };
   },
 });
+
+/** The attempt's say for the breakers: allows workers whose breaker lets traffic through, and takes the chosen one's permit. */
+class BreakerAdmission implements Admission {
+  permit: BreakerPermit | undefined;
+
+  constructor(private readonly breakers: BreakerFilterDeps['breakers']) {}
+
+  allows(w: WorkerInfo): boolean {
+    return this.breakers.allows(w.id);
+  }
+
+  admit(w: WorkerInfo): boolean {
+    this.permit = this.breakers.admit(w.id);
+    return this.permit !== undefined;
+  }
+}

@@ -2,6 +2,7 @@ import { AdaptiveLimits } from '../src/adaptive-limits';
 import { candidatesFor, type AttemptRunner } from '../src/attempt';
 import type { Clock, ClockTimer } from '../src/clock';
 import type { AttemptState, HedgeReport, Middleware, RouteContext, StreamSink } from '../src/context';
+import type { ChoiceDelta } from '../src/protocol-v2';
 import { defineMiddleware, type MiddlewareDeps } from '../src/define';
 import { RouterError, toRouterError } from '../src/errors';
 import type { WorkerInfo } from '../src/types';
@@ -82,19 +83,6 @@ export class HedgeBudget {
   }
 }
 
-/** One attempt of the race, on its own fork of the request's context. */
-interface Branch {
-  ctx: RouteContext;
-  readonly hedge: boolean;
-  attempt?: AttemptState;
-  worker?: WorkerInfo;
-  /** When `select` chose its worker (clock ms). */
-  chosenAt?: number;
-  settled: boolean;
-  ok: boolean;
-  error?: RouterError;
-}
-
 /**
  * hedge: a boundary inside `retry` (it gets the attempt runner; retry runs it once per attempt).
  * It runs the attempt and, when no first token showed by the hedge point (a percentile of the
@@ -131,166 +119,246 @@ export const hedge = defineMiddleware<HedgeOptions, HedgeDeps>({
 
 function hedgeMiddleware(options: HedgeOptions, deps: HedgeDeps, runAttempt: AttemptRunner): Middleware {
   if (!options.enabled) return (ctx) => runAttempt(ctx);
-  const learned = new AdaptiveLimits({ enabled: true, factor: 1, floorMs: 0, minSamples: options.minSamples });
-  const budget = new HedgeBudget(options.budget, deps.clock);
-  const count = (outcome: HedgeOutcome): void => deps.metrics?.hedges?.inc({ outcome });
-
-  return async function hedge(ctx: RouteContext): Promise<void> {
-    budget.onAttempt();
+  const shared: RaceShared = {
+    options,
+    deps,
+    runAttempt,
+    learned: new AdaptiveLimits({ enabled: true, factor: 1, floorMs: 0, minSamples: options.minSamples }),
+    budget: new HedgeBudget(options.budget, deps.clock),
+  };
+  return function hedge(ctx: RouteContext): Promise<void> {
+    shared.budget.onAttempt();
     // A resume writes to a committed stream at once: nothing to race.
     if (ctx.sink?.committed || ctx.signal.aborted) return runAttempt(ctx);
-    const clock = ctx.clock;
-    const model = ctx.request.model;
-    let allowanceMs: number | undefined;
-    const allowance = (): number => (allowanceMs ??= options.firstChunkMsPer1kPromptTokens > 0 ? (options.firstChunkMsPer1kPromptTokens * promptTokenEstimate(ctx)) / 1000 : 0);
-    const branches: Branch[] = [];
-    let winner: Branch | undefined;
-    let hedged: Branch | undefined;
-    let report: HedgeReport | undefined;
-    let timer: ClockTimer | undefined;
-    let over = false;
-    let finish: () => void = () => undefined;
-    const finished = new Promise<void>((resolve) => (finish = resolve));
+    return new HedgeRace(shared, ctx).run();
+  };
+}
 
-    /** `b` produced the first token (or answered) first: the others are cancelled. */
-    const declare = (b: Branch): boolean => {
-      if (winner) return winner === b;
-      winner = b;
-      timer?.cancel();
-      // The client's view follows the winner from now on (a stream's headers name its worker).
-      ctx.worker = b.worker;
-      if (b.attempt) ctx.attempt = b.attempt;
-      for (const o of branches) {
-        if (o !== b && !o.settled) {
-          const id = o.worker?.id;
-          o.attempt?.abort(new RouterError('HEDGE_LOST', `attempt on worker ${id ?? '-'} lost the hedge race to worker ${b.worker?.id ?? '-'}`, { worker: id }));
-        }
-      }
-      return true;
-    };
+/** What every race of one hedge middleware shares. */
+interface RaceShared {
+  readonly options: HedgeOptions;
+  readonly deps: HedgeDeps;
+  readonly runAttempt: AttemptRunner;
+  /** Times to first token per worker and model, learned from the attempts the races run. */
+  readonly learned: AdaptiveLimits;
+  readonly budget: HedgeBudget;
+}
 
-    const onProgress = (b: Branch): void => {
-      const first = b.attempt?.firstTokenAt;
-      if (first === undefined || winner) return;
-      if (b.worker && b.chosenAt !== undefined) learned.observeTtft(b.worker.id, model, Math.max(0, first - b.chosenAt - allowance()));
-      declare(b);
-    };
+/**
+ * One request's race: its primary attempt and, past the hedge point, one hedge. State and steps
+ * are fields and methods of one object (forks are made for every attempt, so the per-request
+ * cost is a handful of objects, not a closure per step).
+ */
+class HedgeRace {
+  private readonly branches: RaceBranch[] = [];
+  private winner: RaceBranch | undefined;
+  private hedged: RaceBranch | undefined;
+  private report: HedgeReport | undefined;
+  private timer: ClockTimer | undefined;
+  private over = false;
+  private allowanceMs: number | undefined;
+  private primary: RaceBranch | undefined;
+  private resolve: (() => void) | undefined;
+  private reject: ((err: RouterError) => void) | undefined;
 
-    const hedgePoint = (w: WorkerInfo): number | undefined => {
-      const p = learned.ttftPercentile(w.id, model, options.percentile, options.minSamples);
-      const base = p ?? (options.initialDelayMs > 0 ? options.initialDelayMs : undefined);
-      return base === undefined ? undefined : Math.max(options.minDelayMs, base) + allowance();
-    };
+  constructor(
+    private readonly shared: RaceShared,
+    readonly ctx: RouteContext,
+  ) {}
 
-    const onHedgePoint = (primary: Branch, afterMs: number): void => {
-      if (over || winner || primary.settled || ctx.signal.aborted || !primary.worker) return;
-      const first = primary.worker.id;
-      const others = deps.registry
-        ? candidatesFor(ctx, deps.registry).filter((w) => w.id !== first && !saturated(w) && (deps.breakers?.allows(w.id) ?? true))
-        : undefined;
-      if (others && others.length === 0) {
-        report = { outcome: 'skipped_no_worker', afterMs };
-        count('skipped_no_worker');
-        return;
-      }
-      if (!budget.take()) {
-        report = { outcome: 'skipped_budget', afterMs };
-        count('skipped_budget');
-        return;
-      }
-      ctx.metrics.hedges = (ctx.metrics.hedges ?? 0) + 1;
-      report = { outcome: 'pending', afterMs };
-      ctx.log.debug({ worker: first, afterMs: Math.round(afterMs) }, 'hedging: no first token yet');
-      hedged = start(true, first);
-    };
+  /** Runs the race: resolves or rejects as the request's attempt (see `end`). */
+  run(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+      this.primary = this.start(false);
+    });
+  }
 
-    const onChosen = (b: Branch): void => {
-      if (b.hedge) {
-        if (report) report.worker = b.worker?.id;
-        return;
-      }
-      const w = b.worker!;
-      // A buffered attempt to a worker that sends no progress shows no first token before its answer.
-      if (!ctx.stream && !(w.progressMs > 0)) return;
-      const at = hedgePoint(w);
-      if (at === undefined) return;
-      timer = clock.timer(at, () => onHedgePoint(b, at));
-    };
-
-    const onSettled = (b: Branch): void => {
-      if (b.ok) declare(b);
-      if (!b.hedge) timer?.cancel();
-      if (branches.every((o) => o.settled)) {
-        over = true;
-        timer?.cancel();
-        finish();
-      }
-    };
-
-    /** A fork of the request's context for one attempt of the race (see BranchContext). */
-    const fork = (hedge: boolean, exclude?: string): Branch => {
-      const b: Branch = { ctx: undefined as unknown as RouteContext, hedge, settled: false, ok: false };
-      const sink = ctx.sink;
-      b.ctx = BranchContext.of(ctx, sink ? branchSink(sink, () => winner === b || (winner === undefined && declare(b))) : undefined, {
-        attempt(a) {
-          b.attempt = a;
-          if (hedge) a.hedge = true;
-          // First in the list, so a breaker never grants a permit to the worker refused here.
-          if (exclude !== undefined) a.admissions.unshift({ allows: (w) => w.id !== exclude, admit: (w) => w.id !== exclude });
-          a.onProgress(() => onProgress(b));
-        },
-        worker(w) {
-          if (b.worker === w) return;
-          b.worker = w;
-          b.chosenAt = clock.now();
-          onChosen(b);
-        },
-      });
-      return b;
-    };
-
-    const start = (isHedge: boolean, exclude?: string): Branch => {
-      const b = fork(isHedge, exclude);
-      branches.push(b);
-      runAttempt(b.ctx).then(
-        () => settled(b, undefined),
-        (e: unknown) => settled(b, toRouterError(e)),
-      );
-      return b;
-    };
-
-    const settled = (b: Branch, error: RouterError | undefined): void => {
-      b.settled = true;
-      if (error) b.error = error;
-      else b.ok = true;
-      onSettled(b);
-    };
-
-    const primary = start(false);
-    await finished;
-
-    const final = winner ?? primary;
+  /** Every branch settled: the request's context takes the winner's (or the primary's) answer. */
+  private end(): void {
+    const ctx = this.ctx;
+    const final = this.winner ?? this.primary!;
     ctx.worker = final.worker;
     if (final.attempt) ctx.attempt = final.attempt;
     if (final.ctx.result !== undefined) ctx.result = final.ctx.result;
     if (final.ctx.end !== undefined) ctx.end = final.ctx.end;
     if (final.worker) ctx.metrics.selectedWorker = final.worker.id;
     ctx.metrics.retryCount = Math.max(0, ctx.attempts.filter((a) => !a.hedge).length - 1);
+    const { hedged, report } = this;
     if (hedged && report) {
-      const outcome: HedgeOutcome = winner === hedged ? 'won' : hedged.error?.code === 'HEDGE_LOST' ? 'lost' : 'failed';
+      const outcome: HedgeOutcome = this.winner === hedged ? 'won' : hedged.error?.code === 'HEDGE_LOST' ? 'lost' : 'failed';
       report.outcome = outcome;
-      count(outcome);
+      this.count(outcome);
     }
     if (report) ctx.metrics.hedge = report;
-    if (final.ok) return;
-    throw final.error ?? new RouterError('INTERNAL_ERROR', 'hedge: an attempt ended with neither answer nor error');
-  };
+    if (final.ok) this.resolve!();
+    else this.reject!(final.error ?? new RouterError('INTERNAL_ERROR', 'hedge: an attempt ended with neither answer nor error'));
+  }
+
+  private count(outcome: HedgeOutcome): void {
+    this.shared.deps.metrics?.hedges?.inc({ outcome });
+  }
+
+  /** The hedge point's allowance for a long prompt (as the TTFT limit has), computed once. */
+  private allowance(): number {
+    const per1k = this.shared.options.firstChunkMsPer1kPromptTokens;
+    return (this.allowanceMs ??= per1k > 0 ? (per1k * promptTokenEstimate(this.ctx)) / 1000 : 0);
+  }
+
+  /** `b` produced the first token (or answered) first: the others are cancelled. */
+  declare(b: RaceBranch): boolean {
+    if (this.winner) return this.winner === b;
+    this.winner = b;
+    this.stopTimer();
+    // The client's view follows the winner from now on (a stream's headers name its worker).
+    this.ctx.worker = b.worker;
+    if (b.attempt) this.ctx.attempt = b.attempt;
+    for (const o of this.branches) {
+      if (o !== b && !o.settled) {
+        const id = o.worker?.id;
+        o.attempt?.abort(new RouterError('HEDGE_LOST', `attempt on worker ${id ?? '-'} lost the hedge race to worker ${b.worker?.id ?? '-'}`, { worker: id }));
+      }
+    }
+    return true;
+  }
+
+  /** Whether `b` may write to the client's stream: the winner, or the first to try. */
+  claim(b: RaceBranch): boolean {
+    return this.winner === b || (this.winner === undefined && this.declare(b));
+  }
+
+  onProgress(b: RaceBranch): void {
+    const first = b.attempt?.firstTokenAt;
+    if (first === undefined || this.winner) return;
+    if (b.worker && b.chosenAt !== undefined) this.shared.learned.observeTtft(b.worker.id, this.ctx.request.model, Math.max(0, first - b.chosenAt - this.allowance()));
+    this.declare(b);
+  }
+
+  private hedgePoint(w: WorkerInfo): number | undefined {
+    const { options, learned } = this.shared;
+    const p = learned.ttftPercentile(w.id, this.ctx.request.model, options.percentile, options.minSamples);
+    const base = p ?? (options.initialDelayMs > 0 ? options.initialDelayMs : undefined);
+    return base === undefined ? undefined : Math.max(options.minDelayMs, base) + this.allowance();
+  }
+
+  private onHedgePoint(primary: RaceBranch, afterMs: number): void {
+    const ctx = this.ctx;
+    const { deps, budget } = this.shared;
+    if (this.over || this.winner || primary.settled || ctx.signal.aborted || !primary.worker) return;
+    const first = primary.worker.id;
+    const others = deps.registry
+      ? candidatesFor(ctx, deps.registry).filter((w) => w.id !== first && !saturated(w) && (deps.breakers?.allows(w.id) ?? true))
+      : undefined;
+    if (others && others.length === 0) {
+      this.report = { outcome: 'skipped_no_worker', afterMs };
+      this.count('skipped_no_worker');
+      return;
+    }
+    if (!budget.take()) {
+      this.report = { outcome: 'skipped_budget', afterMs };
+      this.count('skipped_budget');
+      return;
+    }
+    ctx.metrics.hedges = (ctx.metrics.hedges ?? 0) + 1;
+    this.report = { outcome: 'pending', afterMs };
+    ctx.log.debug({ worker: first, afterMs: Math.round(afterMs) }, 'hedging: no first token yet');
+    this.hedged = this.start(true, first);
+  }
+
+  onChosen(b: RaceBranch): void {
+    if (b.hedge) {
+      if (this.report) this.report.worker = b.worker?.id;
+      return;
+    }
+    const w = b.worker!;
+    // A buffered attempt to a worker that sends no progress shows no first token before its answer.
+    if (!this.ctx.stream && !(w.progressMs > 0)) return;
+    const at = this.hedgePoint(w);
+    if (at === undefined) return;
+    this.timer = this.ctx.clock.timer(at, () => this.onHedgePoint(b, at));
+  }
+
+  private start(isHedge: boolean, exclude?: string): RaceBranch {
+    const b = new RaceBranch(this, isHedge, exclude);
+    this.branches.push(b);
+    this.shared.runAttempt(b.ctx).then(
+      () => this.settled(b, undefined),
+      (e: unknown) => this.settled(b, toRouterError(e)),
+    );
+    return b;
+  }
+
+  private settled(b: RaceBranch, error: RouterError | undefined): void {
+    b.settled = true;
+    if (error) b.error = error;
+    else b.ok = true;
+    if (b.ok) this.declare(b);
+    if (!b.hedge) this.stopTimer();
+    if (this.branches.every((o) => o.settled)) {
+      this.over = true;
+      this.stopTimer();
+      this.end();
+    }
+  }
+
+  /** Cancels the hedge point's timer and lets it go (a race can outlive it by minutes). */
+  private stopTimer(): void {
+    this.timer?.cancel();
+    this.timer = undefined;
+  }
+}
+
+/**
+ * One attempt of the race, on its own fork of the request's context (see BranchContext), which
+ * tells it of a fresh attempt and of `select`'s choice.
+ */
+class RaceBranch implements BranchHooks {
+  readonly ctx: RouteContext;
+  attempt?: AttemptState;
+  worker?: WorkerInfo;
+  /** When `select` chose its worker (clock ms). */
+  chosenAt?: number;
+  settled = false;
+  ok = false;
+  error?: RouterError;
+
+  constructor(
+    private readonly race: HedgeRace,
+    readonly hedge: boolean,
+    /** A worker this branch must not go to (the primary's, for a hedge). */
+    private readonly exclude: string | undefined,
+  ) {
+    const sink = race.ctx.sink;
+    this.ctx = BranchContext.of(race.ctx, sink ? (sink.writeChoices ? new BranchSinkV2(sink, this) : new BranchSink(sink, this)) : undefined, this);
+  }
+
+  /** Asked by the branch's sink before a write: only the race's winner writes. */
+  claim(): boolean {
+    return this.race.claim(this);
+  }
+
+  attemptStarted(a: AttemptState): void {
+    this.attempt = a;
+    if (this.hedge) a.hedge = true;
+    const exclude = this.exclude;
+    // First in the list, so a breaker never grants a permit to the worker refused here.
+    if (exclude !== undefined) a.admissions.unshift({ allows: (w) => w.id !== exclude, admit: (w) => w.id !== exclude });
+    a.onProgress(() => this.race.onProgress(this));
+  }
+
+  workerChosen(w: WorkerInfo): void {
+    if (this.worker === w) return;
+    this.worker = w;
+    this.chosenAt = this.race.ctx.clock.now();
+    this.race.onChosen(this);
+  }
 }
 
 /** What a BranchContext tells its race: a fresh attempt began, `select` chose a worker. */
 interface BranchHooks {
-  attempt(a: AttemptState): void;
-  worker(w: WorkerInfo): void;
+  attemptStarted(a: AttemptState): void;
+  workerChosen(w: WorkerInfo): void;
 }
 
 /**
@@ -323,7 +391,7 @@ class BranchContext {
 
   set attempt(a: AttemptState) {
     this.currentAttempt = a;
-    this.hooks?.attempt(a);
+    this.hooks?.attemptStarted(a);
   }
 
   get worker(): WorkerInfo | undefined {
@@ -332,29 +400,44 @@ class BranchContext {
 
   set worker(w: WorkerInfo | undefined) {
     this.currentWorker = w;
-    if (w) this.hooks?.worker(w);
+    if (w) this.hooks?.workerChosen(w);
   }
 }
 
 /**
  * A branch's view of the client's stream: the first write goes through only for the race's
- * winner (`claim` decides), so the client gets exactly one attempt's tokens.
+ * winner (the branch's `claim` decides), so the client gets exactly one attempt's tokens.
  */
-function branchSink(sink: StreamSink, claim: () => boolean): StreamSink {
-  return {
-    get committed() {
-      return sink.committed;
-    },
-    get streamed() {
-      return sink.streamed;
-    },
-    get tooLongToResume() {
-      return sink.tooLongToResume;
-    },
-    get resumable() {
-      return sink.resumable;
-    },
-    write: (text) => (claim() ? sink.write(text) : true),
-    writeChoices: sink.writeChoices ? (choices) => (claim() ? sink.writeChoices!(choices) : true) : undefined,
-  };
+class BranchSink implements StreamSink {
+  constructor(
+    protected readonly sink: StreamSink,
+    protected readonly branch: { claim(): boolean },
+  ) {}
+
+  get committed(): boolean {
+    return this.sink.committed;
+  }
+
+  get streamed(): string {
+    return this.sink.streamed;
+  }
+
+  get tooLongToResume(): boolean | undefined {
+    return this.sink.tooLongToResume;
+  }
+
+  get resumable(): boolean | undefined {
+    return this.sink.resumable;
+  }
+
+  write(text: string): boolean {
+    return this.branch.claim() ? this.sink.write(text) : true;
+  }
+}
+
+/** A BranchSink over a sink that forwards engine deltas whole (protocol v2's `writeChoices`). */
+class BranchSinkV2 extends BranchSink {
+  writeChoices(choices: ChoiceDelta[]): boolean {
+    return this.branch.claim() ? this.sink.writeChoices!(choices) : true;
+  }
 }

@@ -176,7 +176,9 @@ export const select = defineMiddleware<SelectOptions, SelectDeps>({
         }
       }
       ctx.metrics.selectedWorker = ctx.worker.id;
-      await next();
+      // Returned, not awaited: this frame (its pool, closures and tried set) ends here rather than
+      // staying held for as long as the attempt runs. next() still runs in this continuation.
+      return next();
     };
   },
 });

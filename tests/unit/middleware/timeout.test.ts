@@ -175,15 +175,23 @@ test('timeout - a buffered attempt to a 1.1 worker gets the TTFT limit, then the
 test('timeout - a producing attempt is cut by the last-resort cap without being marked stalled', async () => {
   const ctx = makeCtx();
   ctx.worker = makeWorker('w1', { progressMs: 50 });
+  const clock = ctx.clock as FakeClock;
+  // The cap is a point on the clock: timers and the clock's time move together here.
+  const tick = (ms: number): void => {
+    void clock.advance(ms);
+    jest.advanceTimersByTime(ms);
+  };
   const run = start(ctx, () => hang(ctx));
-  jest.advanceTimersByTime(100);
+  tick(100);
   ctx.attempt.progress();
   for (let t = 100; t < 900; t += 100) {
-    jest.advanceTimersByTime(100);
+    tick(100);
     ctx.attempt.progress();
   }
   expect(ctx.attempt.signal.aborted).toBe(false);
-  jest.advanceTimersByTime(100); // 1000: attemptTimeoutMs
+  tick(99);
+  expect(ctx.attempt.signal.aborted).toBe(false);
+  tick(1); // 1000: attemptTimeoutMs
   expect(ctx.attempt.signal.aborted).toBe(true);
   await run.done;
   expect(reason(ctx).code).toBe('WORKER_TIMEOUT');
