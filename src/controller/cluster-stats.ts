@@ -29,17 +29,35 @@ export interface SeriesPoint {
   ttftP99Ms: number | null;
 }
 
+/** The last `cap` values added (in no particular order: only quantiles are read). */
+class Recent {
+  readonly values: number[] = [];
+  private next = 0;
+
+  constructor(private readonly cap: number) {}
+
+  /** Adds `v`; once full, it replaces the oldest value in place (no array shift per sample). */
+  add(v: number): void {
+    if (this.values.length < this.cap) {
+      this.values.push(v);
+      return;
+    }
+    this.values[this.next] = v;
+    this.next = (this.next + 1) % this.cap;
+  }
+}
+
 interface Bucket {
   t: number;
   requests: number;
   errors: number;
-  durations: number[];
-  ttfts: number[];
+  durations: Recent;
+  ttfts: Recent;
 }
 
 interface WorkerRecord {
-  ttft: number[];
-  tps: number[];
+  ttft: Recent;
+  tps: Recent;
   outcomes: Record<string, number>;
   errors: Record<string, number>;
 }
@@ -52,11 +70,6 @@ export function quantile(values: number[], q: number): number | null {
   const sorted = [...values].sort((a, b) => a - b);
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
   return Math.round(sorted[i] * 100) / 100;
-}
-
-function pushCapped(list: number[], value: number, cap: number): void {
-  list.push(value);
-  if (list.length > cap) list.shift();
 }
 
 export interface ClusterStatsOptions {
@@ -90,8 +103,8 @@ export class ClusterStats {
   worker(id: string): WorkerStats {
     const r = this.workers.get(id);
     return {
-      ttftMs: r ? quantile(r.ttft, 0.5) : null,
-      tokensPerSecond: r ? quantile(r.tps, 0.5) : null,
+      ttftMs: r ? quantile(r.ttft.values, 0.5) : null,
+      tokensPerSecond: r ? quantile(r.tps.values, 0.5) : null,
       outcomes: { ...(r?.outcomes ?? {}) },
       errors: { ...(r?.errors ?? {}) },
     };
@@ -114,10 +127,10 @@ export class ClusterStats {
         t,
         requests: b?.requests ?? 0,
         errors: b?.errors ?? 0,
-        p50Ms: b ? quantile(b.durations, 0.5) : null,
-        p99Ms: b ? quantile(b.durations, 0.99) : null,
-        ttftP50Ms: b ? quantile(b.ttfts, 0.5) : null,
-        ttftP99Ms: b ? quantile(b.ttfts, 0.99) : null,
+        p50Ms: b ? quantile(b.durations.values, 0.5) : null,
+        p99Ms: b ? quantile(b.durations.values, 0.99) : null,
+        ttftP50Ms: b ? quantile(b.ttfts.values, 0.5) : null,
+        ttftP99Ms: b ? quantile(b.ttfts.values, 0.99) : null,
       });
     }
     return out;
@@ -131,27 +144,27 @@ export class ClusterStats {
     if (e.type === 'attempt') {
       if (!e.worker) return;
       let r = this.workers.get(e.worker);
-      if (!r) this.workers.set(e.worker, (r = { ttft: [], tps: [], outcomes: {}, errors: {} }));
+      if (!r) this.workers.set(e.worker, (r = { ttft: new Recent(SAMPLES_PER_WORKER), tps: new Recent(SAMPLES_PER_WORKER), outcomes: {}, errors: {} }));
       r.outcomes[e.outcome] = (r.outcomes[e.outcome] ?? 0) + 1;
       if (e.code) r.errors[e.code] = (r.errors[e.code] ?? 0) + 1;
-      if (e.ttftMs !== undefined) pushCapped(r.ttft, e.ttftMs, SAMPLES_PER_WORKER);
+      if (e.ttftMs !== undefined) r.ttft.add(e.ttftMs);
       if (e.outcome === 'success' && e.completionTokens && e.durationMs > 0) {
         // Generation rate: tokens over the time after the first token when known, else the whole attempt.
         const genMs = e.ttftMs !== undefined && e.durationMs - e.ttftMs > 0 ? e.durationMs - e.ttftMs : e.durationMs;
-        pushCapped(r.tps, Math.round((e.completionTokens / genMs) * 1000 * 10) / 10, SAMPLES_PER_WORKER);
+        r.tps.add(Math.round((e.completionTokens / genMs) * 1000 * 10) / 10);
       }
     } else if (e.type === 'request') {
       const t = this.bucketStart(e.time);
       let b = this.buckets[this.buckets.length - 1];
       if (!b || b.t !== t) {
-        b = { t, requests: 0, errors: 0, durations: [], ttfts: [] };
+        b = { t, requests: 0, errors: 0, durations: new Recent(SAMPLES_PER_BUCKET), ttfts: new Recent(SAMPLES_PER_BUCKET) };
         this.buckets.push(b);
         while (this.buckets.length > 0 && this.buckets[0].t < t - this.historyMs) this.buckets.shift();
       }
       b.requests++;
       if (e.status >= 500) b.errors++;
-      pushCapped(b.durations, e.durationMs, SAMPLES_PER_BUCKET);
-      if (e.ttftMs !== undefined) pushCapped(b.ttfts, e.ttftMs, SAMPLES_PER_BUCKET);
+      b.durations.add(e.durationMs);
+      if (e.ttftMs !== undefined) b.ttfts.add(e.ttftMs);
     }
   }
 }

@@ -80,13 +80,19 @@ export class EventBus {
     private readonly now: () => number = () => performance.timeOrigin + performance.now(),
   ) {}
 
+  /**
+   * Numbers, stamps and delivers `body`, which becomes the event (no copy per event: every caller
+   * passes a fresh object). A listener added while an event is delivered may see that event.
+   */
   emit(body: ClusterEventBody): void {
-    const event = { ...body, seq: ++this.seq, time: this.now() } as ClusterEvent;
+    const event = body as ClusterEvent;
+    event.seq = ++this.seq;
+    event.time = this.now();
     if (isOperatorEvent(event)) {
       this.ring.push(event);
       if (this.ring.length > this.keep) this.ring.shift();
     }
-    for (const fn of [...this.listeners]) {
+    for (const fn of this.listeners) {
       try {
         fn(event);
       } catch {

@@ -84,6 +84,25 @@ describe('ClusterStats', () => {
     expect(stats.series(5000).reduce((n, p) => n + p.requests, 0)).toBe(1);
   });
 
+  test('stats - samples are capped to the most recent: 2,000 per bucket, 50 per worker', () => {
+    const now = 200_000;
+    const bus = new EventBus(200, () => now);
+    const stats = new ClusterStats(bus, { bucketMs: 1000, historyMs: 5000, now: () => now });
+    // 500 slow requests, then 2,000 fast ones: only the fast ones are kept.
+    for (let i = 0; i < 500; i++) bus.emit({ type: 'request', requestId: `slow${i}`, status: 200, code: null, durationMs: 10_000 });
+    for (let i = 0; i < 2000; i++) bus.emit({ type: 'request', requestId: `fast${i}`, status: 200, code: null, durationMs: 1 + (i % 10) });
+    const point = stats.series(1000).find((p) => p.t === 200_000);
+    expect(point).toMatchObject({ requests: 2500, p99Ms: 10 });
+    // A worker's TTFT median: 10 slow attempts, then 50 fast ones.
+    for (let i = 0; i < 10; i++) bus.emit({ type: 'attempt', requestId: `a${i}`, worker: 'w', outcome: 'success', code: null, durationMs: 5000, ttftMs: 4000 });
+    for (let i = 0; i < 50; i++) bus.emit({ type: 'attempt', requestId: `b${i}`, worker: 'w', outcome: 'success', code: null, durationMs: 50, ttftMs: 20 });
+    expect(stats.worker('w').ttftMs).toBe(20);
+    // Five more slow ones replace the five oldest fast ones: the median stays fast.
+    for (let i = 0; i < 5; i++) bus.emit({ type: 'attempt', requestId: `c${i}`, worker: 'w', outcome: 'success', code: null, durationMs: 5000, ttftMs: 4000 });
+    expect(stats.worker('w').ttftMs).toBe(20);
+    stats.close();
+  });
+
   test('stats - quantile of nothing is null; of one value is that value', () => {
     expect(quantile([], 0.5)).toBeNull();
     expect(quantile([4], 0.99)).toBe(4);
