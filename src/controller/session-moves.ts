@@ -225,8 +225,17 @@ export class SharedSessionMoves implements SessionMoveLog {
 
   /** Reads the revisions after the delivered one up to `last` straight from the bucket's stream. */
   private async catchUp(last: number): Promise<void> {
-    this.jsm ??= jetstreamManager(this.nc, { timeout: PROBE_TIMEOUT_MS });
-    const jsm = await bounded(this.jsm, PROBE_TIMEOUT_MS, 'jetstream manager', this.stopping.signal);
+    // No API check: it asks the account info of the JetStream meta leader, which is what may be
+    // missing right after a node loss (a manager that failed that check was cached and failed
+    // every later probe until the watch itself came back).
+    this.jsm ??= jetstreamManager(this.nc, { timeout: PROBE_TIMEOUT_MS, checkAPI: false });
+    let jsm: JetStreamManager;
+    try {
+      jsm = await this.jsm;
+    } catch (err) {
+      this.jsm = undefined;
+      throw err;
+    }
     const stream = `KV_${this.options.bucket}`;
     const prefix = `$KV.${this.options.bucket}.`;
     for (let n = 0; n < CATCH_UP_MAX && !this.closed && this.delivered < last; n++) {
