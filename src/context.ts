@@ -117,16 +117,6 @@ class Attempt implements AttemptState {
   }
 }
 
-/**
- * `ctx.attempt` before the first attempt runs: attempt 0, whose signal never aborts and whose
- * `abort` does nothing (nothing runs yet to stop). All share one never-aborted controller, so a
- * request does not pay for an AbortController it never uses.
- */
-class PendingAttempt extends Attempt {
-  override abort(): void {}
-}
-const neverAborted = new AbortController();
-
 /** A fresh attempt state: `signal` and `abort` come from the attempt's own AbortController. */
 export function newAttempt(number: number, startedAt: number, controller: AbortController): AttemptState {
   return new Attempt(number, startedAt, controller);
@@ -235,7 +225,7 @@ export function createContext(init: ContextInit): RouteContext {
     sessionId: init.sessionId,
     client: init.client,
     candidates: [],
-    attempt: new PendingAttempt(0, now, neverAborted),
+    attempt: newAttempt(0, now, new AbortController()),
     attempts: [],
     sink: init.sink,
     metrics: { retryCount: 0, resumes: 0, circuitBreakerTrips: 0, timeouts: 0, failedWorkers: [], selectedWorker: null, totalDurationMs: 0 },
