@@ -177,6 +177,15 @@ class HedgeRace {
 
   /** Every branch settled: the request's context takes the winner's (or the primary's) answer. */
   private end(): void {
+    try {
+      this.conclude();
+    } catch (e) {
+      // Runs in an attempt's settlement: anything thrown fails the request, never the process.
+      this.reject!(toRouterError(e));
+    }
+  }
+
+  private conclude(): void {
     const ctx = this.ctx;
     const final = this.winner ?? this.primary!;
     ctx.worker = final.worker;

@@ -167,7 +167,8 @@ class AttemptWatch {
     const toDeadline = this.left();
     const toCap = this.capAt === undefined || this.phase === 'first' ? Infinity : Math.max(0, this.capAt - this.ctx.clock.now());
     this.limit = Math.min(reserved, toDeadline, toCap);
-    this.cutByCap = toCap < reserved && toCap < toDeadline;
+    // Ties: the cap wins over a quiet-worker limit (it blames nobody), the deadline over the cap.
+    this.cutByCap = toCap <= reserved && toCap < toDeadline;
     this.cutByDeadline = !this.cutByCap && toDeadline < reserved;
     this.cutByReserve = reserved < configured;
     if (this.timer) this.timer.restart(this.limit);
@@ -206,7 +207,7 @@ class AttemptWatch {
       this.arm(this.idle, this.idleFloor);
     } else if (this.cutByDeadline || this.cutByCap) {
       // The timer already ends at the deadline or the cap, which do not move.
-    } else if (this.cutByReserve || this.left() < this.limit || (this.capAt !== undefined && this.capAt - clock.now() < this.limit)) {
+    } else if (this.cutByReserve || this.left() < this.limit || (this.capAt !== undefined && this.capAt - clock.now() <= this.limit)) {
       // The retry reserve shrinks with the deadline, or the deadline or the cap is now the tighter bound.
       this.arm(this.idle, this.idleFloor);
     } else {

@@ -82,7 +82,8 @@ export class EventBus {
 
   /**
    * Numbers, stamps and delivers `body`, which becomes the event (no copy per event: every caller
-   * passes a fresh object). A listener added while an event is delivered may see that event.
+   * passes a fresh object). A listener added while an event is delivered may see that event; one
+   * removed before its turn does not.
    */
   emit(body: ClusterEventBody): void {
     const event = body as ClusterEvent;

@@ -242,7 +242,10 @@ export class SharedSessionMoves implements SessionMoveLog {
       // The next stored message from there on: revisions that expired or were replaced are skipped.
       const m = await bounded(jsm.direct.getMessage(stream, { seq: this.delivered + 1, next_by_subj: `${prefix}>` }), PROBE_TIMEOUT_MS, 'direct get', this.stopping.signal);
       if (!m || this.closed) return;
-      if (m.seq > this.delivered) this.delivered = m.seq;
+      // The recreated watch may have delivered this revision and newer ones meanwhile (and a
+      // lagging replica may answer): what is at or below `delivered` was applied or replaced.
+      if (m.seq <= this.delivered) continue;
+      this.delivered = m.seq;
       this.caughtUp++;
       const operation = (m.header?.get('KV-Operation') || 'PUT') as KvWatchEntry['operation'];
       const move = m.subject.startsWith(prefix) ? readMove({ operation, key: m.subject.slice(prefix.length), string: () => m.string() }) : undefined;

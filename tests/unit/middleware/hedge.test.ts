@@ -275,6 +275,51 @@ test('hedge - streamed: nothing reaches the client before the race is decided, t
   expect(ctx.metrics.hedge?.outcome).toBe('won');
 });
 
+test('hedge - streamed through whole engine deltas (writeChoices): only the winner\'s reach the client, and a sink without them gets none', async () => {
+  const h = harness();
+  await h.warm('a', 5, 10);
+  h.runs.length = 0;
+  const deltas: string[] = [];
+  const sink: StreamSink = {
+    get committed() {
+      return deltas.length > 0;
+    },
+    get streamed() {
+      return deltas.join('');
+    },
+    write: (t) => {
+      deltas.push(`text:${t}`);
+      return true;
+    },
+    writeChoices(choices) {
+      deltas.push(`choices:${choices.map((c) => String(c.delta.content ?? '')).join('')}`);
+      return true;
+    },
+  };
+  const { ctx, done } = h.request({ sink });
+  await flush();
+  await h.clock.advance(25);
+  expect(h.runs).toHaveLength(2);
+  const branch = (i: number): StreamSink => h.runs[i].ctx.sink!;
+  expect(typeof branch(0).writeChoices).toBe('function');
+  h.runs[1].token('B1');
+  expect(h.runs[0].aborted()).toMatchObject({ code: 'HEDGE_LOST' });
+  // The loser's late deltas are dropped (reported as written, so it does not fail on them).
+  expect(branch(0).writeChoices!([{ index: 0, delta: { content: 'A2' } }])).toBe(true);
+  expect(branch(1).writeChoices!([{ index: 0, delta: { content: 'B2' } }])).toBe(true);
+  h.runs[1].answer();
+  expect(await done).toBeUndefined();
+  expect(deltas).toEqual(['text:B1', 'choices:B2']);
+  expect(ctx.worker?.id).toBe('b');
+  // A plain sink: its branches offer no writeChoices either (dispatch then writes text).
+  const plain = h.request({ sink: { committed: false, streamed: '', write: () => true } });
+  await flush();
+  expect(h.runs.at(-1)!.ctx.sink!.writeChoices).toBeUndefined();
+  h.runs.at(-1)!.token('C1');
+  h.runs.at(-1)!.answer();
+  expect(await plain.done).toBeUndefined();
+});
+
 test('hedge - the budget: a spent bucket skips the hedge (skipped_budget) and the attempt runs alone', async () => {
   const h = harness({ budget: { ratio: 0, maxTokens: 1, minPerSecond: 0 } });
   await h.warm('a', 5, 10);
