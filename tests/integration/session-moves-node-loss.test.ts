@@ -98,8 +98,10 @@ test('session moves - killing the NATS node the watch\'s consumer lives on: move
   // 30 s ones). A new consumer alone came 1 to 8 s after the bucket accepted the move, once 19 s
   // (the cluster creates consumers only once its JetStream meta group has a leader again). The
   // probe reads missed revisions itself with direct gets, which any replica answers: a probe
-  // (500 ms here), a grace of 500 ms and a read; 5 s leaves room for a loaded machine.
-  expect(seenAt - acceptedAt).toBeLessThan(5000);
+  // (500 ms here), a grace of 500 ms and a read: about 1 s, 3 s seen on a machine loaded to 7.
+  // The bound leaves room for one probe whose bucket status times out (3 s) while the stream's new
+  // leader settles; it is still half the old watch's silence.
+  expect(seenAt - acceptedAt).toBeLessThan(8000);
   // And it keeps following.
   await putUntilAccepted(writer, Buffer.from('later').toString('base64url'), JSON.stringify({ worker: 'w3' }));
   await waitFor(() => seen.get('later') === 'w3', 'a later move seen', 5000);
