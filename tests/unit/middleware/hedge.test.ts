@@ -241,23 +241,28 @@ test('hedge - lost: the first attempt shows its token after the hedge started; t
   expect(await h.count('won')).toBe(0);
 });
 
+/** A client stream that records what reaches it (each write prefixed with `prefix`). */
+function recordingSink(out: string[], prefix = ''): StreamSink {
+  return {
+    get committed() {
+      return out.length > 0;
+    },
+    get streamed() {
+      return out.join('');
+    },
+    write: (t) => {
+      out.push(`${prefix}${t}`);
+      return true;
+    },
+  };
+}
+
 test('hedge - streamed: nothing reaches the client before the race is decided, then only the winner writes', async () => {
   const h = harness();
   await h.warm('a', 5, 10);
   h.runs.length = 0;
   const written: string[] = [];
-  const sink: StreamSink = {
-    get committed() {
-      return written.length > 0;
-    },
-    get streamed() {
-      return written.join('');
-    },
-    write: (t) => {
-      written.push(t);
-      return true;
-    },
-  };
+  const sink = recordingSink(written);
   const { ctx, done } = h.request({ sink });
   await flush();
   await h.clock.advance(25);
@@ -280,21 +285,10 @@ test('hedge - streamed through whole engine deltas (writeChoices): only the winn
   await h.warm('a', 5, 10);
   h.runs.length = 0;
   const deltas: string[] = [];
-  const sink: StreamSink = {
-    get committed() {
-      return deltas.length > 0;
-    },
-    get streamed() {
-      return deltas.join('');
-    },
-    write: (t) => {
-      deltas.push(`text:${t}`);
-      return true;
-    },
-    writeChoices(choices) {
-      deltas.push(`choices:${choices.map((c) => String(c.delta.content ?? '')).join('')}`);
-      return true;
-    },
+  const sink = recordingSink(deltas, 'text:');
+  sink.writeChoices = (choices) => {
+    deltas.push(`choices:${choices.map((c) => String(c.delta.content ?? '')).join('')}`);
+    return true;
   };
   const { ctx, done } = h.request({ sink });
   await flush();
