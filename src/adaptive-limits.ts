@@ -65,23 +65,37 @@ interface Entry {
 }
 
 export class AdaptiveLimits {
-  private readonly entries = new Map<string, Entry>();
+  /**
+   * By worker, then model: read on every attempt, so no key is built per read (a concatenated key
+   * had to be flattened and hashed each time).
+   */
+  private readonly byWorker = new Map<string, Map<string, Entry>>();
+  /** Every entry, least recently updated first: the first is the one to forget. */
+  private readonly order = new Map<Entry, { worker: string; model: string }>();
 
   constructor(private readonly options: AdaptiveOptions) {}
 
   private entry(worker: string, model: string, create: boolean): Entry | undefined {
-    const key = `${worker}\u0000${model}`;
-    let e = this.entries.get(key);
-    if (e && create) {
-      // Most recently updated last: the first key is the one to forget.
-      this.entries.delete(key);
-      this.entries.set(key, e);
+    let models = this.byWorker.get(worker);
+    let e = models?.get(model);
+    if (!create) return e;
+    if (e) {
+      const where = this.order.get(e)!;
+      this.order.delete(e);
+      this.order.set(e, where);
+      return e;
     }
-    if (!e && create) {
-      const size = this.options.window ?? 64;
-      e = { ttft: new Ring(size), gap: new Ring(size) };
-      this.entries.set(key, e);
-      if (this.entries.size > (this.options.maxKeys ?? 1024)) this.entries.delete(this.entries.keys().next().value as string);
+    const size = this.options.window ?? 64;
+    e = { ttft: new Ring(size), gap: new Ring(size) };
+    if (!models) this.byWorker.set(worker, (models = new Map()));
+    models.set(model, e);
+    this.order.set(e, { worker, model });
+    if (this.order.size > (this.options.maxKeys ?? 1024)) {
+      const [oldest, where] = this.order.entries().next().value as [Entry, { worker: string; model: string }];
+      this.order.delete(oldest);
+      const of = this.byWorker.get(where.worker);
+      of?.delete(where.model);
+      if (of?.size === 0) this.byWorker.delete(where.worker);
     }
     return e;
   }

@@ -72,14 +72,19 @@ export function wireRequestFor(
   request: { body?: Record<string, unknown>; endpoint?: Endpoint; needs?: Capability[] },
   continuation: string | undefined,
 ): unknown {
-  const { body, endpoint, needs: _needs, ...v1 } = request;
+  const { body, endpoint } = request;
   if (version >= PROTOCOL_V2 && body) {
-    const sent: Record<string, unknown> = { ...body };
-    for (const f of ROUTER_FIELDS) delete sent[f];
+    // The body itself (it is only serialized), a copy only when it has a field to take out.
+    let sent = body;
+    if (ROUTER_FIELDS.some((f) => f in body)) {
+      sent = { ...body };
+      for (const f of ROUTER_FIELDS) delete sent[f];
+    }
     const wire: WireRequestV2 = { v: 2, endpoint: endpoint ?? 'chat.completions', body: sent };
     if (continuation !== undefined) wire.continuation = continuation;
     return wire;
   }
+  const { body: _body, endpoint: _endpoint, needs: _needs, ...v1 } = request;
   return continuation !== undefined ? { ...v1, continuation } : v1;
 }
 

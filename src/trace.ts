@@ -24,12 +24,31 @@ const PATTERN = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)
 /** The header's context, or undefined when it is absent or invalid (then a new trace starts). */
 export function parseTraceparent(value: string | undefined): TraceContext | undefined {
   if (typeof value !== 'string' || value.length > 512) return undefined;
+  // The usual form (version 00, 55 characters, as this router writes it on every hop) is read
+  // without the regular expression, which cost a match and five strings per hop.
+  if (value.length === 55 && value.charCodeAt(0) === 48 && value.charCodeAt(1) === 48 && isHexWithDashes(value)) {
+    const traceId = value.slice(3, 35);
+    const parentId = value.slice(36, 52);
+    if (traceId === ZERO_TRACE || parentId === ZERO_SPAN) return undefined;
+    return { traceId, parentId, flags: value.slice(53, 55) };
+  }
   const m = PATTERN.exec(value.trim());
   if (!m) return undefined;
   const [, version, traceId, parentId, flags, rest] = m;
   if (version === 'ff' || (version === '00' && rest !== undefined)) return undefined;
   if (traceId === ZERO_TRACE || parentId === ZERO_SPAN) return undefined;
   return { traceId, parentId, flags };
+}
+
+/** `00-<32 hex>-<16 hex>-<2 hex>`: dashes at 2, 35 and 52, lower-case hex everywhere else. */
+function isHexWithDashes(v: string): boolean {
+  for (let i = 0; i < 55; i++) {
+    const c = v.charCodeAt(i);
+    if (i === 2 || i === 35 || i === 52) {
+      if (c !== 45) return false;
+    } else if (!((c >= 48 && c <= 57) || (c >= 97 && c <= 102))) return false;
+  }
+  return true;
 }
 
 export function formatTraceparent(t: TraceContext): string {

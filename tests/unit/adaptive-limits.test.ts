@@ -44,6 +44,25 @@ test('adaptive - the number of worker+model pairs is bounded', () => {
   expect(a.ttftLimit('c', 'm', 10_000)).toBe(200);
 });
 
+test('adaptive - the pair forgotten is the least recently updated, across workers and models', () => {
+  const a = new AdaptiveLimits({ ...options, maxKeys: 2 });
+  const learn = (w: string, m: string): void => {
+    for (let i = 0; i < 5; i++) a.observeTtft(w, m, 50);
+  };
+  learn('a', 'm1');
+  learn('a', 'm2');
+  learn('a', 'm1'); // updated: now a/m2 is the oldest
+  learn('b', 'm1');
+  expect(a.ttftLimit('a', 'm2', 10_000)).toBe(10_000); // forgotten
+  expect(a.ttftLimit('a', 'm1', 10_000)).toBe(200);
+  expect(a.ttftLimit('b', 'm1', 10_000)).toBe(200);
+  // A read is not an update: a/m1 stays the oldest and goes next.
+  learn('c', 'm1');
+  expect(a.ttftLimit('a', 'm1', 10_000)).toBe(10_000);
+  expect(a.ttftLimit('b', 'm1', 10_000)).toBe(200);
+  expect(a.ttftLimit('c', 'm1', 10_000)).toBe(200);
+});
+
 test('adaptive - a limit read, then a new observation: the next read includes it (the sorted copy is not stale)', () => {
   const a = new AdaptiveLimits({ ...options, floorMs: 1 });
   for (let i = 0; i < 16; i++) a.observeTtft('w', 'm', 10);

@@ -11,6 +11,10 @@ test('protocol v2 - a v2 worker gets the body as sent (without session_id); a v1
   expect(wireRequestFor(2, request, undefined)).toEqual({ v: 2, endpoint: 'chat.completions', body: { model: 'm', messages: body.messages, tools: body.tools, seed: 4 } });
   expect(wireRequestFor(1, request, 'Hel')).toEqual({ model: 'm', messages: [{ role: 'user', content: 'hi' }], stream: false, continuation: 'Hel' });
   expect(wireRequestFor(2, request, 'Hel')).toMatchObject({ v: 2, continuation: 'Hel' });
+  // The client's body itself is never changed (a copy is made only to take session_id out).
+  expect(body.session_id).toBe('s');
+  const plain = { model: 'm', messages: body.messages };
+  expect((wireRequestFor(2, { ...request, body: plain }, undefined) as { body: unknown }).body).toEqual(plain);
 });
 
 test('protocol v2 - the worker reads a v2 request: text view beside the whole body; bad fields are named', () => {

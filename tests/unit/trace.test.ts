@@ -17,6 +17,10 @@ test.each([
   ['zero parent id', `00-4bf92f3577b34da6a3ce929d0e0e4736-${'0'.repeat(16)}-01`],
   ['version 00 with extra fields', `${VALID}-extra`],
   ['short trace id', '00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01'],
+  ['a separator that is no dash', '00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01'],
+  ['a character that is no hex digit', '00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01'],
+  ['an upper-case hex digit', '00-4bf92f3577b34da6a3ce929d0e0e4736-00F067aa0ba902b7-01'],
+  ['a flags field that is no hex', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x'],
 ])('trace - rejects a traceparent that is %s', (_what, value) => {
   expect(parseTraceparent(value)).toBeUndefined();
 });
