@@ -97,6 +97,9 @@ test('cli - config masks the keys the schema marks sensitive, and only those', a
   const line = (key: string): string => out.split('\n').find((l) => l.startsWith(`${key} = `)) ?? `(no line for ${key})`;
   for (const key of ['nats.pass', 'nats.token', 'worker.openai.apiKey']) expect(line(key)).toMatch(new RegExp(`^${key.replace(/\./g, '\\.')} = "\\*\\*\\*"`));
   expect(out).not.toMatch(/hunter2|s3cret-token|sk-live/);
+  // Sensitive but empty: shown as empty, not as a secret.
+  expect(line('cluster.auth.keys')).toMatch(/^cluster\.auth\.keys = \[\] /);
+  expect(line('cluster.admin.key')).toMatch(/^cluster\.admin\.key = "" /);
   // Ordinary values whose names merely contain "token" print as they are.
   expect(line('worker.synthetic.tokenMs')).toMatch(/^worker\.synthetic\.tokenMs = 7 /);
   expect(line('cluster.requestRouting.retry.budget.maxTokens')).toMatch(/^cluster\.requestRouting\.retry\.budget\.maxTokens = 100 /);
