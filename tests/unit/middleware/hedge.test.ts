@@ -171,6 +171,14 @@ function harness(options: Partial<HedgeOptions> = {}, workerPatch: Partial<Worke
   return h;
 }
 
+/** A harness whose worker a has learned times to first token (five of 10 ms): its attempts can be hedged. */
+async function learnedOnA(options: Partial<HedgeOptions> = {}): Promise<Harness> {
+  const h = harness(options);
+  await h.warm('a', 5, 10);
+  h.runs.length = 0;
+  return h;
+}
+
 test('hedge - before a worker has minSamples times to first token, nothing is hedged', async () => {
   const h = harness();
   const { ctx, done } = h.request();
@@ -186,9 +194,7 @@ test('hedge - before a worker has minSamples times to first token, nothing is he
 });
 
 test('hedge - won: no first token by the learned hedge point, the hedge on another worker answers first; the first attempt gets HEDGE_LOST and its breaker stays closed', async () => {
-  const h = harness();
-  await h.warm('a', 5, 10);
-  h.runs.length = 0;
+  const h = await learnedOnA();
   const { ctx, done } = h.request();
   await flush();
   expect(h.runs.map((r) => r.worker)).toEqual(['a']);
@@ -221,9 +227,7 @@ test('hedge - won: no first token by the learned hedge point, the hedge on anoth
 });
 
 test('hedge - lost: the first attempt shows its token after the hedge started; the hedge is cancelled and its worker not blamed', async () => {
-  const h = harness();
-  await h.warm('a', 5, 10);
-  h.runs.length = 0;
+  const h = await learnedOnA();
   const { ctx, done } = h.request();
   await flush();
   await h.clock.advance(30);
@@ -258,9 +262,7 @@ function recordingSink(out: string[], prefix = ''): StreamSink {
 }
 
 test('hedge - streamed: nothing reaches the client before the race is decided, then only the winner writes', async () => {
-  const h = harness();
-  await h.warm('a', 5, 10);
-  h.runs.length = 0;
+  const h = await learnedOnA();
   const written: string[] = [];
   const sink = recordingSink(written);
   const { ctx, done } = h.request({ sink });
@@ -281,9 +283,7 @@ test('hedge - streamed: nothing reaches the client before the race is decided, t
 });
 
 test('hedge - streamed through whole engine deltas (writeChoices): only the winner\'s reach the client, and a sink without them gets none', async () => {
-  const h = harness();
-  await h.warm('a', 5, 10);
-  h.runs.length = 0;
+  const h = await learnedOnA();
   const deltas: string[] = [];
   const sink = recordingSink(deltas, 'text:');
   sink.writeChoices = (choices) => {
@@ -315,9 +315,7 @@ test('hedge - streamed through whole engine deltas (writeChoices): only the winn
 });
 
 test('hedge - the budget: a spent bucket skips the hedge (skipped_budget) and the attempt runs alone', async () => {
-  const h = harness({ budget: { ratio: 0, maxTokens: 1, minPerSecond: 0 } });
-  await h.warm('a', 5, 10);
-  h.runs.length = 0;
+  const h = await learnedOnA({ budget: { ratio: 0, maxTokens: 1, minPerSecond: 0 } });
   const first = h.request();
   await flush();
   await h.clock.advance(25);
@@ -342,9 +340,7 @@ test('hedge - the budget: a spent bucket skips the hedge (skipped_budget) and th
 });
 
 test('hedge - no other worker can take it (busy or breaker open): skipped_no_worker, no budget spent', async () => {
-  const h = harness({ budget: { ratio: 0, maxTokens: 1, minPerSecond: 0 } });
-  await h.warm('a', 5, 10);
-  h.runs.length = 0;
+  const h = await learnedOnA({ budget: { ratio: 0, maxTokens: 1, minPerSecond: 0 } });
   h.book.failure('b');
   const { ctx, done } = h.request();
   await flush();
@@ -358,9 +354,7 @@ test('hedge - no other worker can take it (busy or breaker open): skipped_no_wor
 });
 
 test('hedge - the first attempt fails after the hedge started: the hedge still answers (won); the failure counts against its worker as usual', async () => {
-  const h = harness();
-  await h.warm('a', 5, 10);
-  h.runs.length = 0;
+  const h = await learnedOnA();
   const { ctx, done } = h.request();
   await flush();
   await h.clock.advance(25);
@@ -377,9 +371,7 @@ test('hedge - the first attempt fails after the hedge started: the hedge still a
 });
 
 test('hedge - both attempts fail: the first attempt\'s error goes to retry, the hedge outcome is failed', async () => {
-  const h = harness();
-  await h.warm('a', 5, 10);
-  h.runs.length = 0;
+  const h = await learnedOnA();
   const { ctx, done } = h.request();
   await flush();
   await h.clock.advance(25);
@@ -453,9 +445,7 @@ test('hedge budget - at most ratio × attempts + the burst over a long run; the 
 });
 
 test('hedge - the model decides the learned point: times of another model do not arm it', async () => {
-  const h = harness();
-  await h.warm('a', 5, 10);
-  h.runs.length = 0;
+  const h = await learnedOnA();
   const ctx = makeCtx({ clock: h.clock, request: { model: `${MODEL}-other` } });
   const done = h.mw(ctx, () => Promise.resolve());
   await flush();
