@@ -46,16 +46,21 @@ async function hedgeCount(cluster: Cluster, outcome: string): Promise<number> {
   return metricValue(await metricsText(cluster.url), 'mlx_router_hedges_total', { outcome }) ?? 0;
 }
 
+/** Workers a and b (times to first token as given, debug logs to see cancels) under HEDGE_CONFIG. */
+function twoWorkers(aTtftMs: number, bTtftMs: number): Promise<Cluster> {
+  return startCluster({
+    workers: [
+      { id: 'a', ttftMs: aTtftMs, tokenMs: 2, logLevel: 'debug' },
+      { id: 'b', ttftMs: bTtftMs, tokenMs: 2, logLevel: 'debug' },
+    ],
+    config: HEDGE_CONFIG,
+  });
+}
+
 describe('hedge won: the first worker is slow to its first token', () => {
   let cluster: Cluster;
   beforeAll(async () => {
-    cluster = await startCluster({
-      workers: [
-        { id: 'a', ttftMs: 6000, tokenMs: 2, logLevel: 'debug' },
-        { id: 'b', ttftMs: 0, tokenMs: 2, logLevel: 'debug' },
-      ],
-      config: HEDGE_CONFIG,
-    });
+    cluster = await twoWorkers(6000, 0);
   });
   afterAll(async () => cluster?.stop());
 
@@ -101,13 +106,7 @@ describe('hedge won: the first worker is slow to its first token', () => {
 describe('hedge won: the first worker is SIGSTOPped', () => {
   let cluster: Cluster;
   beforeAll(async () => {
-    cluster = await startCluster({
-      workers: [
-        { id: 'a', ttftMs: 0, tokenMs: 2, logLevel: 'debug' },
-        { id: 'b', ttftMs: 0, tokenMs: 2, logLevel: 'debug' },
-      ],
-      config: HEDGE_CONFIG,
-    });
+    cluster = await twoWorkers(0, 0);
   });
   afterAll(async () => cluster?.stop());
 
@@ -141,13 +140,7 @@ describe('hedge won: the first worker is SIGSTOPped', () => {
 describe('hedge lost: the first worker\'s token comes before the hedge\'s', () => {
   let cluster: Cluster;
   beforeAll(async () => {
-    cluster = await startCluster({
-      workers: [
-        { id: 'a', ttftMs: 500, tokenMs: 2, logLevel: 'debug' },
-        { id: 'b', ttftMs: 6000, tokenMs: 2, logLevel: 'debug' },
-      ],
-      config: HEDGE_CONFIG,
-    });
+    cluster = await twoWorkers(500, 6000);
   });
   afterAll(async () => cluster?.stop());
 
