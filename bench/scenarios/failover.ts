@@ -179,6 +179,11 @@ const KILL_AFTER_MS = 100;
  * here), then failed over (buffered) or resumed (streamed) on the good worker. The figure is the
  * time from the kill to the answer, beside a whole answer from the good worker.
  */
+/** A streamed answer that was resumed on another worker (its metadata counts resumes) and ended with [DONE]. */
+function resumedToTheEnd(body: string): boolean {
+  return Number(/"resumes":(\d+)/.exec(body)?.[1] ?? 0) >= 1 && body.includes('data: [DONE]');
+}
+
 async function killed(run: BenchRun): Promise<void> {
   const lab = await Lab.start();
   try {
@@ -218,7 +223,7 @@ async function killed(run: BenchRun): Promise<void> {
         const a = await pending;
         const doneAt = performance.now();
         // A stream's headers leave at its commit, on the victim: its metadata says it was resumed.
-        const movedOn = stream ? Number(/"resumes":(\d+)/.exec(a.body)?.[1] ?? 0) >= 1 && a.body.includes('data: [DONE]') : a.headers['x-mlx-worker'] === 'good';
+        const movedOn = stream ? resumedToTheEnd(a.body) : a.headers['x-mlx-worker'] === 'good';
         if (a.status !== 200) throw new Error(`killed: HTTP ${a.status}: ${a.body.slice(0, 300)}`);
         if (movedOn) fromKill.push(doneAt - killedAt);
       }
@@ -311,7 +316,7 @@ async function hungMidAnswer(run: BenchRun): Promise<void> {
           return [...attempts].sort((x, y) => x.attempt - y.attempt)[0]?.worker === spec.id;
         };
         const movedOn = stream
-          ? Number(/"resumes":(\d+)/.exec(a.body)?.[1] ?? 0) >= 1 && a.body.includes('data: [DONE]')
+          ? resumedToTheEnd(a.body)
           : a.headers['x-mlx-worker'] === 'good' && firstOnVictim();
         if (movedOn) {
           fromStop.push(doneAt - stoppedAt);
